@@ -1,0 +1,325 @@
+//! The commands that drive workers (`train`, `coordinator`, `predict`): start the coordinator
+//! service, bring the group up (spawning local workers in single-node mode), run the job, and
+//! take everything down again whatever happened.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::cluster::Cluster;
+use crate::config::{ModelInfo, TrainConfig};
+use crate::data::{load_split, Split, Task};
+use crate::local::LocalWorkers;
+use crate::registry::{Member, Registry};
+use crate::report::MetricsLog;
+use crate::tokenize::{Encoded, TextTokenizer};
+use crate::trainer::{self, RunSummary};
+
+/// Where the workers come from.
+#[derive(Debug, Clone)]
+pub enum Workers {
+    /// Single-node: spawn this many local worker processes on loopback.
+    Local { device: String, threads: Option<usize>, worker_timeout: f64 },
+    /// Multi-node: listen here and wait for workers to register.
+    Remote { listen: SocketAddr },
+}
+
+/// A running group: the coordinator service, the registered workers and (single-node) their
+/// processes.
+pub struct Session {
+    pub cluster: Cluster,
+    pub members: Vec<Member>,
+    local: Option<LocalWorkers>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Session {
+    pub async fn start(cfg: &TrainConfig, workers: &Workers, send_type_ids: bool) -> anyhow::Result<Session> {
+        let run_id = format!("run-{}-{}", std::process::id(), now_millis());
+        let registry = Arc::new(Registry::new(run_id.clone(), cfg.run_spec(), cfg.workers as u32));
+        let listen = match workers {
+            Workers::Local { .. } => SocketAddr::from(([127, 0, 0, 1], 0)),
+            Workers::Remote { listen } => *listen,
+        };
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let bound = listener.local_addr()?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(crate::service::serve(listener, registry.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+        tracing::info!(address = %bound, workers = cfg.workers, "coordinator listening");
+        let mut local = match workers {
+            Workers::Local {
+                device,
+                threads,
+                worker_timeout,
+            } => Some(LocalWorkers::spawn(cfg.workers, &format!("http://{bound}"), device, *threads, *worker_timeout).map_err(|e| anyhow!(e))?),
+            Workers::Remote { .. } => None,
+        };
+        let wait = registry
+            .wait_full(Duration::from_secs_f64(cfg.register_timeout), || local.as_mut().and_then(|l| l.exited()))
+            .await;
+        let mut members = match wait {
+            Ok(m) => m,
+            Err(why) => {
+                let _ = stop_tx.send(());
+                if let Some(l) = local {
+                    l.finish(Duration::from_millis(100)).await;
+                }
+                return Err(anyhow!(why));
+            }
+        };
+        // Ranks in a stable order (by worker name), whatever order registrations arrived in.
+        members.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        let mut cluster = Cluster::connect(members.clone(), run_id, Duration::from_secs_f64(cfg.rpc_timeout), send_type_ids).await?;
+        cluster.setup().await?;
+        Ok(Session {
+            cluster,
+            members,
+            local,
+            stop_server: Some(stop_tx),
+            server,
+        })
+    }
+
+    /// Shuts the workers down, waits for local processes, stops the service.
+    pub async fn finish(mut self) {
+        self.cluster.shutdown().await;
+        if let Some(l) = self.local.take() {
+            l.finish(Duration::from_secs(10)).await;
+        }
+        if let Some(s) = self.stop_server.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+    }
+
+    pub fn local_pids(&self) -> Vec<u32> {
+        self.local.as_ref().map(|l| l.pids()).unwrap_or_default()
+    }
+}
+
+fn now_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Reads and tokenizes a split, applying `limit` (first N rows).
+pub fn prepare_split(cfg: &TrainConfig, tok: &TextTokenizer, split: Split, limit: Option<usize>) -> anyhow::Result<Vec<Encoded>> {
+    let mut rows = load_split(&cfg.glue_dir, cfg.task, split)?;
+    if let Some(n) = limit {
+        rows.truncate(n);
+    }
+    let enc = tok.encode_all(&rows)?;
+    if enc.truncated > 0 {
+        tracing::info!(
+            "{} of {} {split:?} examples were longer than --max-length {} and were truncated",
+            enc.truncated,
+            rows.len(),
+            tok.max_length
+        );
+    }
+    Ok(enc.examples)
+}
+
+fn send_type_ids(model: &Path) -> anyhow::Result<bool> {
+    let info = ModelInfo::read(model).map_err(|e| anyhow!(e))?;
+    // RoBERTa's type vocabulary has one entry; only BERT-family models read segment ids.
+    Ok(info.model_type == "bert")
+}
+
+/// `peftrain train` / `peftrain coordinator`: the whole run, outputs included.
+pub async fn run_training(cfg: &TrainConfig, workers: &Workers) -> anyhow::Result<RunSummary> {
+    cfg.validate().map_err(|e| anyhow!(e))?;
+    let type_ids = send_type_ids(&cfg.model)?;
+    let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
+    let train = prepare_split(cfg, &tok, Split::Train, cfg.train_limit)?;
+    let dev = prepare_split(cfg, &tok, Split::Dev, cfg.eval_limit)?;
+    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+    std::fs::write(cfg.output_dir.join("run_config.json"), serde_json::to_vec_pretty(cfg)?)
+        .with_context(|| format!("writing {}", cfg.output_dir.join("run_config.json").display()))?;
+    let mut metrics = MetricsLog::create(&cfg.output_dir.join("metrics.jsonl")).with_context(|| format!("creating {}/metrics.jsonl", cfg.output_dir.display()))?;
+
+    let session = Session::start(cfg, workers, type_ids).await?;
+    let result = async {
+        let lead = session.members.first().ok_or_else(|| anyhow!("no workers"))?;
+        if let Some(msg) = newly_initialized_message(&lead.model_class, &cfg.model, &lead.newly_initialized) {
+            tracing::warn!("{msg}");
+        }
+        let fp = lead.fingerprint.clone();
+        println!(
+            "{} | {} x {} | {} workers | {} train / {} dev examples",
+            peft_line(fp.trainable_params, lead.peft_all_params),
+            cfg.method,
+            cfg.task,
+            session.members.len(),
+            train.len(),
+            dev.len()
+        );
+        let summary = trainer::train(cfg, &session.cluster, &train, &dev, lead.non_embedding_params, std::io::stdout(), &mut metrics).await?;
+        let saved = session.cluster.save(&absolute(&cfg.output_dir).display().to_string()).await?;
+        tracing::info!("trainable weights written: {} ({})", saved.files.join(", "), human_bytes(saved.bytes));
+        std::fs::write(cfg.output_dir.join("train_output.json"), serde_json::to_vec_pretty(&summary.output)?)?;
+        println!("{}", summary.output);
+        anyhow::Ok(summary)
+    }
+    .await;
+    session.finish().await;
+    result
+}
+
+/// What `peftrain predict` needs.
+#[derive(Debug, Clone)]
+pub struct PredictConfig {
+    pub train: TrainConfig,
+    pub split: Split,
+    pub output: PathBuf,
+    pub with_logits: bool,
+}
+
+/// `peftrain predict`: logits of a split through one or more workers, written as GLUE's
+/// submission form `index<TAB>prediction` (plus the logits on request).
+pub async fn run_predict(p: &PredictConfig, workers: &Workers) -> anyhow::Result<usize> {
+    let cfg = &p.train;
+    cfg.validate().map_err(|e| anyhow!(e))?;
+    let type_ids = send_type_ids(&cfg.model)?;
+    let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
+    let rows = prepare_split(cfg, &tok, p.split, cfg.eval_limit)?;
+    let session = Session::start(cfg, workers, type_ids).await?;
+    let result = async {
+        let mut out = String::from(if p.with_logits { "index\tprediction\tlogits\n" } else { "index\tprediction\n" });
+        let names = cfg.task.label_names();
+        for chunk in rows.chunks(cfg.eval_batch_size.max(1)) {
+            let refs: Vec<&Encoded> = chunk.iter().collect();
+            let ev = session.cluster.evaluate(&refs, true).await?;
+            let nl = ev.num_labels.max(1);
+            for (e, logits) in chunk.iter().zip(ev.logits.chunks(nl)) {
+                let pred = logits
+                    .iter()
+                    .enumerate()
+                    .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+                    .0;
+                out.push_str(&format!("{}\t{}", e.idx, names.get(pred).copied().unwrap_or("?")));
+                if p.with_logits {
+                    let l: Vec<String> = logits.iter().map(|v| format!("{v}")).collect();
+                    out.push_str(&format!("\t{}", l.join(",")));
+                }
+                out.push('\n');
+            }
+        }
+        std::fs::write(&p.output, out).with_context(|| format!("writing {}", p.output.display()))?;
+        anyhow::Ok(rows.len())
+    }
+    .await;
+    session.finish().await;
+    result
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+pub fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
+    }
+}
+
+/// peft's `print_trainable_parameters` line.
+pub fn peft_line(trainable: u64, all: u64) -> String {
+    let pct = if all > 0 { 100.0 * trainable as f64 / all as f64 } else { 0.0 };
+    format!("trainable params: {} || all params: {} || trainable%: {pct:.4}", thousands(trainable), thousands(all))
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// transformers' warning for a head the base checkpoint lacked (reported once per run).
+pub fn newly_initialized_message(class: &str, dir: &Path, names: &[String]) -> Option<String> {
+    if names.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "Some weights of {class} were not initialized from the model checkpoint at {} and are newly initialized: {names:?}. \
+         You should probably TRAIN this model on a down-stream task to be able to use it for predictions and inference.",
+        dir.display()
+    ))
+}
+
+/// The task's default GLUE directory: `$GLUE_DIR`, else `../shared/data/glue` if it exists.
+pub fn default_glue_dir() -> PathBuf {
+    std::env::var_os("GLUE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared/data/glue"))
+}
+
+pub fn parse_task(s: &str) -> Result<Task, String> {
+    Task::parse(s).ok_or_else(|| format!("unknown task {s:?} (sst2, rte)"))
+}
+
+/// Takes the method of saved trainable weights: peftrain's `trainable_config.json`, or peft's
+/// `adapter_config.json` (LoRA).
+pub fn apply_adapter_method(cfg: &mut TrainConfig, dir: &Path) -> anyhow::Result<()> {
+    let read = |name: &str| -> anyhow::Result<Option<serde_json::Value>> {
+        let p = dir.join(name);
+        if !p.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", p.display()))?))
+    };
+    if let Some(v) = read("trainable_config.json")? {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
+        if let Some(m) = s("method") {
+            cfg.method = m;
+        }
+        if let Some(b) = s("bitfit_scope") {
+            cfg.bitfit_scope = b;
+        }
+        if let Some(r) = v.get("lora_r").and_then(|x| x.as_u64()) {
+            cfg.lora_r = r as u32;
+        }
+        if let Some(a) = v.get("lora_alpha").and_then(|x| x.as_f64()) {
+            cfg.lora_alpha = a;
+        }
+        if let Some(t) = v.get("lora_targets").and_then(|x| x.as_array()) {
+            cfg.lora_targets = t.iter().filter_map(|x| x.as_str().map(String::from)).collect();
+        }
+        return Ok(());
+    }
+    if let Some(v) = read("adapter_config.json")? {
+        let field = |k: &str| v.get(k).ok_or_else(|| anyhow!("{}/adapter_config.json: field `{k}` missing", dir.display()));
+        if field("peft_type")?.as_str() != Some("LORA") {
+            anyhow::bail!("{}/adapter_config.json: field `peft_type`: only LORA adapters are supported", dir.display());
+        }
+        cfg.method = "lora".into();
+        cfg.lora_r = field("r")?.as_u64().ok_or_else(|| anyhow!("{}/adapter_config.json: field `r` is not an integer", dir.display()))? as u32;
+        cfg.lora_alpha = field("lora_alpha")?.as_f64().ok_or_else(|| anyhow!("{}/adapter_config.json: field `lora_alpha` is not a number", dir.display()))?;
+        if let Some(t) = field("target_modules")?.as_array() {
+            cfg.lora_targets = t.iter().filter_map(|x| x.as_str().map(String::from)).collect();
+            cfg.lora_targets.sort();
+        }
+        return Ok(());
+    }
+    anyhow::bail!("{}: neither trainable_config.json nor adapter_config.json found", dir.display())
+}

@@ -1,0 +1,239 @@
+//! The `peftrain` command line (clap): flags, their defaults, and their mapping onto the plain
+//! `TrainConfig`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::default_glue_dir;
+use crate::config::TrainConfig;
+use crate::data::Task;
+
+#[derive(Parser, Debug)]
+#[command(name = "peftrain", version, about = "Parameter-efficient fine-tuning of RoBERTa/BERT on GLUE across many workers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train in single-node mode: the coordinator in-process, N local workers on loopback.
+    Train(TrainCmd),
+    /// Run the coordinator alone; workers join with `peftrain worker --coordinator URL`.
+    Coordinator(CoordinatorCmd),
+    /// Run a worker (hands over to `peftrain-worker` beside this binary).
+    #[command(disable_help_flag = true)]
+    Worker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print peft's trainable-parameter line for a model and method (config.json only).
+    Params(ParamsCmd),
+    /// Predict a split with trained weights: `index<TAB>prediction` per row.
+    Predict(PredictCmd),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Model directory (config.json and model.safetensors / pytorch_model.bin).
+    #[arg(long, env = "PEFTRAIN_MODEL")]
+    pub model: PathBuf,
+    /// Tokenizer directory (default: the model directory).
+    #[arg(long, env = "PEFTRAIN_TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
+    /// sst2 or rte.
+    #[arg(long, default_value = "sst2", value_parser = parse_task, env = "PEFTRAIN_TASK")]
+    pub task: Task,
+    /// Directory with the GLUE layout (SST-2/, RTE/) or the HF parquet layout (sst2/, rte/).
+    #[arg(long, env = "GLUE_DIR", default_value_os_t = default_glue_dir())]
+    pub glue_dir: PathBuf,
+    /// full, bitfit or lora.
+    #[arg(long, default_value = "lora", env = "PEFTRAIN_METHOD")]
+    pub method: String,
+    /// BitFit: `all` (all biases + head, the paper) or `bias-only` (parameters named bias).
+    #[arg(long, default_value = "all")]
+    pub bitfit_scope: String,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: u32,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub lora_dropout: f64,
+    /// Comma-separated module names LoRA adapts.
+    #[arg(long, default_value = "query,value", value_delimiter = ',')]
+    pub lora_targets: Vec<String>,
+    #[arg(long, default_value_t = 3.0)]
+    pub epochs: f64,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Global batch size (split across workers).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub eval_batch_size: usize,
+    /// Peak learning rate (default per method: full 2e-5, bitfit 1e-3, lora 5e-4).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.06)]
+    pub warmup_ratio: f64,
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 128)]
+    pub max_length: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Use only the first N training rows.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N evaluation rows.
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    #[arg(long, default_value_t = 50)]
+    pub logging_steps: u64,
+    /// Evaluate every N steps (default: at the end of each epoch); always at the end.
+    #[arg(long)]
+    pub eval_steps: Option<u64>,
+    #[arg(long, default_value = "outputs/run", env = "PEFTRAIN_OUTPUT_DIR")]
+    pub output_dir: PathBuf,
+    /// Keep the file order instead of a seeded shuffle per epoch.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Sort examples by length within mega-batches so batches pad less.
+    #[arg(long)]
+    pub group_by_length: bool,
+    /// Start from these trainable weights (a peftrain output directory or a peft adapter).
+    #[arg(long)]
+    pub init_adapter: Option<PathBuf>,
+    /// dtype of the frozen base weights: fp32 or bf16.
+    #[arg(long, default_value = "fp32")]
+    pub base_dtype: String,
+    /// Random weights of the config's shape instead of a checkpoint (speed measurements).
+    #[arg(long)]
+    pub random_weights: bool,
+    /// Number of workers.
+    #[arg(long, default_value_t = 1, env = "PEFTRAIN_WORKERS")]
+    pub workers: usize,
+    /// Deadline of each coordinator -> worker call, seconds.
+    #[arg(long, default_value_t = 1800.0)]
+    pub rpc_timeout: f64,
+    /// How long to wait for the workers to register, seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub register_timeout: f64,
+}
+
+fn parse_task(s: &str) -> Result<Task, String> {
+    crate::app::parse_task(s)
+}
+
+impl TrainArgs {
+    pub fn to_config(&self) -> TrainConfig {
+        TrainConfig {
+            model: self.model.clone(),
+            tokenizer: self.tokenizer.clone(),
+            task: self.task,
+            glue_dir: self.glue_dir.clone(),
+            method: self.method.clone(),
+            bitfit_scope: self.bitfit_scope.clone(),
+            lora_r: self.lora_r,
+            lora_alpha: self.lora_alpha,
+            lora_dropout: self.lora_dropout,
+            lora_targets: self.lora_targets.clone(),
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch_size: self.batch_size,
+            eval_batch_size: self.eval_batch_size,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            warmup_ratio: self.warmup_ratio,
+            warmup_steps: self.warmup_steps,
+            max_grad_norm: self.max_grad_norm,
+            max_length: self.max_length,
+            seed: self.seed,
+            train_limit: self.train_limit,
+            eval_limit: self.eval_limit,
+            logging_steps: self.logging_steps,
+            eval_steps: self.eval_steps,
+            output_dir: self.output_dir.clone(),
+            shuffle: !self.no_shuffle,
+            group_by_length: self.group_by_length,
+            init_adapter: self.init_adapter.clone(),
+            base_dtype: self.base_dtype.clone(),
+            random_weights: self.random_weights,
+            workers: self.workers,
+            rpc_timeout: self.rpc_timeout,
+            register_timeout: self.register_timeout,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    /// Device of the local workers: cpu, cuda or cuda:I.
+    #[arg(long, default_value = "cpu", env = "PEFTRAIN_DEVICE")]
+    pub device: String,
+    /// libtorch threads per local worker (default: cores / workers).
+    #[arg(long, env = "PEFTRAIN_THREADS")]
+    pub threads: Option<usize>,
+    /// Seconds a ring peer may stay silent inside an all-reduce.
+    #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
+    pub worker_timeout: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainCmd {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub local: LocalArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CoordinatorCmd {
+    /// Address to listen on for workers.
+    #[arg(long, default_value = "0.0.0.0:50051", env = "PEFTRAIN_LISTEN")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ParamsCmd {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "lora")]
+    pub method: String,
+    #[arg(long, default_value = "all")]
+    pub bitfit_scope: String,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: u32,
+    #[arg(long, default_value = "query,value")]
+    pub lora_targets: String,
+    #[arg(long, default_value_t = 2)]
+    pub num_labels: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictCmd {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub local: LocalArgs,
+    /// Trained weights: a peftrain output directory or a peft adapter directory.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// dev or test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Where to write `index<TAB>prediction`.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Add each row's logits.
+    #[arg(long)]
+    pub with_logits: bool,
+}

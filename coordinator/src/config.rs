@@ -1,0 +1,158 @@
+//! A run's configuration as plain data (what the CLI, a config file or the environment fill
+//! in), and the derived quantities every part reads the same way.
+
+use std::path::PathBuf;
+
+use peftrain_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Task;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Model directory (config.json + weights) on every worker's disk.
+    pub model: PathBuf,
+    /// Tokenizer directory (default: the model directory).
+    pub tokenizer: Option<PathBuf>,
+    pub task: Task,
+    pub glue_dir: PathBuf,
+    pub method: String,
+    pub bitfit_scope: String,
+    pub lora_r: u32,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub lora_targets: Vec<String>,
+    pub epochs: f64,
+    pub max_steps: Option<u64>,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    /// None: the method's default (`default_lr`).
+    pub lr: Option<f64>,
+    pub weight_decay: f64,
+    pub warmup_ratio: f64,
+    pub warmup_steps: Option<u64>,
+    pub max_grad_norm: f64,
+    pub max_length: usize,
+    pub seed: u64,
+    pub train_limit: Option<usize>,
+    pub eval_limit: Option<usize>,
+    pub logging_steps: u64,
+    /// None: evaluate at the end of every epoch (and always at the end of training).
+    pub eval_steps: Option<u64>,
+    pub output_dir: PathBuf,
+    pub shuffle: bool,
+    pub group_by_length: bool,
+    /// Trainable weights to start from (peftrain's or peft's adapter layout).
+    pub init_adapter: Option<PathBuf>,
+    /// dtype of the frozen base weights on workers: fp32 or bf16.
+    pub base_dtype: String,
+    /// Initialise the model randomly from its config instead of loading weights (speed runs).
+    pub random_weights: bool,
+    pub workers: usize,
+    /// Deadline of every coordinator -> worker RPC, in seconds.
+    pub rpc_timeout: f64,
+    /// How long to wait for all workers to register, in seconds.
+    pub register_timeout: f64,
+}
+
+/// Learning rates that suit each method (full fine-tuning wants a small one; adapters and
+/// biases, having few parameters that start at or near zero, want larger ones).
+pub fn default_lr(method: &str) -> f64 {
+    match method {
+        "full" => 2e-5,
+        "bitfit" => 1e-3,
+        _ => 5e-4,
+    }
+}
+
+impl TrainConfig {
+    pub fn lr(&self) -> f64 {
+        self.lr.unwrap_or_else(|| default_lr(&self.method))
+    }
+
+    pub fn tokenizer_dir(&self) -> PathBuf {
+        self.tokenizer.clone().unwrap_or_else(|| self.model.clone())
+    }
+
+    /// Optimizer steps per epoch (the last batch may be short, as with drop_last=False).
+    pub fn steps_per_epoch(&self, n_train: usize) -> u64 {
+        n_train.div_ceil(self.batch_size.max(1)) as u64
+    }
+
+    /// Total optimizer steps: `--max-steps` if set, else ceil(epochs x steps per epoch).
+    pub fn total_steps(&self, n_train: usize) -> u64 {
+        let per_epoch = self.steps_per_epoch(n_train);
+        self.max_steps
+            .unwrap_or_else(|| (self.epochs * per_epoch as f64).ceil() as u64)
+    }
+
+    /// The replica every worker builds.
+    pub fn run_spec(&self) -> pb::RunSpec {
+        let model = self.model.display().to_string();
+        pb::RunSpec {
+            model_dir: if self.random_weights { format!("random:{model}") } else { model },
+            method: Some(pb::MethodSpec {
+                kind: self.method.clone(),
+                bitfit_scope: self.bitfit_scope.clone(),
+                lora_r: self.lora_r,
+                lora_alpha: self.lora_alpha as f32,
+                lora_dropout: self.lora_dropout as f32,
+                lora_targets: self.lora_targets.clone(),
+            }),
+            num_labels: self.task.num_labels() as u32,
+            seed: self.seed,
+            init_adapter: self.init_adapter.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            optimizer: Some(pb::OptimizerSpec {
+                weight_decay: self.weight_decay as f32,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                max_grad_norm: self.max_grad_norm as f32,
+            }),
+            base_dtype: self.base_dtype.clone(),
+        }
+    }
+
+    /// Checks what can be checked before any worker starts; one message per problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if !matches!(self.method.as_str(), "full" | "bitfit" | "lora") {
+            return Err(format!("--method {:?}: expected full, bitfit or lora", self.method));
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return Err("--batch-size and --eval-batch-size must be positive".into());
+        }
+        if self.workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        if self.logging_steps == 0 || self.eval_steps == Some(0) {
+            return Err("--logging-steps and --eval-steps must be positive".into());
+        }
+        if self.max_length < 8 {
+            return Err(format!("--max-length {} is too small (at least 8)", self.max_length));
+        }
+        if !(self.epochs > 0.0) && self.max_steps.is_none() {
+            return Err("--epochs must be positive (or give --max-steps)".into());
+        }
+        if !matches!(self.base_dtype.as_str(), "fp32" | "bf16") {
+            return Err(format!("--base-dtype {:?}: expected fp32 or bf16", self.base_dtype));
+        }
+        if !self.model.join("config.json").is_file() {
+            return Err(format!("--model {}: config.json not found", self.model.display()));
+        }
+        Ok(())
+    }
+}
+
+/// The fields of the model's config.json the coordinator needs (it never loads weights).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelInfo {
+    pub model_type: String,
+}
+
+impl ModelInfo {
+    pub fn read(model_dir: &std::path::Path) -> Result<ModelInfo, String> {
+        let path = model_dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: malformed JSON: {e}", path.display()))
+    }
+}

@@ -1,0 +1,17 @@
+//! peftrain's coordinator library (no libtorch): GLUE data, tokenization, data order and
+//! sharding, the learning-rate schedule, the step table and metrics, the gRPC coordinator and
+//! the training loop that drives workers.
+
+pub mod app;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod data;
+pub mod local;
+pub mod registry;
+pub mod report;
+pub mod sampler;
+pub mod schedule;
+pub mod service;
+pub mod tokenize;
+pub mod trainer;

@@ -1,0 +1,98 @@
+//! Single-node mode's local workers: `peftrain-worker` processes started beside the coordinator
+//! on loopback, killed if the coordinator goes away.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// The worker binary: `$PEFTRAIN_WORKER_BIN`, else `peftrain-worker` beside this executable
+/// (git-style: the coordinator never links libtorch, the worker does).
+pub fn worker_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("PEFTRAIN_WORKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
+    let p = exe.with_file_name("peftrain-worker");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found: build it with `cargo build --release --bins` (or set PEFTRAIN_WORKER_BIN)",
+            p.display()
+        ))
+    }
+}
+
+pub struct LocalWorkers {
+    children: Vec<(String, Child)>,
+}
+
+impl LocalWorkers {
+    /// Starts `n` workers that register with `coordinator`, splitting `total_threads` among them.
+    pub fn spawn(n: usize, coordinator: &str, device: &str, threads: Option<usize>, worker_timeout: f64) -> Result<LocalWorkers, String> {
+        let bin = worker_binary()?;
+        let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+        let per_worker = threads.unwrap_or_else(|| (cores / n.max(1)).max(1));
+        let mut children = Vec::new();
+        for i in 0..n {
+            let id = format!("local-{i}");
+            let mut cmd = Command::new(&bin);
+            cmd.arg("--coordinator")
+                .arg(coordinator)
+                .arg("--id")
+                .arg(&id)
+                .arg("--threads")
+                .arg(per_worker.to_string())
+                .arg("--worker-timeout")
+                .arg(worker_timeout.to_string())
+                .arg("--device")
+                .arg(device_for(device, i))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            if std::env::var_os("RUST_LOG").is_none() {
+                // The coordinator reports for the group; workers speak up only about problems.
+                cmd.env("RUST_LOG", "warn");
+            }
+            let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            children.push((id, child));
+        }
+        Ok(LocalWorkers { children })
+    }
+
+    /// A worker that already exited, and how.
+    pub fn exited(&mut self) -> Option<String> {
+        for (id, c) in &mut self.children {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(format!("local worker {id} exited ({status}) before the run finished"));
+            }
+        }
+        None
+    }
+
+    /// Waits for the workers to exit on their own, then kills what is left.
+    pub async fn finish(mut self, grace: Duration) {
+        for (_, c) in &mut self.children {
+            if tokio::time::timeout(grace, c.wait()).await.is_err() {
+                let _ = c.kill().await;
+            }
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(|(_, c)| c.id()).collect()
+    }
+}
+
+/// `cuda` with several local workers spreads them over the visible GPUs.
+fn device_for(device: &str, i: usize) -> String {
+    if device == "cuda" {
+        let gpus: usize = std::env::var("PEFTRAIN_LOCAL_GPUS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        format!("cuda:{}", i % gpus.max(1))
+    } else {
+        device.to_string()
+    }
+}

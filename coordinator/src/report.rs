@@ -1,0 +1,171 @@
+//! What users read: the Trainer's step table printed live, `metrics.jsonl` with the Trainer's
+//! log_history field names, and `TrainOutput` with its definitions.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+const HEADER: [&str; 4] = ["Step", "Training Loss", "Validation Loss", "Accuracy"];
+
+/// The notebook table of the Hugging Face Trainer, as plain text: each column left-aligned to
+/// its header's width plus two spaces, six decimals.
+pub struct StepTable<W: Write> {
+    out: W,
+    printed_header: bool,
+}
+
+impl<W: Write> StepTable<W> {
+    pub fn new(out: W) -> Self {
+        StepTable {
+            out,
+            printed_header: false,
+        }
+    }
+
+    pub fn row(&mut self, step: u64, train_loss: Option<f64>, eval_loss: Option<f64>, accuracy: Option<f64>) -> std::io::Result<()> {
+        if !self.printed_header {
+            writeln!(self.out, "{}", format_row(&HEADER.map(String::from)))?;
+            self.printed_header = true;
+        }
+        let f = |v: Option<f64>, missing: &str| v.map(|x| format!("{x:.6}")).unwrap_or_else(|| missing.to_string());
+        let cells = [step.to_string(), f(train_loss, "No log"), f(eval_loss, ""), f(accuracy, "")];
+        writeln!(self.out, "{}", format_row(&cells).trim_end())?;
+        self.out.flush()
+    }
+}
+
+fn format_row(cells: &[String; 4]) -> String {
+    let mut s = String::new();
+    for (c, h) in cells.iter().zip(HEADER) {
+        s.push_str(&format!("{c:<w$}", w = h.len() + 2));
+    }
+    s.trim_end().to_string()
+}
+
+/// `metrics.jsonl`: one JSON object per log or evaluation event.
+pub struct MetricsLog {
+    out: BufWriter<File>,
+}
+
+impl MetricsLog {
+    pub fn create(path: &Path) -> std::io::Result<MetricsLog> {
+        Ok(MetricsLog {
+            out: BufWriter::new(File::create(path)?),
+        })
+    }
+
+    pub fn write(&mut self, event: &Map<String, Value>) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, event)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}
+
+/// The Trainer's `TrainOutput(global_step, training_loss, metrics)`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutput {
+    pub global_step: u64,
+    pub training_loss: f64,
+    pub metrics: TrainMetrics,
+}
+
+/// `speed_metrics("train", ...)` plus total_flos, train_loss and epoch.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainMetrics {
+    pub train_runtime: f64,
+    pub train_samples_per_second: f64,
+    pub train_steps_per_second: f64,
+    pub total_flos: f64,
+    pub train_loss: f64,
+    pub epoch: f64,
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+impl TrainOutput {
+    /// Rounds as transformers' `speed_metrics` does (runtime to 4 decimals, rates to 3).
+    pub fn new(global_step: u64, loss_total: f64, runtime: f64, samples: f64, total_flos: f64, epoch: f64) -> TrainOutput {
+        let training_loss = if global_step > 0 { loss_total / global_step as f64 } else { 0.0 };
+        TrainOutput {
+            global_step,
+            training_loss,
+            metrics: TrainMetrics {
+                train_runtime: round(runtime, 4),
+                train_samples_per_second: round(samples / runtime.max(1e-9), 3),
+                train_steps_per_second: round(global_step as f64 / runtime.max(1e-9), 3),
+                total_flos,
+                train_loss: training_loss,
+                epoch,
+            },
+        }
+    }
+
+    pub fn metrics_map(&self) -> Map<String, Value> {
+        match serde_json::to_value(&self.metrics) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }
+    }
+}
+
+/// Python's repr of a float, enough for the values here.
+fn py_float(x: f64) -> String {
+    if x.is_finite() && x == x.trunc() && x.abs() < 1e16 {
+        format!("{x:.1}")
+    } else {
+        format!("{x}")
+    }
+}
+
+impl std::fmt::Display for TrainOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.metrics;
+        write!(
+            f,
+            "TrainOutput(global_step={}, training_loss={}, metrics={{'train_runtime': {}, 'train_samples_per_second': {}, \
+             'train_steps_per_second': {}, 'total_flos': {}, 'train_loss': {}, 'epoch': {}}})",
+            self.global_step,
+            py_float(self.training_loss),
+            py_float(m.train_runtime),
+            py_float(m.train_samples_per_second),
+            py_float(m.train_steps_per_second),
+            py_float(m.total_flos),
+            py_float(m.train_loss),
+            py_float(m.epoch)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_matches_the_trainer_layout() {
+        let mut buf = Vec::new();
+        let mut t = StepTable::new(&mut buf);
+        t.row(500, Some(0.355), Some(0.241495), Some(0.915138)).unwrap();
+        t.row(510, None, Some(0.2), Some(0.9)).unwrap();
+        let s = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "Step  Training Loss  Validation Loss  Accuracy");
+        assert_eq!(lines[1], "500   0.355000       0.241495         0.915138");
+        assert_eq!(lines[2], "510   No log         0.200000         0.900000");
+    }
+
+    #[test]
+    fn train_output_prints_like_python() {
+        let o = TrainOutput::new(4, 2.0, 2.0, 64.0, 1.5e12, 1.0);
+        assert_eq!(
+            o.to_string(),
+            "TrainOutput(global_step=4, training_loss=0.5, metrics={'train_runtime': 2.0, 'train_samples_per_second': 32.0, \
+             'train_steps_per_second': 2.0, 'total_flos': 1500000000000.0, 'train_loss': 0.5, 'epoch': 1.0})"
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! Generates the tonic/prost code for `proto/peftrain/v1/peftrain.proto`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A vendored protoc keeps the build free of system packages (CI starts from a bare machine).
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    println!("cargo:rerun-if-changed=proto/peftrain/v1/peftrain.proto");
+    tonic_prost_build::configure()
+        .bytes(".peftrain.v1.GradChunk.data")
+        .compile_protos(&["proto/peftrain/v1/peftrain.proto"], &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! The peftrain wire protocol: code generated from `proto/peftrain/v1/peftrain.proto`, nothing else.
+
+/// Version 1 of the protocol (the package `peftrain.v1`).
+pub mod v1 {
+    tonic::include_proto!("peftrain.v1");
+
+    /// Minor protocol version a coordinator and its workers must share.
+    pub const PROTOCOL_VERSION: u32 = 1;
+}

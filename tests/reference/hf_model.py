@@ -1,0 +1,130 @@
+"""Reference computations with Hugging Face transformers (+ peft) for peftrain's parity tests.
+
+Subcommands:
+  tiny     write a tiny RoBERTa/BERT classifier (real vocab size, random weights) as safetensors
+  forward  logits, loss and the gradient of every parameter for a padded batch
+  head     save an all-MiniLM-L6-v2 classifier whose new head is seeded, plus logits on a batch
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+
+def tiny(args):
+    from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(args.seed)
+    common = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.dropout,
+        num_labels=2,
+        hidden_act=args.act,
+    )
+    if args.family == "roberta":
+        cfg = RobertaConfig(vocab_size=50265, max_position_embeddings=130, type_vocab_size=1,
+                            pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, **common)
+        model = RobertaForSequenceClassification(cfg)
+    else:
+        cfg = BertConfig(vocab_size=30522, max_position_embeddings=128, type_vocab_size=2,
+                         pad_token_id=0, layer_norm_eps=1e-12, **common)
+        model = BertForSequenceClassification(cfg)
+    # Perturb every parameter (LayerNorm weights included) so that a parameter that is not
+    # loaded, or loaded under the wrong name, shows in the logits.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * args.scale)
+    model.save_pretrained(args.out, safe_serialization=True)
+    if args.base_only:
+        # A base checkpoint: encoder keys without the family prefix, no task head.
+        from safetensors.torch import load_file
+        path = os.path.join(args.out, "model.safetensors")
+        sd = load_file(path)
+        prefix = args.family + "."
+        base = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        save_file(base, path, metadata={"format": "pt"})
+
+
+def load_batch(path):
+    with open(path) as f:
+        b = json.load(f)
+    out = {
+        "input_ids": torch.tensor(b["input_ids"], dtype=torch.long),
+        "attention_mask": torch.tensor(b["attention_mask"], dtype=torch.long),
+    }
+    if b.get("token_type_ids") is not None:
+        out["token_type_ids"] = torch.tensor(b["token_type_ids"], dtype=torch.long)
+    labels = torch.tensor(b["labels"], dtype=torch.long) if b.get("labels") is not None else None
+    return out, labels
+
+
+def forward(args):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    if args.eval:
+        model.eval()
+    else:
+        model.train()
+    inputs, labels = load_batch(args.batch)
+    out = model(**inputs, labels=labels)
+    tensors = {"logits": out.logits.detach().contiguous()}
+    if labels is not None:
+        out.loss.backward()
+        tensors["loss"] = out.loss.detach().reshape(1)
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                tensors["grad." + name] = p.grad.detach().contiguous()
+    save_file(tensors, args.out)
+
+
+def head(args):
+    """all-MiniLM-L6-v2 with a classification head newly initialised from a seed."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    model.eval()
+    model.save_pretrained(args.out, safe_serialization=True)
+    inputs, _ = load_batch(args.batch)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    save_file({"logits": logits.contiguous()}, args.logits)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tiny")
+    t.add_argument("--family", choices=["roberta", "bert"], required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--scale", type=float, default=0.05)
+    t.add_argument("--act", default="gelu")
+    t.add_argument("--base-only", action="store_true")
+    f = sub.add_parser("forward")
+    f.add_argument("--model", required=True)
+    f.add_argument("--batch", required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--eval", action="store_true")
+    h = sub.add_parser("head")
+    h.add_argument("--model", required=True)
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--out", required=True)
+    h.add_argument("--batch", required=True)
+    h.add_argument("--logits", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    {"tiny": tiny, "forward": forward, "head": head}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

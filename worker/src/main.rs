@@ -1,0 +1,140 @@
+//! `peftrain-worker`: a process holding one model replica; started by `peftrain train`
+//! (single-node), by `peftrain worker`, or directly (a Kubernetes pod).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use peftrain_worker::model::{self, LoadOptions};
+use peftrain_worker::peft::{LoraConfig, Method};
+use peftrain_worker::replica::method_from_parts;
+use peftrain_worker::run::{run_worker, WorkerOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "peftrain-worker", version, about = "peftrain worker: one RoBERTa/BERT replica")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    /// Coordinator URL (http://host:port).
+    #[arg(long, env = "PEFTRAIN_COORDINATOR")]
+    coordinator: Option<String>,
+    /// cpu, cuda or cuda:I.
+    #[arg(long, default_value = "cpu", env = "PEFTRAIN_DEVICE")]
+    device: String,
+    /// Intra-op threads for libtorch (default: libtorch's choice).
+    #[arg(long, env = "PEFTRAIN_THREADS")]
+    threads: Option<usize>,
+    /// Address this worker's gRPC server binds.
+    #[arg(long, default_value = "127.0.0.1:0", env = "PEFTRAIN_LISTEN")]
+    listen: SocketAddr,
+    /// host:port peers and the coordinator use to reach this worker (default: the bound address).
+    #[arg(long, env = "PEFTRAIN_ADVERTISE")]
+    advertise: Option<String>,
+    /// Worker name, unique in the run (default: hostname-pid).
+    #[arg(long, env = "PEFTRAIN_WORKER_ID")]
+    id: Option<String>,
+    /// Seconds the coordinator may be unreachable before this worker exits.
+    #[arg(long, default_value_t = 60.0)]
+    coordinator_timeout: f64,
+    /// Seconds a ring peer may stay silent inside an all-reduce.
+    #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
+    worker_timeout: f64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print trainable and total parameter counts (peft's convention) as JSON; config.json only.
+    Params(ParamsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ParamsArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "lora")]
+    method: String,
+    #[arg(long, default_value = "all")]
+    bitfit_scope: String,
+    #[arg(long, default_value_t = 8)]
+    lora_r: i64,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    #[arg(long, default_value_t = 0.1)]
+    lora_dropout: f64,
+    #[arg(long, default_value = "query,value")]
+    lora_targets: String,
+    #[arg(long, default_value_t = 2)]
+    num_labels: i64,
+}
+
+fn params(a: ParamsArgs) -> anyhow::Result<()> {
+    let lora = LoraConfig {
+        r: a.lora_r,
+        alpha: a.lora_alpha,
+        dropout: a.lora_dropout,
+        target_modules: a.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+    };
+    let method: Method = method_from_parts(&a.method, &a.bitfit_scope, Some(lora))?;
+    let opts = LoadOptions {
+        method: &method,
+        device: tch::Device::Cpu,
+        base_kind: tch::Kind::Float,
+        num_labels: Some(a.num_labels),
+        seed: 0,
+        shapes_only: true,
+        random_init: false,
+    };
+    let loaded = model::load(&a.model, &opts)?;
+    let trainable = loaded.params.trainable_count();
+    let all = loaded.params.total_count() + method.peft_extra_params(loaded.head_params);
+    // Raw counts; `peftrain params` formats peft's line from them.
+    println!("{}", serde_json::json!({ "trainable": trainable, "all": all }));
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    peftrain_worker::run::init_tracing();
+    let result = match cli.command {
+        Some(Command::Params(a)) => params(a),
+        None => {
+            let w = cli.worker;
+            match w.coordinator {
+                None => Err(anyhow::anyhow!("--coordinator URL is required (or PEFTRAIN_COORDINATOR)")),
+                Some(coordinator) => {
+                    let id = w.id.unwrap_or_else(|| {
+                        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                        format!("{}-{}", host.trim(), std::process::id())
+                    });
+                    let opts = WorkerOptions {
+                        coordinator,
+                        device: w.device,
+                        threads: w.threads,
+                        listen: w.listen,
+                        advertise: w.advertise,
+                        id,
+                        coordinator_timeout: Duration::from_secs_f64(w.coordinator_timeout),
+                        collective_timeout: Duration::from_secs_f64(w.worker_timeout),
+                    };
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|rt| rt.block_on(run_worker(opts)))
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("peftrain-worker: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,131 @@
+//! The torch.nn building blocks the encoders use (Linear with an optional LoRA adapter,
+//! LayerNorm, Embedding, activations), holding parameters declared through the `Builder`.
+
+use tch::{Kind, Tensor};
+
+use crate::config::Activation;
+use crate::error::ModelError;
+use crate::params::{Builder, Init};
+
+/// peft's `lora.Linear` adapter beside a frozen base Linear.
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scaling: f64,
+    pub dropout: f64,
+}
+
+/// `nn.Linear`, with a LoRA adapter when the method targets this module.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    /// `name` is the module path (`roberta.encoder.layer.0.attention.self.query`); the
+    /// parameters are `{name}.weight` and `{name}.bias`, as in the checkpoint.
+    pub fn new(b: &mut Builder, name: &str, in_dim: i64, out_dim: i64, init_std: f64) -> Result<Linear, ModelError> {
+        let weight = b.param(&format!("{name}.weight"), &[out_dim, in_dim], Init::Normal(init_std))?;
+        let bias = Some(b.param(&format!("{name}.bias"), &[out_dim], Init::Zeros)?);
+        let lora = match b.method().lora_for(name) {
+            Some(cfg) => Some(LoraAdapter {
+                a: b.added(&format!("{name}.lora_A.weight"), &[cfg.r, in_dim], Init::KaimingUniform)?,
+                b: b.added(&format!("{name}.lora_B.weight"), &[out_dim, cfg.r], Init::Zeros)?,
+                scaling: cfg.scaling(),
+                dropout: cfg.dropout,
+            }),
+            None => None,
+        };
+        Ok(Linear { weight, bias, lora })
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let kind = self.weight.kind();
+        // Frozen weights may be kept in bf16 while activations arrive in fp32: compute in the
+        // weight's dtype (as autocast would) and hand back the caller's dtype.
+        let x_in = if x.kind() != kind { x.to_kind(kind) } else { x.shallow_clone() };
+        let bias = self.bias.as_ref().map(|b| if b.kind() != kind { b.to_kind(kind) } else { b.shallow_clone() });
+        let mut y = x_in.linear(&self.weight, bias.as_ref());
+        if y.kind() != x.kind() {
+            y = y.to_kind(x.kind());
+        }
+        match &self.lora {
+            None => y,
+            Some(l) => {
+                // peft: result + lora_B(lora_A(dropout(x))) * scaling, in the adapter's fp32.
+                let h = x.to_kind(l.a.kind()).dropout(l.dropout, train);
+                let delta = h.linear::<Tensor>(&l.a, None).linear::<Tensor>(&l.b, None) * l.scaling;
+                y + delta.to_kind(x.kind())
+            }
+        }
+    }
+}
+
+/// `nn.LayerNorm(hidden, eps=config.layer_norm_eps)`.
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(b: &mut Builder, name: &str, dim: i64, eps: f64) -> Result<LayerNorm, ModelError> {
+        Ok(LayerNorm {
+            weight: b.param(&format!("{name}.weight"), &[dim], Init::Ones)?,
+            bias: b.param(&format!("{name}.bias"), &[dim], Init::Zeros)?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        // Normalisation statistics in fp32 whatever the storage dtype (autocast keeps
+        // layer_norm in fp32 too).
+        let kind = x.kind();
+        let dim = *self.weight.size().last().unwrap_or(&0);
+        x.to_kind(Kind::Float)
+            .layer_norm(
+                [dim],
+                Some(&self.weight.to_kind(Kind::Float)),
+                Some(&self.bias.to_kind(Kind::Float)),
+                self.eps,
+                true,
+            )
+            .to_kind(kind)
+    }
+}
+
+/// `nn.Embedding(num, dim, padding_idx)`: the padding row gets no gradient.
+pub struct Embedding {
+    pub weight: Tensor,
+    pub padding_idx: Option<i64>,
+}
+
+impl Embedding {
+    pub fn new(
+        b: &mut Builder,
+        name: &str,
+        num: i64,
+        dim: i64,
+        init_std: f64,
+        padding_idx: Option<i64>,
+    ) -> Result<Embedding, ModelError> {
+        Ok(Embedding {
+            weight: b.param(&format!("{name}.weight"), &[num, dim], Init::Normal(init_std))?,
+            padding_idx,
+        })
+    }
+
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.weight, ids, self.padding_idx.unwrap_or(-1), false, false)
+    }
+}
+
+pub fn activate(x: &Tensor, act: Activation) -> Tensor {
+    match act {
+        Activation::Gelu => x.gelu("none"),
+        Activation::GeluTanh => x.gelu("tanh"),
+        Activation::Relu => x.relu(),
+        Activation::Silu => x.silu(),
+    }
+}

@@ -1,0 +1,140 @@
+//! Sequence classifiers (RoBERTa and BERT families) and how a replica is built from a model
+//! directory, a method and a seed.
+
+pub mod bert;
+pub mod encoder;
+pub mod layers;
+pub mod roberta;
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{Config, ModelFiles, ModelType};
+use crate::error::ModelError;
+use crate::params::{Builder, Checkpoint, ParamStore, Source};
+use crate::peft::Method;
+use bert::BertForSequenceClassification;
+use roberta::RobertaForSequenceClassification;
+
+/// A padded batch on the model's device.
+pub struct Inputs {
+    /// [batch, seq] int64.
+    pub input_ids: Tensor,
+    /// [batch, seq] int64 segment ids; None means all zero.
+    pub token_type_ids: Option<Tensor>,
+    /// [batch, seq] int64, 1 for real tokens.
+    pub attention_mask: Tensor,
+}
+
+pub enum SequenceClassifier {
+    Roberta(RobertaForSequenceClassification),
+    Bert(BertForSequenceClassification),
+}
+
+impl SequenceClassifier {
+    /// Logits [batch, num_labels]; dropout is active only when `train`.
+    pub fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
+        match self {
+            SequenceClassifier::Roberta(m) => m.forward(inputs, train),
+            SequenceClassifier::Bert(m) => m.forward(inputs, train),
+        }
+    }
+}
+
+/// A built replica: the module tree, its parameters and what loading found.
+pub struct Loaded {
+    pub model: SequenceClassifier,
+    pub params: ParamStore,
+    pub config: Config,
+    pub files: ModelFiles,
+    pub num_labels: i64,
+    pub newly_initialized: Vec<String>,
+    pub unused_keys: Vec<String>,
+    /// Number of parameters in the task head (peft counts a frozen copy of it for LoRA).
+    pub head_params: i64,
+}
+
+/// How to build a replica.
+pub struct LoadOptions<'a> {
+    pub method: &'a Method,
+    pub device: Device,
+    /// dtype of the frozen parameters (fp32 or bf16); trainable ones are always fp32.
+    pub base_kind: Kind,
+    /// Overrides the config's label count (the task decides it).
+    pub num_labels: Option<i64>,
+    /// Seeds newly initialised parameters (head, LoRA A).
+    pub seed: u64,
+    /// Build shapes only (parameter counting: no weights needed).
+    pub shapes_only: bool,
+    /// No checkpoint: initialise every parameter as transformers does (random models of a real
+    /// shape, for speed measurements).
+    pub random_init: bool,
+}
+
+/// Builds a replica from `dir` (config.json plus model.safetensors / pytorch_model.bin).
+pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
+    let files = ModelFiles::locate(dir)?;
+    let config = Config::from_file(&files.config)?;
+    let family = config.model_type_enum(&files.config)?;
+    let num_labels = opts.num_labels.unwrap_or_else(|| config.labels());
+    let checkpoint = if opts.shapes_only || opts.random_init {
+        None
+    } else {
+        let path = files.weights.clone().ok_or_else(|| ModelError::NoWeights { path: dir.to_path_buf() })?;
+        Some(Checkpoint::read(&path)?)
+    };
+    let source = match &checkpoint {
+        Some(c) => Source::Checkpoint(c),
+        None if opts.shapes_only => Source::ShapesOnly,
+        None => Source::Random,
+    };
+    tch::manual_seed(opts.seed as i64);
+    let mut b = Builder::new(source, opts.method, family, opts.device, opts.base_kind);
+    let model = tch::no_grad(|| -> Result<SequenceClassifier, ModelError> {
+        Ok(match family {
+            ModelType::Roberta => SequenceClassifier::Roberta(RobertaForSequenceClassification::new(&mut b, &config, num_labels)?),
+            ModelType::Bert => SequenceClassifier::Bert(BertForSequenceClassification::new(&mut b, &config, num_labels)?),
+        })
+    })?;
+    let built = b.finish();
+    let head_params = built
+        .store
+        .trainable
+        .iter()
+        .chain(built.store.frozen.iter())
+        .filter(|(n, _)| n.starts_with(crate::peft::HEAD_PREFIX) && !n.contains(".lora_"))
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    Ok(Loaded {
+        model,
+        params: built.store,
+        config,
+        files,
+        num_labels,
+        newly_initialized: built.newly_initialized,
+        unused_keys: built.unused_keys,
+        head_params,
+    })
+}
+
+impl Loaded {
+    /// Parameters outside the embedding tables, as transformers'
+    /// `num_parameters(exclude_embeddings=True)` counts them (used for total_flos).
+    pub fn non_embedding_params(&self) -> i64 {
+        self.params
+            .trainable
+            .iter()
+            .chain(self.params.frozen.iter())
+            .filter(|(n, _)| !(n.contains("embeddings.") && n.ends_with("_embeddings.weight")))
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    }
+
+    pub fn class_name(&self) -> &'static str {
+        match self.model {
+            SequenceClassifier::Roberta(_) => "RobertaForSequenceClassification",
+            SequenceClassifier::Bert(_) => "BertForSequenceClassification",
+        }
+    }
+}

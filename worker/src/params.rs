@@ -1,0 +1,258 @@
+//! Parameters split by construction into the trainable set (fp32, requires_grad) and the frozen
+//! set (base dtype, no grad), each loaded strictly from the checkpoint under its HF key.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ModelType;
+use crate::error::ModelError;
+use crate::peft::Method;
+
+/// The named tensors of a checkpoint file, as stored (any dtype), with the keys it used.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Checkpoint {
+    /// Reads `model.safetensors`, or a `pytorch_model.bin` zip archive (what `torch.save`
+    /// writes), into host memory.
+    pub fn read(path: &Path) -> Result<Checkpoint, ModelError> {
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        let list = if is_safetensors {
+            Tensor::read_safetensors(path)
+        } else {
+            Tensor::loadz_multi(path)
+        }
+        .map_err(|e| ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            why: first_line(&e.to_string()),
+        })?;
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            tensors: list.into_iter().collect(),
+        })
+    }
+
+    pub fn from_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Checkpoint {
+        Checkpoint {
+            path: path.to_path_buf(),
+            tensors: tensors.into_iter().collect(),
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Tensor> {
+        self.tensors.get(key)
+    }
+
+    /// Finds `name` (a key of the `*ForSequenceClassification` model) under the spellings
+    /// checkpoints use: with or without the family prefix (`roberta.`/`bert.`), and the
+    /// `gamma`/`beta` names of old LayerNorm checkpoints.
+    fn find(&self, name: &str, prefix: &str) -> Option<(&String, &Tensor)> {
+        let mut candidates = vec![name.to_string()];
+        if let Some(rest) = name.strip_prefix(&format!("{prefix}.")) {
+            candidates.push(rest.to_string());
+        }
+        let legacy: Vec<String> = candidates
+            .iter()
+            .filter_map(|c| {
+                c.strip_suffix("LayerNorm.weight")
+                    .map(|s| format!("{s}LayerNorm.gamma"))
+                    .or_else(|| c.strip_suffix("LayerNorm.bias").map(|s| format!("{s}LayerNorm.beta")))
+            })
+            .collect();
+        candidates.extend(legacy);
+        candidates.iter().find_map(|c| self.tensors.get_key_value(c))
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+/// How a parameter without a checkpoint entry is initialised (transformers' `_init_weights`).
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// `normal_(0, initializer_range)`: Linear and Embedding weights.
+    Normal(f64),
+    Zeros,
+    Ones,
+    /// peft's LoRA A: `kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    KaimingUniform,
+}
+
+/// Where parameter values come from.
+pub enum Source<'a> {
+    /// A checkpoint; keys absent from it may only be newly initialised head parameters.
+    Checkpoint(&'a Checkpoint),
+    /// A checkpoint-free model with every parameter initialised as transformers would
+    /// (used to create random models of a real shape).
+    Random,
+    /// Shapes only, values undefined (parameter counting).
+    ShapesOnly,
+}
+
+/// The model's parameters, split by construction.
+#[derive(Default)]
+pub struct ParamStore {
+    /// Parameters the method trains: fp32 leaves with requires_grad, in sorted-name order.
+    pub trainable: BTreeMap<String, Tensor>,
+    /// Everything else, in the base dtype, never requiring grad.
+    pub frozen: BTreeMap<String, Tensor>,
+}
+
+impl ParamStore {
+    pub fn trainable_count(&self) -> i64 {
+        self.trainable.values().map(|t| t.numel() as i64).sum()
+    }
+    pub fn total_count(&self) -> i64 {
+        self.trainable_count() + self.frozen.values().map(|t| t.numel() as i64).sum::<i64>()
+    }
+}
+
+/// Declares parameters while the model is built: each is looked up in the source under its HF
+/// key, checked for shape, and put in the trainable or frozen set as the method decides.
+pub struct Builder<'a> {
+    source: Source<'a>,
+    method: &'a Method,
+    family: ModelType,
+    device: Device,
+    base_kind: Kind,
+    store: ParamStore,
+    newly_initialized: Vec<String>,
+    used_keys: BTreeSet<String>,
+}
+
+/// What a finished build hands back besides the model.
+pub struct Built {
+    pub store: ParamStore,
+    /// Head parameters absent from the checkpoint and initialised afresh.
+    pub newly_initialized: Vec<String>,
+    /// Checkpoint keys the model did not use (e.g. roberta-base's MLM head).
+    pub unused_keys: Vec<String>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(source: Source<'a>, method: &'a Method, family: ModelType, device: Device, base_kind: Kind) -> Self {
+        Builder {
+            source,
+            method,
+            family,
+            device,
+            base_kind,
+            store: ParamStore::default(),
+            newly_initialized: Vec::new(),
+            used_keys: BTreeSet::new(),
+        }
+    }
+
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Whether `name` may be missing from a base checkpoint and be initialised afresh, as
+    /// transformers does for a task head (roberta-base ships only its MLM head).
+    fn may_be_new(&self, name: &str) -> bool {
+        name.starts_with("classifier.") || name.starts_with(&format!("{}.pooler.", self.family.prefix()))
+    }
+
+    /// Declares a base-model parameter under its checkpoint key.
+    pub fn param(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, ModelError> {
+        let trainable = self.method.trains_base(name);
+        self.declare(name, shape, init, trainable, true)
+    }
+
+    /// Declares a parameter the method adds (LoRA matrices): never in the base checkpoint, always
+    /// trainable.
+    pub fn added(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, ModelError> {
+        self.declare(name, shape, init, true, false)
+    }
+
+    fn declare(
+        &mut self,
+        name: &str,
+        shape: &[i64],
+        init: Init,
+        trainable: bool,
+        from_checkpoint: bool,
+    ) -> Result<Tensor, ModelError> {
+        let kind = if trainable { Kind::Float } else { self.base_kind };
+        let value = match (&self.source, from_checkpoint) {
+            (Source::ShapesOnly, _) => Tensor::empty(shape, (kind, Device::Cpu)),
+            (Source::Checkpoint(ckpt), true) => match ckpt.find(name, self.family.prefix()) {
+                Some((key, t)) => {
+                    if t.size() != shape {
+                        return Err(ModelError::ShapeMismatch {
+                            path: ckpt.path.clone(),
+                            name: key.clone(),
+                            expected: shape.to_vec(),
+                            found: t.size(),
+                        });
+                    }
+                    self.used_keys.insert(key.clone());
+                    t.to_kind(kind)
+                }
+                None if self.may_be_new(name) => {
+                    self.newly_initialized.push(name.to_string());
+                    initial(shape, init, kind)
+                }
+                None => {
+                    return Err(ModelError::MissingTensor {
+                        path: ckpt.path.clone(),
+                        name: name.to_string(),
+                    })
+                }
+            },
+            _ => initial(shape, init, kind),
+        };
+        // Initial values are drawn on the CPU from the seeded global generator, then moved, so
+        // every worker builds the same replica whatever its device.
+        let value = value.to_device(self.device).detach();
+        let value = if trainable { value.set_requires_grad(true) } else { value };
+        let set = if trainable { &mut self.store.trainable } else { &mut self.store.frozen };
+        if set.insert(name.to_string(), value.shallow_clone()).is_some() {
+            return Err(ModelError::Method(format!("parameter {name} declared twice")));
+        }
+        Ok(value)
+    }
+
+    pub fn finish(self) -> Built {
+        let unused_keys = match &self.source {
+            Source::Checkpoint(ckpt) => {
+                let mut v: Vec<String> = ckpt.keys().filter(|k| !self.used_keys.contains(*k)).cloned().collect();
+                v.sort();
+                v
+            }
+            _ => Vec::new(),
+        };
+        Built {
+            store: self.store,
+            newly_initialized: self.newly_initialized,
+            unused_keys,
+        }
+    }
+}
+
+fn initial(shape: &[i64], init: Init, kind: Kind) -> Tensor {
+    let t = match init {
+        Init::Normal(std) => Tensor::randn(shape, (Kind::Float, Device::Cpu)) * std,
+        Init::Zeros => Tensor::zeros(shape, (Kind::Float, Device::Cpu)),
+        Init::Ones => Tensor::ones(shape, (Kind::Float, Device::Cpu)),
+        Init::KaimingUniform => {
+            let fan_in = shape.get(1).copied().unwrap_or(1).max(1) as f64;
+            let bound = 1.0 / fan_in.sqrt();
+            Tensor::empty(shape, (Kind::Float, Device::Cpu)).uniform_(-bound, bound)
+        }
+    };
+    t.to_kind(kind)
+}

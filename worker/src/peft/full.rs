@@ -1,0 +1,5 @@
+//! Full fine-tuning: every base parameter trains.
+
+pub fn trains(_name: &str) -> bool {
+    true
+}

@@ -1,0 +1,517 @@
+//! One model replica and its optimizer: forward/backward on a shard, the fused gradient buffer,
+//! clip and AdamW, evaluation, and the trainable weights on disk. No networking here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::error::ModelError;
+use crate::model::{self, Inputs, LoadOptions, Loaded};
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::peft::{BitFitScope, LoraConfig, Method};
+
+/// Everything that defines a replica (the plain-data form of the wire `RunSpec`).
+#[derive(Debug, Clone)]
+pub struct ReplicaSpec {
+    pub model_dir: PathBuf,
+    pub method: Method,
+    pub num_labels: i64,
+    pub seed: u64,
+    pub init_adapter: Option<PathBuf>,
+    pub optimizer: AdamWConfig,
+    pub max_grad_norm: f64,
+    pub base_kind: Kind,
+    /// No checkpoint: random weights of the config's shape (speed measurements only).
+    pub random_init: bool,
+}
+
+/// A shard of token ids, unpadded (example i is `ids[offset_i .. offset_i + lengths[i]]`).
+#[derive(Debug, Clone, Default)]
+pub struct Shard {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub lengths: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+impl Shard {
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+    pub fn tokens(&self) -> u64 {
+        self.lengths.iter().map(|&l| l as u64).sum()
+    }
+    /// Checks that the lengths account for every id and that labels and segment ids fit.
+    pub fn validate(&self, num_labels: i64, vocab: i64) -> Result<(), String> {
+        let n: u64 = self.tokens();
+        if n != self.ids.len() as u64 {
+            return Err(format!("lengths sum to {n} but {} token ids were sent", self.ids.len()));
+        }
+        if !self.type_ids.is_empty() && self.type_ids.len() != self.ids.len() {
+            return Err(format!("{} segment ids for {} token ids", self.type_ids.len(), self.ids.len()));
+        }
+        if !self.labels.is_empty() && self.labels.len() != self.lengths.len() {
+            return Err(format!("{} labels for {} examples", self.labels.len(), self.lengths.len()));
+        }
+        if let Some(l) = self.labels.iter().find(|&&l| l < 0 || l >= num_labels) {
+            return Err(format!("label {l} outside 0..{num_labels}"));
+        }
+        if let Some(t) = self.ids.iter().find(|&&t| t as i64 >= vocab) {
+            return Err(format!("token id {t} outside the vocabulary of {vocab}"));
+        }
+        if self.lengths.contains(&0) {
+            return Err("an example has no tokens".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a forward/backward pass measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassStats {
+    pub loss_sum: f64,
+    pub examples: u32,
+    pub tokens: u64,
+}
+
+/// Result of an evaluation shard.
+#[derive(Debug, Clone, Default)]
+pub struct EvalStats {
+    pub loss_sum: f64,
+    pub correct: u32,
+    pub examples: u32,
+    /// Row-major [examples, num_labels], when asked for.
+    pub logits: Vec<f32>,
+}
+
+/// The replica's identity: equal fingerprints train together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    pub digest: String,
+    pub model_type: String,
+    pub trainable_params: u64,
+    pub total_params: u64,
+    /// Sorted trainable names, shapes, dtype.
+    pub layout: Vec<(String, Vec<i64>, String)>,
+}
+
+pub struct Replica {
+    pub loaded: Loaded,
+    pub optimizer: AdamW,
+    pub device: Device,
+    pub spec: ReplicaSpec,
+    pub fingerprint: Fingerprint,
+    /// Number of fp32 values in the fused gradient buffer.
+    pub flat_len: usize,
+}
+
+impl Replica {
+    pub fn build(spec: &ReplicaSpec, device: Device) -> Result<Replica, ModelError> {
+        let opts = LoadOptions {
+            method: &spec.method,
+            device,
+            base_kind: spec.base_kind,
+            num_labels: Some(spec.num_labels),
+            seed: spec.seed,
+            shapes_only: false,
+            random_init: spec.random_init,
+        };
+        let loaded = model::load(&spec.model_dir, &opts)?;
+        let mut replica = Replica {
+            optimizer: AdamW::new(spec.optimizer, &loaded.params.trainable),
+            flat_len: loaded.params.trainable.values().map(|t| t.numel()).sum(),
+            fingerprint: fingerprint(&loaded, &spec.method)?,
+            loaded,
+            device,
+            spec: spec.clone(),
+        };
+        if let Some(dir) = &spec.init_adapter {
+            replica.load_trainable(dir)?;
+        }
+        Ok(replica)
+    }
+
+    pub fn trainable(&self) -> &BTreeMap<String, Tensor> {
+        &self.loaded.params.trainable
+    }
+
+    /// Pads a shard on the right to its longest example.
+    pub fn inputs(&self, shard: &Shard) -> Inputs {
+        let pad = self.loaded.config.pad_id();
+        let b = shard.len();
+        let l = shard.lengths.iter().copied().max().unwrap_or(0) as usize;
+        let mut ids = vec![pad; b * l];
+        let mut mask = vec![0i64; b * l];
+        let mut types = vec![0i64; if shard.type_ids.is_empty() { 0 } else { b * l }];
+        let mut off = 0usize;
+        for (i, &len) in shard.lengths.iter().enumerate() {
+            let len = len as usize;
+            for j in 0..len {
+                ids[i * l + j] = shard.ids[off + j] as i64;
+                mask[i * l + j] = 1;
+                if !types.is_empty() {
+                    types[i * l + j] = shard.type_ids[off + j] as i64;
+                }
+            }
+            off += len;
+        }
+        let dims = [b as i64, l as i64];
+        let t = |v: &[i64]| Tensor::from_slice(v).view(dims).to_device(self.device);
+        Inputs {
+            input_ids: t(&ids),
+            token_type_ids: if types.is_empty() { None } else { Some(t(&types)) },
+            attention_mask: t(&mask),
+        }
+    }
+
+    /// Zeroes the gradients, then backpropagates sum(cross-entropy over the shard) /
+    /// `global_batch`, so that the sum of all workers' gradients is the global-batch mean.
+    pub fn forward_backward(&mut self, shard: &Shard, global_batch: usize, dropout_seed: u64) -> PassStats {
+        self.ensure_grads();
+        for p in self.loaded.params.trainable.values() {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        if shard.is_empty() {
+            return PassStats::default();
+        }
+        tch::manual_seed(dropout_seed as i64);
+        let inputs = self.inputs(shard);
+        let labels = Tensor::from_slice(&shard.labels).to_device(self.device);
+        let logits = self.loaded.model.forward(&inputs, true);
+        // CrossEntropyLoss as transformers calls it, summed here and divided below.
+        let loss_sum = logits
+            .to_kind(Kind::Float)
+            .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0);
+        (&loss_sum / global_batch as f64).backward();
+        PassStats {
+            loss_sum: loss_sum.double_value(&[]),
+            examples: shard.len() as u32,
+            tokens: shard.tokens(),
+        }
+    }
+
+    /// Gives every trainable leaf a (zero) gradient tensor, so that the fused buffer can be
+    /// written back even on a worker whose shard was empty or a parameter the graph skipped.
+    fn ensure_grads(&self) {
+        let missing: Vec<&Tensor> = self.trainable().values().filter(|p| !p.grad().defined()).collect();
+        if missing.is_empty() {
+            return;
+        }
+        let zero = missing.iter().map(|p| p.sum(Kind::Float) * 0.0).fold(Tensor::zeros([], (Kind::Float, self.device)), |a, b| a + b);
+        zero.backward();
+    }
+
+    /// The gradients as one fp32 buffer in sorted-name order (zeros where a gradient is
+    /// undefined, e.g. on an empty shard).
+    pub fn flat_grads(&self) -> Vec<f32> {
+        let parts: Vec<Tensor> = self
+            .trainable()
+            .values()
+            .map(|p| {
+                let g = p.grad();
+                if g.defined() {
+                    g.detach().to_kind(Kind::Float).reshape([-1])
+                } else {
+                    Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
+                }
+            })
+            .collect();
+        let flat = Tensor::cat(&parts, 0).to_device(Device::Cpu).contiguous();
+        let mut out = vec![0f32; self.flat_len];
+        flat.copy_data(&mut out, self.flat_len);
+        out
+    }
+
+    /// Writes the reduced buffer back into the gradients.
+    pub fn set_flat_grads(&mut self, buf: &[f32]) {
+        let flat = Tensor::from_slice(buf).to_device(self.device);
+        let mut off = 0i64;
+        tch::no_grad(|| {
+            for p in self.loaded.params.trainable.values() {
+                let n = p.numel() as i64;
+                let v = flat.narrow(0, off, n).view(p.size().as_slice());
+                let mut g = p.grad();
+                g.copy_(&v);
+                off += n;
+            }
+        });
+    }
+
+    /// Clip, then AdamW with `lr`. A non-finite gradient norm skips the update (as AMP's loss
+    /// scaler does) and leaves weights and moments untouched. Returns (norm, skipped).
+    pub fn apply(&mut self, lr: f64) -> (f64, bool) {
+        let norm = clip_grad_norm(&self.loaded.params.trainable, self.spec.max_grad_norm);
+        if !norm.is_finite() {
+            return (norm, true);
+        }
+        self.optimizer.step(&self.loaded.params.trainable, lr);
+        (norm, false)
+    }
+
+    /// Loss sum, correct count and (optionally) logits, without gradients, dropout off.
+    pub fn evaluate(&self, shard: &Shard, want_logits: bool) -> EvalStats {
+        if shard.is_empty() {
+            return EvalStats::default();
+        }
+        tch::no_grad(|| {
+            let inputs = self.inputs(shard);
+            let logits = self.loaded.model.forward(&inputs, false).to_kind(Kind::Float);
+            let mut stats = EvalStats {
+                examples: shard.len() as u32,
+                ..Default::default()
+            };
+            if !shard.labels.is_empty() {
+                let labels = Tensor::from_slice(&shard.labels).to_device(self.device);
+                stats.loss_sum = logits
+                    .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)
+                    .double_value(&[]);
+                stats.correct = logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]) as u32;
+            }
+            if want_logits {
+                let flat = logits.to_device(Device::Cpu).contiguous().reshape([-1]);
+                let n = flat.numel();
+                let mut v = vec![0f32; n];
+                flat.copy_data(&mut v, n);
+                stats.logits = v;
+            }
+            stats
+        })
+    }
+
+    /// Writes the trainable weights under `dir`: `trainable.safetensors` (checkpoint keys) and
+    /// `trainable_config.json`; for LoRA also peft's `adapter_model.safetensors` and
+    /// `adapter_config.json`. Files are written to a temporary name and renamed.
+    pub fn save(&self, dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let cpu: Vec<(String, Tensor)> = self
+            .trainable()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous()))
+            .collect();
+        let mut files = Vec::new();
+        files.push(write_safetensors_atomic(&dir.join("trainable.safetensors"), &cpu)?);
+        let meta = serde_json::json!({
+            "format": "peftrain-trainable/1",
+            "model_dir": self.spec.model_dir,
+            "model_type": self.loaded.config.model_type,
+            "method": self.spec.method.name(),
+            "method_spec": self.spec.method.describe(),
+            "num_labels": self.spec.num_labels,
+            "bitfit_scope": match &self.spec.method { Method::BitFit(s) => s.as_str(), _ => "all" },
+            "lora_r": match &self.spec.method { Method::Lora(c) => c.r, _ => 0 },
+            "lora_alpha": match &self.spec.method { Method::Lora(c) => c.alpha, _ => 0.0 },
+            "lora_dropout": match &self.spec.method { Method::Lora(c) => c.dropout, _ => 0.0 },
+            "lora_targets": match &self.spec.method { Method::Lora(c) => c.target_modules.clone(), _ => vec![] },
+            "fingerprint": self.fingerprint.digest,
+            "trainable_params": self.fingerprint.trainable_params,
+        });
+        files.push(write_atomic(&dir.join("trainable_config.json"), serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes())?);
+        if let Method::Lora(cfg) = &self.spec.method {
+            let peft: Vec<(String, Tensor)> = cpu.iter().map(|(n, t)| (format!("base_model.model.{n}"), t.shallow_clone())).collect();
+            files.push(write_safetensors_atomic(&dir.join("adapter_model.safetensors"), &peft)?);
+            let cfg_json = peft_adapter_config(cfg, &self.spec.model_dir);
+            files.push(write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg_json).unwrap_or_default().as_bytes())?);
+        }
+        Ok(files)
+    }
+
+    /// Loads trainable weights saved by peftrain or by peft (`adapter_model.safetensors`),
+    /// strictly: every trainable parameter must be there with its shape, and nothing else.
+    pub fn load_trainable(&mut self, dir: &Path) -> Result<(), ModelError> {
+        let path = ["trainable.safetensors", "adapter_model.safetensors"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| ModelError::Missing {
+                path: dir.to_path_buf(),
+                what: "trainable.safetensors or adapter_model.safetensors".into(),
+            })?;
+        let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Checkpoint {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
+        for (k, t) in tensors {
+            by_name.insert(peft_key_to_name(&k), t);
+        }
+        tch::no_grad(|| -> Result<(), ModelError> {
+            for (name, p) in &self.loaded.params.trainable {
+                let t = by_name.remove(name).ok_or_else(|| ModelError::MissingTensor {
+                    path: path.clone(),
+                    name: name.clone(),
+                })?;
+                if t.size() != p.size() {
+                    return Err(ModelError::ShapeMismatch {
+                        path: path.clone(),
+                        name: name.clone(),
+                        expected: p.size(),
+                        found: t.size(),
+                    });
+                }
+                let mut p = p.shallow_clone();
+                p.copy_(&t.to_kind(p.kind()).to_device(p.device()));
+            }
+            Ok(())
+        })?;
+        if let Some(extra) = by_name.keys().next() {
+            return Err(ModelError::Checkpoint {
+                path,
+                why: format!("tensor `{extra}` is not a trainable parameter of this model and method"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// peft's saved key to the model's parameter name:
+/// `base_model.model.classifier.modules_to_save.default.dense.weight` -> `classifier.dense.weight`,
+/// `...query.lora_A.default.weight` -> `...query.lora_A.weight`.
+pub fn peft_key_to_name(key: &str) -> String {
+    let k = key.strip_prefix("base_model.model.").unwrap_or(key);
+    k.replace(".modules_to_save.default.", ".")
+        .replace(".original_module.", ".")
+        .replace(".lora_A.default.", ".lora_A.")
+        .replace(".lora_B.default.", ".lora_B.")
+}
+
+fn peft_adapter_config(cfg: &LoraConfig, model_dir: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": model_dir,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.target_modules,
+        "modules_to_save": ["classifier", "score"],
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": null
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf, ModelError> {
+    let tmp = path.with_extension("tmp");
+    let io = |e| ModelError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(path.to_path_buf())
+}
+
+fn write_safetensors_atomic(path: &Path, tensors: &[(String, Tensor)]) -> Result<PathBuf, ModelError> {
+    let tmp = path.with_extension("safetensors.tmp");
+    Tensor::write_safetensors(tensors, &tmp).map_err(|e| ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(path.to_path_buf())
+}
+
+/// sha256 over what makes replicas interchangeable: the checkpoint's config and tensor index,
+/// the method, and the trainable layout.
+fn fingerprint(loaded: &Loaded, method: &Method) -> Result<Fingerprint, ModelError> {
+    let mut h = Sha256::new();
+    let cfg = std::fs::read(&loaded.files.config).map_err(|e| ModelError::Io {
+        path: loaded.files.config.clone(),
+        source: e,
+    })?;
+    h.update(&cfg);
+    if let Some(w) = &loaded.files.weights {
+        h.update(checkpoint_identity(w)?);
+    }
+    h.update(method.describe().as_bytes());
+    h.update(loaded.num_labels.to_le_bytes());
+    let layout: Vec<(String, Vec<i64>, String)> = loaded
+        .params
+        .trainable
+        .iter()
+        .map(|(n, t)| (n.clone(), t.size(), format!("{:?}", t.kind()).to_lowercase()))
+        .collect();
+    for (n, s, k) in &layout {
+        h.update(n.as_bytes());
+        for d in s {
+            h.update(d.to_le_bytes());
+        }
+        h.update(k.as_bytes());
+    }
+    Ok(Fingerprint {
+        digest: hex::encode(h.finalize()),
+        model_type: loaded.config.model_type.clone(),
+        trainable_params: loaded.params.trainable_count() as u64,
+        total_params: loaded.params.total_count() as u64,
+        layout,
+    })
+}
+
+/// Cheap identity of a weights file: the safetensors header (names, dtypes, shapes, offsets)
+/// plus the file size, or size and the first MiB for pickled checkpoints.
+fn checkpoint_identity(path: &Path) -> Result<Vec<u8>, ModelError> {
+    use std::io::Read;
+    let io = |e| ModelError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    let mut out = size.to_le_bytes().to_vec();
+    let mut head = vec![0u8; 1 << 20];
+    let n = f.read(&mut head).map_err(io)?;
+    head.truncate(n);
+    if path.extension().is_some_and(|e| e == "safetensors") && n >= 8 {
+        let hlen = u64::from_le_bytes(head[..8].try_into().unwrap_or([0; 8])) as usize;
+        head.truncate((8 + hlen).min(n));
+    }
+    out.extend(head);
+    Ok(out)
+}
+
+/// Parses a method from the wire's plain fields.
+pub fn method_from_parts(
+    kind: &str,
+    bitfit_scope: &str,
+    lora: Option<LoraConfig>,
+) -> Result<Method, ModelError> {
+    match kind {
+        "full" => Ok(Method::Full),
+        "bitfit" => BitFitScope::parse(bitfit_scope)
+            .map(Method::BitFit)
+            .ok_or_else(|| ModelError::Method(format!("unknown bitfit scope {bitfit_scope:?} (all, bias-only)"))),
+        "lora" => {
+            let cfg = lora.unwrap_or_default();
+            if cfg.r <= 0 {
+                return Err(ModelError::Method(format!("lora r must be positive, got {}", cfg.r)));
+            }
+            if cfg.target_modules.is_empty() {
+                return Err(ModelError::Method("lora needs at least one target module".into()));
+            }
+            Ok(Method::Lora(cfg))
+        }
+        other => Err(ModelError::Method(format!("unknown method {other:?} (full, bitfit, lora)"))),
+    }
+}

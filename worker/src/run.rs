@@ -1,0 +1,261 @@
+//! A worker process's life: learn the run from the coordinator, build the replica, serve the
+//! Worker and Collective services, register, heartbeat, and stop when told or when the
+//! coordinator is gone for longer than its timeout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peftrain_proto::v1 as pb;
+use tch::{Device, Kind};
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint, Server};
+
+use crate::optim::AdamWConfig;
+use crate::peft::{LoraConfig, Method};
+use crate::replica::{method_from_parts, Replica, ReplicaSpec};
+use crate::service::{CollectiveService, Engine, WorkerService};
+
+/// How a worker process is started.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub coordinator: String,
+    pub device: String,
+    pub threads: Option<usize>,
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub id: String,
+    /// How long the coordinator may be unreachable before the worker gives up.
+    pub coordinator_timeout: Duration,
+    /// How long a peer may stay silent inside an all-reduce.
+    pub collective_timeout: Duration,
+}
+
+/// Parses `cpu`, `cuda` or `cuda:I`, loading libtorch's CUDA library when needed.
+pub fn parse_device(s: &str) -> anyhow::Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let index: usize = match s.strip_prefix("cuda:") {
+                Some(i) => i.parse().map_err(|_| anyhow::anyhow!("--device {s}: bad GPU index"))?,
+                None => 0,
+            };
+            crate::cuda::load_torch_cuda();
+            if !tch::Cuda::is_available() {
+                anyhow::bail!("--device {s}: CUDA is not available to libtorch (no GPU, or libtorch_cuda.so could not be loaded)");
+            }
+            let n = tch::Cuda::device_count() as usize;
+            if index >= n {
+                anyhow::bail!("--device {s}: only {n} GPU(s) visible");
+            }
+            Ok(Device::Cuda(index))
+        }
+        other => anyhow::bail!("--device {other:?}: expected cpu, cuda or cuda:I"),
+    }
+}
+
+/// The replica a wire `RunSpec` describes.
+pub fn replica_spec(spec: &pb::RunSpec) -> anyhow::Result<ReplicaSpec> {
+    let m = spec.method.clone().unwrap_or_default();
+    let lora = (m.kind == "lora").then(|| LoraConfig {
+        r: m.lora_r as i64,
+        alpha: m.lora_alpha as f64,
+        dropout: m.lora_dropout as f64,
+        target_modules: m.lora_targets.clone(),
+    });
+    let method: Method = method_from_parts(&m.kind, &m.bitfit_scope, lora)?;
+    let o = spec.optimizer.unwrap_or_default();
+    let base_kind = match spec.base_dtype.as_str() {
+        "" | "fp32" => Kind::Float,
+        "bf16" => Kind::BFloat16,
+        other => anyhow::bail!("base dtype {other:?}: expected fp32 or bf16"),
+    };
+    let (model_dir, random_init) = match spec.model_dir.strip_prefix("random:") {
+        Some(dir) => (dir.to_string(), true),
+        None => (spec.model_dir.clone(), false),
+    };
+    Ok(ReplicaSpec {
+        model_dir: PathBuf::from(model_dir),
+        method,
+        num_labels: spec.num_labels as i64,
+        seed: spec.seed,
+        init_adapter: (!spec.init_adapter.is_empty()).then(|| PathBuf::from(&spec.init_adapter)),
+        optimizer: AdamWConfig {
+            beta1: o.beta1 as f64,
+            beta2: o.beta2 as f64,
+            eps: o.eps as f64,
+            weight_decay: o.weight_decay as f64,
+        },
+        max_grad_norm: o.max_grad_norm as f64,
+        base_kind,
+        random_init,
+    })
+}
+
+fn coordinator_channel(url: &str) -> anyhow::Result<Channel> {
+    let url = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
+    Ok(Endpoint::from_shared(url.clone())
+        .map_err(|e| anyhow::anyhow!("--coordinator {url}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Retries `f` with exponential backoff until it succeeds, fails with a status that retrying
+/// cannot cure, or `deadline` passes.
+async fn with_backoff<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let start = Instant::now();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown) => {
+                if start.elapsed() > deadline {
+                    anyhow::bail!("{what}: coordinator unreachable for {:.0} s: {}", deadline.as_secs_f64(), s.message());
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(s) => anyhow::bail!("{what}: {} ({:?})", s.message(), s.code()),
+        }
+    }
+}
+
+pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
+    let device = parse_device(&opts.device)?;
+    if let Some(t) = opts.threads {
+        tch::set_num_threads(t as i32);
+    }
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", opts.listen))?;
+    let bound = listener.local_addr()?;
+    let address = match &opts.advertise {
+        Some(a) => a.clone(),
+        None if bound.ip().is_unspecified() => anyhow::bail!("--listen {bound} needs --advertise HOST:PORT so peers can reach this worker"),
+        None => bound.to_string(),
+    };
+    let mut coord = pb::coordinator_client::CoordinatorClient::new(coordinator_channel(&opts.coordinator)?);
+    let hello = with_backoff("hello", opts.coordinator_timeout, || {
+        let mut c = coord.clone();
+        let req = pb::HelloRequest {
+            protocol_version: pb::PROTOCOL_VERSION,
+            worker_id: opts.id.clone(),
+        };
+        async move { c.hello(req).await.map(|r| r.into_inner()) }
+    })
+    .await?;
+    let spec_pb = hello.spec.ok_or_else(|| anyhow::anyhow!("coordinator sent no run spec"))?;
+    let spec = replica_spec(&spec_pb)?;
+    tracing::info!(worker = %opts.id, model = %spec.model_dir.display(), method = spec.method.name(), device = ?device, "building replica");
+    let replica = tokio::task::spawn_blocking(move || Replica::build(&spec, device)).await??;
+    let fp = replica.fingerprint.clone();
+    let peft_all = fp.total_params as i64 + replica.spec.method.peft_extra_params(replica.loaded.head_params);
+    tracing::debug!(trainable = fp.trainable_params, all = peft_all, "replica built");
+    let newly_initialized = replica.loaded.newly_initialized.clone();
+    let model_class = replica.loaded.class_name().to_string();
+    let non_embedding_params = replica.loaded.non_embedding_params() as u64;
+    let engine = Arc::new(Engine::new(replica, opts.collective_timeout, 256 * 1024));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::worker_server::WorkerServer<WorkerService>>().await;
+    let serve_engine = engine.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(async move {
+        Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(
+                pb::worker_server::WorkerServer::new(WorkerService(serve_engine.clone()))
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(256 << 20),
+            )
+            .add_service(
+                pb::collective_server::CollectiveServer::new(CollectiveService(serve_engine.clone()))
+                    .max_decoding_message_size(64 << 20),
+            )
+            .serve_with_incoming_shutdown(incoming, async move { serve_engine.shutdown.notified().await })
+            .await
+    });
+
+    let reg = pb::RegisterRequest {
+        protocol_version: pb::PROTOCOL_VERSION,
+        worker_id: opts.id.clone(),
+        run_id: hello.run_id.clone(),
+        address: address.clone(),
+        device: opts.device.clone(),
+        threads: opts.threads.unwrap_or(0) as u32,
+        fingerprint: Some(to_pb_fingerprint(&fp)),
+        newly_initialized,
+        model_class,
+        non_embedding_params,
+        peft_all_params: peft_all as u64,
+    };
+    let reply = with_backoff("register", opts.coordinator_timeout, || {
+        let mut c = coord.clone();
+        let req = reg.clone();
+        async move { c.register(req).await.map(|r| r.into_inner()) }
+    })
+    .await?;
+    tracing::info!(worker = %opts.id, %address, "registered ({}/{})", reply.registered, reply.expected);
+
+    // Heartbeats until the coordinator says stop, or stays unreachable past the timeout.
+    let mut last_ok = Instant::now();
+    let mut server = server;
+    loop {
+        tokio::select! {
+            res = &mut server => {
+                res??;
+                return Ok(());
+            }
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                let req = pb::HeartbeatRequest { worker_id: opts.id.clone(), run_id: hello.run_id.clone() };
+                match coord.heartbeat(req).await {
+                    Ok(r) if r.get_ref().known => last_ok = Instant::now(),
+                    Ok(_) => {
+                        engine.shutdown.notify_one();
+                        anyhow::bail!("the coordinator no longer knows this worker (run {})", hello.run_id);
+                    }
+                    Err(_) if last_ok.elapsed() > opts.coordinator_timeout => {
+                        engine.shutdown.notify_one();
+                        anyhow::bail!("coordinator {} unreachable for {:.0} s", opts.coordinator, opts.coordinator_timeout.as_secs_f64());
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+pub fn to_pb_fingerprint(fp: &crate::replica::Fingerprint) -> pb::Fingerprint {
+    pb::Fingerprint {
+        digest: fp.digest.clone(),
+        model_type: fp.model_type.clone(),
+        trainable_params: fp.trainable_params,
+        total_params: fp.total_params,
+        layout: fp
+            .layout
+            .iter()
+            .map(|(n, s, k)| pb::TensorInfo {
+                name: n.clone(),
+                shape: s.clone(),
+                dtype: k.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// tracing to stderr; `RUST_LOG` filters, `PEFTRAIN_LOG_FORMAT=json` switches to JSON lines.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("PEFTRAIN_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = if json { b.json().try_init() } else { b.try_init() };
+}
