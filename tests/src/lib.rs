@@ -134,3 +134,46 @@ impl PaddedBatch {
         }
     }
 }
+
+/// Runs `peftrain` with `args` to completion; panics with its output on failure.
+pub fn peftrain(args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin("peftrain"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"))
+        .output()
+        .expect("start peftrain");
+    assert!(
+        out.status.success(),
+        "peftrain {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The events of a run's `metrics.jsonl`.
+pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines().map(|l| serde_json::from_str(l).expect("metrics line")).collect()
+}
+
+/// Per-step training losses of a run logged with `--logging-steps 1`.
+pub fn step_losses(dir: &Path) -> Vec<f64> {
+    metrics(dir).iter().filter_map(|e| e.get("loss").and_then(|v| v.as_f64())).collect()
+}
+
+/// A tiny RoBERTa classifier (real vocabulary size, dropout 0) written by the reference.
+pub fn tiny_roberta(dir: &Path, seed: u64) -> PathBuf {
+    let out = dir.join("tiny-roberta");
+    run_reference("hf_model.py", &["tiny", "--family", "roberta", "--out", out.to_str().unwrap(), "--seed", &seed.to_string()]);
+    out
+}
+
+/// The trainable weights a run saved (`trainable.safetensors`, checkpoint keys).
+pub fn trainable_weights(dir: &Path) -> std::collections::BTreeMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(dir.join("trainable.safetensors"))
+        .expect("trainable.safetensors")
+        .into_iter()
+        .collect()
+}

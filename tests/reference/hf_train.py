@@ -1,0 +1,119 @@
+"""A reference training loop written with Hugging Face transformers + peft + torch.optim, for
+peftrain's trajectory-parity test: the same model, data order, batches, schedule, clipping and
+AdamW as the Trainer would use, printing the per-step training losses as JSON.
+
+Subcommands:
+  lora-init  write peft's initial LoRA adapter (A Kaiming-uniform, B zero, head copied) so
+             both sides start from the same weights
+  train      run the loop and print {"losses": [...], "final": {name: [values]}}
+"""
+import argparse
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.optimization import get_linear_schedule_with_warmup
+
+
+def read_sst2(path, limit):
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    s, l = header.index("sentence"), header.index("label")
+    rows = [r.rstrip("\r").split("\t") for r in lines[1:] if r.strip()][:limit]
+    return [r[s] for r in rows], [int(r[l]) for r in rows]
+
+
+def lora_config(a):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0,
+                      target_modules=a.lora_targets.split(","))
+
+
+def build(a):
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    if a.method == "lora":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, a.adapter, is_trainable=True)
+    elif a.method == "bitfit":
+        for n, p in model.named_parameters():
+            p.requires_grad = n.endswith("bias") or (a.scope == "all" and n.startswith("classifier."))
+    return model
+
+
+def lora_init(a):
+    from peft import get_peft_model
+
+    torch.manual_seed(a.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    model = get_peft_model(model, lora_config(a))
+    model.save_pretrained(a.out)
+
+
+def train(a):
+    torch.manual_seed(0)
+    model = build(a)
+    model.train()
+    tok = AutoTokenizer.from_pretrained(a.tokenizer)
+    texts, labels = read_sst2(a.tsv, a.batch_size * a.steps)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # The Trainer's grouping: no weight decay on biases and LayerNorm weights.
+    decay = [p for n, p in params if not (n.endswith("bias") or "LayerNorm" in n)]
+    no_decay = [p for n, p in params if n.endswith("bias") or "LayerNorm" in n]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=a.lr, betas=(0.9, 0.999), eps=1e-8, foreach=False,
+    )
+    sched = get_linear_schedule_with_warmup(opt, a.warmup_steps, a.steps)
+    losses, norms = [], []
+    for step in range(a.steps):
+        i = step * a.batch_size
+        enc = tok(texts[i:i + a.batch_size], truncation=True, max_length=a.max_length, padding=True, return_tensors="pt")
+        y = torch.tensor(labels[i:i + a.batch_size])
+        out = model(**enc, labels=y)
+        opt.zero_grad()
+        out.loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], a.max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+        norms.append(norm.item())
+    final = {}
+    for n, p in params:
+        key = n.replace("base_model.model.", "").replace(".modules_to_save.default", "").replace(".default.", ".")
+        final[key] = p.detach().flatten().tolist()
+    print(json.dumps({"losses": losses, "grad_norms": norms, "final": final}))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd", choices=["lora-init", "train"])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--tsv")
+    ap.add_argument("--method", default="full")
+    ap.add_argument("--scope", default="all")
+    ap.add_argument("--adapter")
+    ap.add_argument("--out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--warmup-steps", type=int, default=3)
+    ap.add_argument("--max-grad-norm", type=float, default=1.0)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--lora-alpha", type=float, default=16)
+    ap.add_argument("--lora-targets", default="query,value")
+    a = ap.parse_args()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    {"lora-init": lora_init, "train": train}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
