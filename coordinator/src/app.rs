@@ -130,8 +130,17 @@ pub fn prepare_split(cfg: &TrainConfig, tok: &TextTokenizer, split: Split, limit
     Ok(enc.examples)
 }
 
-fn send_type_ids(model: &Path) -> anyhow::Result<bool> {
+/// Reads what the coordinator needs of config.json and checks `--max-length` against it;
+/// returns whether to send segment ids.
+fn send_type_ids(model: &Path, max_length: usize) -> anyhow::Result<bool> {
     let info = ModelInfo::read(model).map_err(|e| anyhow!(e))?;
+    if max_length > info.max_tokens() {
+        anyhow::bail!(
+            "--max-length {max_length} exceeds the {} positions of {}/config.json (max_position_embeddings)",
+            info.max_tokens(),
+            model.display()
+        );
+    }
     // RoBERTa's type vocabulary has one entry; only BERT-family models read segment ids.
     Ok(info.model_type == "bert")
 }
@@ -139,7 +148,7 @@ fn send_type_ids(model: &Path) -> anyhow::Result<bool> {
 /// `peftrain train` / `peftrain coordinator`: the whole run, outputs included.
 pub async fn run_training(cfg: &TrainConfig, workers: &Workers) -> anyhow::Result<RunSummary> {
     cfg.validate().map_err(|e| anyhow!(e))?;
-    let type_ids = send_type_ids(&cfg.model)?;
+    let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let train = prepare_split(cfg, &tok, Split::Train, cfg.train_limit)?;
     let dev = prepare_split(cfg, &tok, Split::Dev, cfg.eval_limit)?;
@@ -190,7 +199,7 @@ pub struct PredictConfig {
 pub async fn run_predict(p: &PredictConfig, workers: &Workers) -> anyhow::Result<usize> {
     let cfg = &p.train;
     cfg.validate().map_err(|e| anyhow!(e))?;
-    let type_ids = send_type_ids(&cfg.model)?;
+    let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let rows = prepare_split(cfg, &tok, p.split, cfg.eval_limit)?;
     let session = Session::start(cfg, workers, type_ids).await?;

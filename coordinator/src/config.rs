@@ -147,6 +147,13 @@ impl TrainConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelInfo {
     pub model_type: String,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: usize,
+    pub pad_token_id: Option<usize>,
+}
+
+fn default_positions() -> usize {
+    512
 }
 
 impl ModelInfo {
@@ -154,5 +161,13 @@ impl ModelInfo {
         let path = model_dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_json::from_str(&text).map_err(|e| format!("{}: malformed JSON: {e}", path.display()))
+    }
+
+    /// Longest input the position table allows (RoBERTa's positions start after the pad id).
+    pub fn max_tokens(&self) -> usize {
+        match self.model_type.as_str() {
+            "roberta" => self.max_position_embeddings.saturating_sub(self.pad_token_id.unwrap_or(1) + 1),
+            _ => self.max_position_embeddings,
+        }
     }
 }

@@ -3,9 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// How a worker process announces a fatal error on its last stderr line.
+const WORKER_ERROR_PREFIX: &str = "peftrain-worker: error: ";
 
 /// The worker binary: `$PEFTRAIN_WORKER_BIN`, else `peftrain-worker` beside this executable
 /// (git-style: the coordinator never links libtorch, the worker does).
@@ -25,8 +30,15 @@ pub fn worker_binary() -> Result<PathBuf, String> {
     }
 }
 
+struct LocalWorker {
+    id: String,
+    child: Child,
+    /// The worker's fatal error line, kept so the coordinator reports it once, in its own words.
+    error: Arc<Mutex<Option<String>>>,
+}
+
 pub struct LocalWorkers {
-    children: Vec<(String, Child)>,
+    children: Vec<LocalWorker>,
 }
 
 impl LocalWorkers {
@@ -51,23 +63,44 @@ impl LocalWorkers {
                 .arg(device_for(device, i))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
+                .stderr(Stdio::piped())
                 .kill_on_drop(true);
             if std::env::var_os("RUST_LOG").is_none() {
                 // The coordinator reports for the group; workers speak up only about problems.
                 cmd.env("RUST_LOG", "warn");
             }
-            let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-            children.push((id, child));
+            let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            let error = Arc::new(Mutex::new(None));
+            if let Some(stderr) = child.stderr.take() {
+                let error = error.clone();
+                // Worker logs pass through; its fatal error is held back for the coordinator's
+                // single error line.
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        match line.strip_prefix(WORKER_ERROR_PREFIX) {
+                            Some(e) => *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string()),
+                            None => eprintln!("{line}"),
+                        }
+                    }
+                });
+            }
+            children.push(LocalWorker { id, child, error });
         }
         Ok(LocalWorkers { children })
     }
 
-    /// A worker that already exited, and how.
+    /// A worker that already exited, and why: its own error line when it gave one.
     pub fn exited(&mut self) -> Option<String> {
-        for (id, c) in &mut self.children {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Some(format!("local worker {id} exited ({status}) before the run finished"));
+        for w in &mut self.children {
+            if let Ok(Some(status)) = w.child.try_wait() {
+                // Let the stderr reader catch up with the last line before reporting.
+                std::thread::sleep(Duration::from_millis(50));
+                let error = w.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                return Some(match error {
+                    Some(e) => e,
+                    None => format!("local worker {} exited ({status}) before the run finished", w.id),
+                });
             }
         }
         None
@@ -75,15 +108,15 @@ impl LocalWorkers {
 
     /// Waits for the workers to exit on their own, then kills what is left.
     pub async fn finish(mut self, grace: Duration) {
-        for (_, c) in &mut self.children {
-            if tokio::time::timeout(grace, c.wait()).await.is_err() {
-                let _ = c.kill().await;
+        for w in &mut self.children {
+            if tokio::time::timeout(grace, w.child.wait()).await.is_err() {
+                let _ = w.child.kill().await;
             }
         }
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().filter_map(|(_, c)| c.id()).collect()
+        self.children.iter().filter_map(|w| w.child.id()).collect()
     }
 }
 

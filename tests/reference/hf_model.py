@@ -52,6 +52,19 @@ def tiny(args):
         save_file(base, path, metadata={"format": "pt"})
 
 
+def corrupt(args):
+    """Damage a checkpoint: drop a tensor or give it the wrong shape."""
+    from safetensors.torch import load_file
+
+    path = os.path.join(args.model, "model.safetensors")
+    sd = load_file(path)
+    if args.mode == "drop":
+        del sd[args.tensor]
+    else:
+        sd[args.tensor] = sd[args.tensor][..., :-1].contiguous()
+    save_file(sd, path, metadata={"format": "pt"})
+
+
 def load_batch(path):
     with open(path) as f:
         b = json.load(f)
@@ -115,6 +128,10 @@ def main():
     f.add_argument("--batch", required=True)
     f.add_argument("--out", required=True)
     f.add_argument("--eval", action="store_true")
+    c = sub.add_parser("corrupt")
+    c.add_argument("--model", required=True)
+    c.add_argument("--tensor", required=True)
+    c.add_argument("--mode", choices=["drop", "shape"], required=True)
     h = sub.add_parser("head")
     h.add_argument("--model", required=True)
     h.add_argument("--seed", type=int, default=0)
@@ -123,7 +140,7 @@ def main():
     h.add_argument("--logits", required=True)
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    {"tiny": tiny, "forward": forward, "head": head}[args.cmd](args)
+    {"tiny": tiny, "forward": forward, "head": head, "corrupt": corrupt}[args.cmd](args)
 
 
 if __name__ == "__main__":

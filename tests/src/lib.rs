@@ -177,3 +177,26 @@ pub fn trainable_weights(dir: &Path) -> std::collections::BTreeMap<String, tch::
         .into_iter()
         .collect()
 }
+
+/// Runs `peftrain` expecting failure; returns its exit code and stderr (logging at error level,
+/// so stderr holds what a user would see as the error).
+pub fn peftrain_fails(args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin("peftrain"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"))
+        .output()
+        .expect("start peftrain");
+    assert!(!out.status.success(), "peftrain {args:?} should have failed:\n{}", String::from_utf8_lossy(&out.stdout));
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// Asserts that `stderr` is exactly one line, naming everything in `needles`, with no panic.
+pub fn assert_one_clear_line(stderr: &str, needles: &[&str]) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "a panic reached the user:\n{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
+    }
+}

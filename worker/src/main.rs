@@ -40,6 +40,9 @@ struct WorkerArgs {
     /// Worker name, unique in the run (default: hostname-pid).
     #[arg(long, env = "PEFTRAIN_WORKER_ID")]
     id: Option<String>,
+    /// This node's copy of the base model, if not at the path the coordinator names.
+    #[arg(long, env = "PEFTRAIN_WORKER_MODEL")]
+    model: Option<PathBuf>,
     /// Seconds the coordinator may be unreachable before this worker exits.
     #[arg(long, default_value_t = 60.0)]
     coordinator_timeout: f64,
@@ -120,6 +123,7 @@ fn main() {
                         listen: w.listen,
                         advertise: w.advertise,
                         id,
+                        model_override: w.model,
                         coordinator_timeout: Duration::from_secs_f64(w.coordinator_timeout),
                         collective_timeout: Duration::from_secs_f64(w.worker_timeout),
                     };

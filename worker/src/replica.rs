@@ -46,8 +46,12 @@ impl Shard {
     pub fn tokens(&self) -> u64 {
         self.lengths.iter().map(|&l| l as u64).sum()
     }
-    /// Checks that the lengths account for every id and that labels and segment ids fit.
-    pub fn validate(&self, num_labels: i64, vocab: i64) -> Result<(), String> {
+    /// Checks that the lengths account for every id, that labels and segment ids fit, and that
+    /// no example is longer than the model has positions for.
+    pub fn validate(&self, num_labels: i64, vocab: i64, max_tokens: usize) -> Result<(), String> {
+        if let Some(l) = self.lengths.iter().find(|&&l| l as usize > max_tokens) {
+            return Err(format!("an example of {l} tokens exceeds the model's {max_tokens} positions"));
+        }
         let n: u64 = self.tokens();
         if n != self.ids.len() as u64 {
             return Err(format!("lengths sum to {n} but {} token ids were sent", self.ids.len()));
@@ -134,6 +138,15 @@ impl Replica {
             replica.load_trainable(dir)?;
         }
         Ok(replica)
+    }
+
+    /// Longest sequence the position table allows (RoBERTa's positions start after padding_idx).
+    pub fn max_tokens(&self) -> usize {
+        let c = &self.loaded.config;
+        match c.family() {
+            crate::config::ModelType::Roberta => (c.max_position_embeddings - c.pad_id() - 1).max(0) as usize,
+            crate::config::ModelType::Bert => c.max_position_embeddings as usize,
+        }
     }
 
     pub fn trainable(&self) -> &BTreeMap<String, Tensor> {
@@ -469,10 +482,11 @@ fn fingerprint(loaded: &Loaded, method: &Method) -> Result<Fingerprint, ModelErr
     })
 }
 
-/// Cheap identity of a weights file: the safetensors header (names, dtypes, shapes, offsets)
-/// plus the file size, or size and the first MiB for pickled checkpoints.
+/// Cheap identity of a weights file: its size, the safetensors header (names, dtypes, shapes,
+/// offsets) and 16 samples of 64 KiB spread over the data, so that two checkpoints of the same
+/// shape but different values differ without hashing 500 MB.
 fn checkpoint_identity(path: &Path) -> Result<Vec<u8>, ModelError> {
-    use std::io::Read;
+    use std::io::{Read, Seek, SeekFrom};
     let io = |e| ModelError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -480,14 +494,20 @@ fn checkpoint_identity(path: &Path) -> Result<Vec<u8>, ModelError> {
     let mut f = std::fs::File::open(path).map_err(io)?;
     let size = f.metadata().map_err(io)?.len();
     let mut out = size.to_le_bytes().to_vec();
-    let mut head = vec![0u8; 1 << 20];
-    let n = f.read(&mut head).map_err(io)?;
-    head.truncate(n);
-    if path.extension().is_some_and(|e| e == "safetensors") && n >= 8 {
-        let hlen = u64::from_le_bytes(head[..8].try_into().unwrap_or([0; 8])) as usize;
-        head.truncate((8 + hlen).min(n));
+    let mut header_len = [0u8; 8];
+    if path.extension().is_some_and(|e| e == "safetensors") && f.read_exact(&mut header_len).is_ok() {
+        let n = u64::from_le_bytes(header_len).min(size.saturating_sub(8)).min(100 << 20);
+        let mut header = vec![0u8; n as usize];
+        f.read_exact(&mut header).map_err(io)?;
+        out.extend(header);
     }
-    out.extend(head);
+    const SAMPLES: u64 = 16;
+    let mut buf = vec![0u8; 64 << 10];
+    for k in 0..SAMPLES {
+        f.seek(SeekFrom::Start(size * k / SAMPLES)).map_err(io)?;
+        let n = f.read(&mut buf).map_err(io)?;
+        out.extend_from_slice(&buf[..n]);
+    }
     Ok(out)
 }
 

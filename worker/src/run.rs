@@ -26,6 +26,8 @@ pub struct WorkerOptions {
     pub listen: SocketAddr,
     pub advertise: Option<String>,
     pub id: String,
+    /// This node's copy of the base model, when it is not at the path the coordinator names.
+    pub model_override: Option<PathBuf>,
     /// How long the coordinator may be unreachable before the worker gives up.
     pub coordinator_timeout: Duration,
     /// How long a peer may stay silent inside an all-reduce.
@@ -152,7 +154,10 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     })
     .await?;
     let spec_pb = hello.spec.ok_or_else(|| anyhow::anyhow!("coordinator sent no run spec"))?;
-    let spec = replica_spec(&spec_pb)?;
+    let mut spec = replica_spec(&spec_pb)?;
+    if let Some(dir) = &opts.model_override {
+        spec.model_dir = dir.clone();
+    }
     tracing::info!(worker = %opts.id, model = %spec.model_dir.display(), method = spec.method.name(), device = ?device, "building replica");
     let replica = tokio::task::spawn_blocking(move || Replica::build(&spec, device)).await??;
     let fp = replica.fingerprint.clone();

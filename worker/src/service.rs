@@ -136,7 +136,7 @@ impl Engine {
         let (stats, mut buf) = self
             .blocking(move |r| {
                 shard
-                    .validate(r.spec.num_labels, r.loaded.config.vocab_size)
+                    .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.max_tokens())
                     .map_err(WorkerError::BadShard)?;
                 if shard.labels.len() != shard.len() {
                     return Err(WorkerError::BadShard("training shards need a label per example".into()));
@@ -174,7 +174,7 @@ impl Engine {
         let want = req.return_logits;
         self.blocking(move |r| {
             shard
-                .validate(r.spec.num_labels, r.loaded.config.vocab_size)
+                .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.max_tokens())
                 .map_err(WorkerError::BadShard)?;
             let s = r.evaluate(&shard, want);
             let mut logits = Vec::with_capacity(s.logits.len() * 4);

@@ -23,9 +23,15 @@ impl SelfAttention {
     fn new(b: &mut Builder, name: &str, cfg: &Config) -> Result<Self, ModelError> {
         let h = cfg.hidden_size;
         let std = cfg.initializer_range;
+        let mut key = Linear::new(b, &format!("{name}.key"), h, h, std)?;
+        // The key bias adds q·b_k to every score of a query's row, and softmax is invariant to
+        // such a shift: its gradient is exactly zero. Computed, it is float noise that AdamW
+        // scales up to updates of arbitrary sign, so results would depend on how a batch was
+        // sharded. The forward uses it as transformers does; no gradient flows to it.
+        key.bias = key.bias.map(|t| t.detach());
         Ok(SelfAttention {
             query: Linear::new(b, &format!("{name}.query"), h, h, std)?,
-            key: Linear::new(b, &format!("{name}.key"), h, h, std)?,
+            key,
             value: Linear::new(b, &format!("{name}.value"), h, h, std)?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
