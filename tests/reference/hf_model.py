@@ -42,6 +42,12 @@ def tiny(args):
         for name, p in model.named_parameters():
             p.add_(torch.randn_like(p) * args.scale)
     model.save_pretrained(args.out, safe_serialization=True)
+    if args.bin:
+        # The pickled format torch.save writes (pytorch_model.bin), instead of safetensors.
+        os.remove(os.path.join(args.out, "model.safetensors"))
+        # As transformers 4 wrote it with save_pretrained(safe_serialization=False): a plain dict
+        # per shard. (torch.save of an OrderedDict state_dict is not readable by libtorch.)
+        torch.save(dict(model.state_dict()), os.path.join(args.out, "pytorch_model.bin"))
     if args.base_only:
         # A base checkpoint: encoder keys without the family prefix, no task head.
         from safetensors.torch import load_file
@@ -123,6 +129,7 @@ def main():
     t.add_argument("--scale", type=float, default=0.05)
     t.add_argument("--act", default="gelu")
     t.add_argument("--base-only", action="store_true")
+    t.add_argument("--bin", action="store_true")
     f = sub.add_parser("forward")
     f.add_argument("--model", required=True)
     f.add_argument("--batch", required=True)

@@ -48,13 +48,27 @@ fn read_reference(path: &Path) -> HashMap<String, Tensor> {
 }
 
 /// Builds the family's tiny model with the reference, runs both, compares logits and grads.
-fn check_tiny(family: &str, base_only: bool) {
+#[derive(PartialEq, Clone, Copy)]
+enum Checkpoint {
+    /// `*ForSequenceClassification` safetensors with the family prefix and a head.
+    Full,
+    /// A base model: no prefix, no head.
+    BaseOnly,
+    /// `pytorch_model.bin` written by torch.save.
+    PickledBin,
+}
+
+fn check_tiny(family: &str, kind: Checkpoint) {
+    let base_only = kind == Checkpoint::BaseOnly;
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
     let md = model_dir.to_str().unwrap();
     let mut args = vec!["tiny", "--family", family, "--out", md, "--seed", "3"];
     if base_only {
         args.push("--base-only");
+    }
+    if kind == Checkpoint::PickledBin {
+        args.push("--bin");
     }
     run_reference("hf_model.py", &args);
     let (vocab, pad, pairs) = if family == "roberta" { (50265, 1, false) } else { (30522, 0, true) };
@@ -117,18 +131,47 @@ fn check_tiny(family: &str, base_only: bool) {
 
 #[test]
 fn tiny_roberta_matches_transformers() {
-    check_tiny("roberta", false);
+    check_tiny("roberta", Checkpoint::Full);
 }
 
 #[test]
 fn tiny_bert_matches_transformers() {
-    check_tiny("bert", false);
+    check_tiny("bert", Checkpoint::Full);
 }
 
 #[test]
 fn base_checkpoints_without_prefix_or_head_load() {
-    check_tiny("roberta", true);
-    check_tiny("bert", true);
+    check_tiny("roberta", Checkpoint::BaseOnly);
+    check_tiny("bert", Checkpoint::BaseOnly);
+}
+
+#[test]
+fn pytorch_model_bin_loads() {
+    check_tiny("bert", Checkpoint::PickledBin);
+}
+
+#[test]
+fn dropout_is_active_in_training_and_off_in_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    let md = model_dir.to_str().unwrap();
+    run_reference("hf_model.py", &["tiny", "--family", "roberta", "--out", md, "--seed", "4", "--dropout", "0.1"]);
+    let b = batch(50265, 1, false);
+    let bp = dir.path().join("batch.json");
+    b.write(&bp);
+    let rp = dir.path().join("ref.safetensors");
+    run_reference("hf_model.py", &["forward", "--model", md, "--batch", bp.to_str().unwrap(), "--out", rp.to_str().unwrap(), "--eval"]);
+    let method = Method::Full;
+    let m = model::load(&model_dir, &opts(&method)).unwrap();
+    let eval = tch::no_grad(|| m.model.forward(&b.inputs(), false));
+    let d = max_abs_diff(&values(&eval), &values(&read_reference(&rp)["logits"]));
+    assert!(d <= 1e-5, "evaluation (dropout off) differs from HF's eval() by {d}");
+    tch::manual_seed(1);
+    let t1 = values(&tch::no_grad(|| m.model.forward(&b.inputs(), true)));
+    tch::manual_seed(2);
+    let t2 = values(&tch::no_grad(|| m.model.forward(&b.inputs(), true)));
+    assert!(max_abs_diff(&t1, &t2) > 1e-3, "training forwards with different seeds must differ (dropout on)");
+    assert!(max_abs_diff(&t1, &values(&eval)) > 1e-3, "training forward must differ from evaluation");
 }
 
 #[test]

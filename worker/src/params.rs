@@ -26,9 +26,20 @@ impl Checkpoint {
         } else {
             Tensor::loadz_multi(path)
         }
-        .map_err(|e| ModelError::Checkpoint {
-            path: path.to_path_buf(),
-            why: first_line(&e.to_string()),
+        .map_err(|e| {
+            let msg = e.to_string();
+            let why = if msg.contains("GenericDict") {
+                // libtorch's pickle reader takes a plain dict of tensors, not an OrderedDict.
+                "libtorch cannot read this pickle (an OrderedDict state_dict?); convert it to model.safetensors \
+                 (safetensors.torch.save_file(dict(torch.load(path)), 'model.safetensors'))"
+                    .to_string()
+            } else {
+                first_line(&msg)
+            };
+            ModelError::Checkpoint {
+                path: path.to_path_buf(),
+                why,
+            }
         })?;
         Ok(Checkpoint {
             path: path.to_path_buf(),
