@@ -70,11 +70,13 @@ def train(a):
     )
     sched = get_linear_schedule_with_warmup(opt, a.warmup_steps, a.steps)
     losses, norms = [], []
+    total_flos = 0.0
     for step in range(a.steps):
         i = step * a.batch_size
         enc = tok(texts[i:i + a.batch_size], truncation=True, max_length=a.max_length, padding=True, return_tensors="pt")
         y = torch.tensor(labels[i:i + a.batch_size])
         out = model(**enc, labels=y)
+        total_flos += float(model.floating_point_ops({"input_ids": enc["input_ids"]}))
         opt.zero_grad()
         out.loss.backward()
         norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], a.max_grad_norm)
@@ -86,7 +88,7 @@ def train(a):
     for n, p in params:
         key = n.replace("base_model.model.", "").replace(".modules_to_save.default", "").replace(".default.", ".")
         final[key] = p.detach().flatten().tolist()
-    print(json.dumps({"losses": losses, "grad_norms": norms, "final": final}))
+    print(json.dumps({"losses": losses, "grad_norms": norms, "total_flos": total_flos, "final": final}))
 
 
 def main():

@@ -57,6 +57,10 @@ fn check(method: &str, scope: &str) {
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(worst <= 1e-4, "{method}/{scope}: losses differ from the reference by up to {worst}\nours {got:?}\nref  {want:?}");
     // The run must actually train: a trajectory that stays flat would match trivially.
+    // total_flos as the Trainer defines it: 6 x padded input tokens x non-embedding parameters.
+    let flos: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("train_output.json")).unwrap()).unwrap();
+    let (ours_flos, ref_flos) = (flos["metrics"]["total_flos"].as_f64().unwrap(), reference["total_flos"].as_f64().unwrap());
+    assert!((ours_flos - ref_flos).abs() <= 1e-9 * ref_flos, "{method}/{scope}: total_flos {ours_flos} vs HF {ref_flos}");
     // The updates themselves: after 30 steps at lr 1e-3 the weights moved by ~1e-2, so an
     // optimizer that did nothing (or the wrong thing) cannot pass this.
     let finals = reference["final"].as_object().unwrap();

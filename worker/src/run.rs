@@ -165,7 +165,9 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     tracing::debug!(trainable = fp.trainable_params, all = peft_all, "replica built");
     let newly_initialized = replica.loaded.newly_initialized.clone();
     let model_class = replica.loaded.class_name().to_string();
-    let non_embedding_params = replica.loaded.non_embedding_params() as u64;
+    // total_flos counts what HF + peft count: peft's frozen copy of the head included.
+    let non_embedding_params =
+        (replica.loaded.non_embedding_params() + replica.spec.method.peft_extra_params(replica.loaded.head_params)) as u64;
     let engine = Arc::new(Engine::new(replica, opts.collective_timeout, 256 * 1024));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -1,0 +1,49 @@
+"""Logits of the first rows of a GLUE TSV with a model + trained weights, through Hugging Face:
+a peft adapter via PeftModel.from_pretrained, or peftrain's trainable.safetensors loaded into
+the transformers model with load_state_dict (strict about names)."""
+import argparse
+import json
+import os
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--tsv", required=True)
+    ap.add_argument("--limit", type=int, default=50)
+    ap.add_argument("--via", choices=["peft", "state-dict"], default="peft")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    if a.via == "peft":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, a.adapter)
+    else:
+        sd = load_file(os.path.join(a.adapter, "trainable.safetensors"))
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        assert not unexpected, unexpected
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(a.tokenizer)
+    with open(a.tsv, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    rows = [l.rstrip("\r").split("\t") for l in lines[1:] if l.strip()][: a.limit]
+    if "sentence" in header:
+        enc = tok([r[header.index("sentence")] for r in rows], truncation=True, max_length=128, padding=True, return_tensors="pt")
+    else:
+        enc = tok([r[header.index("sentence1")] for r in rows], [r[header.index("sentence2")] for r in rows],
+                  truncation=True, max_length=128, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits
+    print(json.dumps({"logits": logits.tolist()}))
+
+
+if __name__ == "__main__":
+    main()
