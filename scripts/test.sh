@@ -5,4 +5,4 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$PEFTRAIN_ROOT/scripts/setup.sh"
 cd "$PEFTRAIN_ROOT"
-cargo test --release --workspace "$@"
+cargo test --release --workspace --no-fail-fast "$@"

@@ -57,28 +57,44 @@ pub fn group_by_length(order: Vec<usize>, lengths: &[usize], batch_size: usize) 
         .collect()
 }
 
-/// Splits a global batch (its examples' token lengths) into `n` shards so that each shard's
-/// padded cost (examples x longest) is as even as a greedy longest-first placement makes it.
+/// Splits a global batch (its examples' token lengths) into `n` shards minimising the largest
+/// shard's padded cost (examples x longest example): the step waits for the slowest worker.
+/// An optimal split groups examples of similar length, i.e. cuts the length-sorted batch into
+/// contiguous runs, so a small dynamic programme over cut points finds it exactly.
 /// Returns, per shard, positions into the batch in ascending order. Shards may be empty when
 /// the batch has fewer examples than workers.
 pub fn shard_by_tokens(lengths: &[usize], n: usize) -> Vec<Vec<usize>> {
     let n = n.max(1);
     let mut by_len: Vec<usize> = (0..lengths.len()).collect();
     by_len.sort_by_key(|&i| (std::cmp::Reverse(lengths[i]), i));
+    let b = by_len.len();
+    // Cost of the run by_len[i..j]: its size times its first (longest) length.
+    let cost = |i: usize, j: usize| if j > i { (j - i) * lengths[by_len[i]] } else { 0 };
+    // best[k][j]: minimal largest cost of splitting the first j examples into k runs.
+    let mut best = vec![vec![usize::MAX; b + 1]; n + 1];
+    let mut cut = vec![vec![0usize; b + 1]; n + 1];
+    best[0][0] = 0;
+    for k in 1..=n {
+        for j in 0..=b {
+            for i in 0..=j {
+                if best[k - 1][i] == usize::MAX {
+                    continue;
+                }
+                let c = best[k - 1][i].max(cost(i, j));
+                // Ties prefer the later cut, which gives earlier ranks the longer examples.
+                if c < best[k][j] || (c == best[k][j] && i > cut[k][j]) {
+                    best[k][j] = c;
+                    cut[k][j] = i;
+                }
+            }
+        }
+    }
     let mut shards: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut cost = vec![0usize; n];
-    let mut longest = vec![0usize; n];
-    for i in by_len {
-        // The shard whose padded cost grows least (ties: fewest examples, then lowest rank).
-        let best = (0..n)
-            .min_by_key(|&s| {
-                let l = longest[s].max(lengths[i]);
-                ((shards[s].len() + 1) * l, shards[s].len(), s)
-            })
-            .unwrap_or(0);
-        shards[best].push(i);
-        longest[best] = longest[best].max(lengths[i]);
-        cost[best] = shards[best].len() * longest[best];
+    let mut j = b;
+    for k in (1..=n).rev() {
+        let i = cut[k][j];
+        shards[k - 1] = by_len[i..j].to_vec();
+        j = i;
     }
     for s in &mut shards {
         s.sort_unstable();
@@ -111,8 +127,9 @@ mod tests {
         assert_eq!(all, (0..8).collect::<Vec<_>>());
         let cost = |s: &Vec<usize>| s.len() * s.iter().map(|&i| lengths[i]).max().unwrap_or(0);
         let (a, b) = (cost(&shards[0]), cost(&shards[1]));
-        // An even split by count would cost 4*50 = 200 on one side; by tokens both stay lower.
-        assert!(a.max(b) <= 150, "{shards:?} costs {a} {b}");
+        // An even split by count costs 4*50 = 200 on one side; the two long examples together
+        // cost 2*50 = 100 against 6*10 = 60.
+        assert_eq!(a.max(b), 100, "{shards:?} costs {a} {b}");
         let three = shard_by_tokens(&[5, 5], 3);
         assert_eq!(three.iter().filter(|s| s.is_empty()).count(), 1);
     }

@@ -80,7 +80,7 @@ pub async fn train<W: Write>(
     let mut samples = 0u64;
     let mut last_eval = None;
     let mut best_accuracy: Option<f64> = None;
-    let (mut bytes_window, mut reduce_ms_window) = (0u64, 0f64);
+    let (mut bytes_window, mut reduce_ms_window, mut step_ms_window) = (0u64, 0f64, 0f64);
 
     for step in 0..total {
         // Data: a fresh seeded order at each epoch boundary, then the step's global batch.
@@ -97,7 +97,9 @@ pub async fn train<W: Write>(
 
         // The step itself: forward/backward, all-reduce, clip, AdamW, on every worker.
         let lr = linear_lr(base_lr, step, warmup, total);
+        let step_started = Instant::now();
         let out = cluster.step(step, &batch, lr, cfg.seed).await?;
+        let step_ms = step_started.elapsed().as_secs_f64() * 1000.0;
         let loss = out.loss_sum / batch.len() as f64;
         if out.skipped {
             tracing::warn!(step = step + 1, "non-finite gradient: update skipped");
@@ -112,6 +114,7 @@ pub async fn train<W: Write>(
         window_steps += 1;
         bytes_window += out.allreduce_bytes;
         reduce_ms_window += out.allreduce_ms;
+        step_ms_window += step_ms;
         let global_step = step + 1;
         let epoch_f = global_step as f64 / steps_per_epoch as f64;
 
@@ -132,6 +135,10 @@ pub async fn train<W: Write>(
             ev.insert("allreduce_ms".into(), json!(out.allreduce_ms));
             ev.insert("allreduce_bytes_window".into(), json!(bytes_window));
             ev.insert("allreduce_ms_window".into(), json!(reduce_ms_window));
+            // Wall time of the window's steps as the coordinator saw them: the all-reduce share
+            // of step time is allreduce_ms_window / step_ms_window.
+            ev.insert("step_ms_window".into(), json!(step_ms_window));
+            ev.insert("compute_ms".into(), json!(out.compute_ms));
             ev.insert("tokens".into(), json!(out.tokens));
             metrics.write(&ev).map_err(|e| ClusterError::Inconsistent(format!("metrics.jsonl: {e}")))?;
             row_loss = Some(mean);
@@ -140,6 +147,7 @@ pub async fn train<W: Write>(
             window_steps = 0;
             bytes_window = 0;
             reduce_ms_window = 0.0;
+            step_ms_window = 0.0;
         }
         let mut row_eval = None;
         if eval_now && !dev.is_empty() {

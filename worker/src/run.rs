@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use crate::optim::AdamWConfig;
 use crate::peft::{LoraConfig, Method};
 use crate::replica::{method_from_parts, Replica, ReplicaSpec};
-use crate::service::{CollectiveService, Engine, WorkerService};
+use crate::service::{CollectiveService, ComputeThread, Engine, WorkerService};
 
 /// How a worker process is started.
 #[derive(Debug, Clone)]
@@ -131,9 +131,6 @@ where
 
 pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     let device = parse_device(&opts.device)?;
-    if let Some(t) = opts.threads {
-        tch::set_num_threads(t as i32);
-    }
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", opts.listen))?;
@@ -159,16 +156,10 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
         spec.model_dir = dir.clone();
     }
     tracing::info!(worker = %opts.id, model = %spec.model_dir.display(), method = spec.method.name(), device = ?device, "building replica");
-    let replica = tokio::task::spawn_blocking(move || Replica::build(&spec, device)).await??;
-    let fp = replica.fingerprint.clone();
-    let peft_all = fp.total_params as i64 + replica.spec.method.peft_extra_params(replica.loaded.head_params);
-    tracing::debug!(trainable = fp.trainable_params, all = peft_all, "replica built");
-    let newly_initialized = replica.loaded.newly_initialized.clone();
-    let model_class = replica.loaded.class_name().to_string();
-    // total_flos counts what HF + peft count: peft's frozen copy of the head included.
-    let non_embedding_params =
-        (replica.loaded.non_embedding_params() + replica.spec.method.peft_extra_params(replica.loaded.head_params)) as u64;
-    let engine = Arc::new(Engine::new(replica, opts.collective_timeout, 256 * 1024));
+    let (compute, info) = ComputeThread::start(opts.threads, move || Replica::build(&spec, device))?;
+    let fp = info.fingerprint.clone();
+    tracing::debug!(trainable = fp.trainable_params, all = info.peft_all_params, "replica built");
+    let engine = Arc::new(Engine::new(compute, opts.collective_timeout, 256 * 1024));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::worker_server::WorkerServer<WorkerService>>().await;
@@ -199,10 +190,10 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
         device: opts.device.clone(),
         threads: opts.threads.unwrap_or(0) as u32,
         fingerprint: Some(to_pb_fingerprint(&fp)),
-        newly_initialized,
-        model_class,
-        non_embedding_params,
-        peft_all_params: peft_all as u64,
+        newly_initialized: info.newly_initialized.clone(),
+        model_class: info.model_class.clone(),
+        non_embedding_params: info.non_embedding_params,
+        peft_all_params: info.peft_all_params,
     };
     let reply = with_backoff("register", opts.coordinator_timeout, || {
         let mut c = coord.clone();

@@ -1,0 +1,53 @@
+//! Times forward+backward+AdamW of a replica on random token batches (a profiling aid, not a
+//! benchmark of record: see bench/ for those).
+//! Usage: step_timing MODEL_DIR METHOD BATCH SEQ STEPS [bf16]
+
+use std::time::Instant;
+
+use peftrain_worker::optim::AdamWConfig;
+use peftrain_worker::peft::{BitFitScope, LoraConfig, Method};
+use peftrain_worker::replica::{Replica, ReplicaSpec, Shard};
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let method = match a[2].as_str() {
+        "full" => Method::Full,
+        "bitfit" => Method::BitFit(BitFitScope::All),
+        _ => Method::Lora(LoraConfig::default()),
+    };
+    let (b, l, steps): (usize, usize, usize) = (a[3].parse().unwrap(), a[4].parse().unwrap(), a[5].parse().unwrap());
+    let spec = ReplicaSpec {
+        model_dir: a[1].clone().into(),
+        method,
+        num_labels: 2,
+        seed: 0,
+        init_adapter: None,
+        optimizer: AdamWConfig::default(),
+        max_grad_norm: 1.0,
+        base_kind: if a.get(6).is_some_and(|s| s == "bf16") { tch::Kind::BFloat16 } else { tch::Kind::Float },
+        random_init: a.get(7).is_some_and(|s| s == "random"),
+    };
+    tch::set_num_threads(2);
+    let mut r = Replica::build(&spec, tch::Device::Cpu).unwrap();
+    let shard = Shard {
+        ids: (0..b * l).map(|i| 1000 + (i as u32 * 7919) % 20000).collect(),
+        type_ids: vec![],
+        lengths: vec![l as u32; b],
+        labels: (0..b as i64).map(|i| i % 2).collect(),
+    };
+    let mut t_fb = 0.0;
+    let mut t_rest = 0.0;
+    for s in 0..steps + 3 {
+        let t0 = Instant::now();
+        let _ = r.forward_backward(&shard, b, s as u64);
+        let t1 = Instant::now();
+        let g = r.flat_grads();
+        r.set_flat_grads(&g);
+        let _ = r.apply(1e-4);
+        if s >= 3 {
+            t_fb += (t1 - t0).as_secs_f64();
+            t_rest += t1.elapsed().as_secs_f64();
+        }
+    }
+    println!("fwd+bwd {:.1} ms/step, grads+adamw {:.1} ms/step, {:.1} samples/s", 1e3 * t_fb / steps as f64, 1e3 * t_rest / steps as f64, (b * steps) as f64 / (t_fb + t_rest));
+}
