@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/peftrain/v1/peftrain.proto");
     tonic_prost_build::configure()
         .bytes(".peftrain.v1.GradChunk.data")
+        .bytes(".peftrain.v1.StateChunk.data")
         .compile_protos(&["proto/peftrain/v1/peftrain.proto"], &["proto"])?;
     Ok(())
 }

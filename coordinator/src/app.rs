@@ -11,20 +11,21 @@ use anyhow::{anyhow, Context};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::cluster::Cluster;
+use crate::checkpoint;
+use crate::cluster::{Cluster, Tolerance};
 use crate::config::{ModelInfo, TrainConfig};
 use crate::data::{load_split, Split, Task};
 use crate::local::LocalWorkers;
-use crate::registry::{Member, Registry};
+use crate::registry::Registry;
 use crate::report::MetricsLog;
 use crate::tokenize::{Encoded, TextTokenizer};
-use crate::trainer::{self, RunSummary};
+use crate::trainer::{self, LoopState, RunSummary};
 
 /// Where the workers come from.
 #[derive(Debug, Clone)]
 pub enum Workers {
-    /// Single-node: spawn this many local worker processes on loopback.
-    Local { device: String, threads: Option<usize>, worker_timeout: f64 },
+    /// Single-node: spawn `--workers` local worker processes on loopback.
+    Local { device: String, threads: Option<usize> },
     /// Multi-node: listen here and wait for workers to register.
     Remote { listen: SocketAddr },
 }
@@ -33,7 +34,6 @@ pub enum Workers {
 /// processes.
 pub struct Session {
     pub cluster: Cluster,
-    pub members: Vec<Member>,
     local: Option<LocalWorkers>,
     stop_server: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -42,7 +42,7 @@ pub struct Session {
 impl Session {
     pub async fn start(cfg: &TrainConfig, workers: &Workers, send_type_ids: bool) -> anyhow::Result<Session> {
         let run_id = format!("run-{}-{}", std::process::id(), now_millis());
-        let registry = Arc::new(Registry::new(run_id.clone(), cfg.run_spec(), cfg.workers as u32));
+        let registry = Arc::new(Registry::new(run_id, cfg.run_spec(), cfg.workers as u32));
         let listen = match workers {
             Workers::Local { .. } => SocketAddr::from(([127, 0, 0, 1], 0)),
             Workers::Remote { listen } => *listen,
@@ -55,33 +55,29 @@ impl Session {
         }));
         tracing::info!(address = %bound, workers = cfg.workers, "coordinator listening");
         let mut local = match workers {
-            Workers::Local {
-                device,
-                threads,
-                worker_timeout,
-            } => Some(LocalWorkers::spawn(cfg.workers, &format!("http://{bound}"), device, *threads, *worker_timeout).map_err(|e| anyhow!(e))?),
+            Workers::Local { device, threads } => Some(
+                LocalWorkers::spawn(cfg.workers, &format!("http://{bound}"), device, *threads, cfg.worker_timeout).map_err(|e| anyhow!(e))?,
+            ),
             Workers::Remote { .. } => None,
         };
         let wait = registry
             .wait_full(Duration::from_secs_f64(cfg.register_timeout), || local.as_mut().and_then(|l| l.exited()))
             .await;
-        let mut members = match wait {
-            Ok(m) => m,
-            Err(why) => {
-                let _ = stop_tx.send(());
-                if let Some(l) = local {
-                    l.finish(Duration::from_millis(100)).await;
-                }
-                return Err(anyhow!(why));
+        if let Err(why) = wait {
+            let _ = stop_tx.send(());
+            if let Some(l) = local {
+                l.finish(Duration::from_millis(100)).await;
             }
+            return Err(anyhow!(why));
+        }
+        let tolerance = Tolerance {
+            rpc_timeout: Duration::from_secs_f64(cfg.rpc_timeout),
+            worker_timeout: Duration::from_secs_f64(cfg.worker_timeout),
+            min_workers: cfg.min_workers,
         };
-        // Ranks in a stable order (by worker name), whatever order registrations arrived in.
-        members.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-        let mut cluster = Cluster::connect(members.clone(), run_id, Duration::from_secs_f64(cfg.rpc_timeout), send_type_ids).await?;
-        cluster.setup().await?;
+        let cluster = Cluster::start(registry, tolerance, send_type_ids).await?;
         Ok(Session {
             cluster,
-            members,
             local,
             stop_server: Some(stop_tx),
             server,
@@ -112,8 +108,9 @@ fn now_millis() -> u128 {
         .unwrap_or(0)
 }
 
-/// Reads and tokenizes a split, applying `limit` (first N rows).
-pub fn prepare_split(cfg: &TrainConfig, tok: &TextTokenizer, split: Split, limit: Option<usize>) -> anyhow::Result<Vec<Encoded>> {
+/// Reads and tokenizes a split, applying `limit` (first N rows); also returns how many rows
+/// were truncated to `--max-length`.
+pub fn prepare_split(cfg: &TrainConfig, tok: &TextTokenizer, split: Split, limit: Option<usize>) -> anyhow::Result<(Vec<Encoded>, usize)> {
     let mut rows = load_split(&cfg.glue_dir, cfg.task, split)?;
     if let Some(n) = limit {
         rows.truncate(n);
@@ -127,7 +124,7 @@ pub fn prepare_split(cfg: &TrainConfig, tok: &TextTokenizer, split: Split, limit
             tok.max_length
         );
     }
-    Ok(enc.examples)
+    Ok((enc.examples, enc.truncated))
 }
 
 /// Reads what the coordinator needs of config.json and checks `--max-length` against it;
@@ -150,37 +147,82 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers) -> anyhow::Resul
     cfg.validate().map_err(|e| anyhow!(e))?;
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
-    let train = prepare_split(cfg, &tok, Split::Train, cfg.train_limit)?;
-    let dev = prepare_split(cfg, &tok, Split::Dev, cfg.eval_limit)?;
+    let (train, truncated) = prepare_split(cfg, &tok, Split::Train, cfg.train_limit)?;
+    let (dev, _) = prepare_split(cfg, &tok, Split::Dev, cfg.eval_limit)?;
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     std::fs::write(cfg.output_dir.join("run_config.json"), serde_json::to_vec_pretty(cfg)?)
         .with_context(|| format!("writing {}", cfg.output_dir.join("run_config.json").display()))?;
-    let mut metrics = MetricsLog::create(&cfg.output_dir.join("metrics.jsonl")).with_context(|| format!("creating {}/metrics.jsonl", cfg.output_dir.display()))?;
+    let resume_dir = match &cfg.resume {
+        None => None,
+        Some(p) if p.as_os_str() == "latest" && !p.is_dir() => {
+            let latest = checkpoint::list_checkpoints(&cfg.output_dir)?.pop().map(|(_, p)| p);
+            if latest.is_none() {
+                tracing::info!("--resume: no checkpoint in {}, starting from the beginning", cfg.output_dir.display());
+            }
+            latest
+        }
+        Some(p) => Some(p.clone()),
+    };
 
-    let session = Session::start(cfg, workers, type_ids).await?;
+    let mut session = Session::start(cfg, workers, type_ids).await?;
+    let mut st = LoopState::default();
     let result = async {
-        let lead = session.members.first().ok_or_else(|| anyhow!("no workers"))?;
+        let lead = session.cluster.registry.members().into_iter().next().ok_or_else(|| anyhow!("no workers"))?;
         if let Some(msg) = newly_initialized_message(&lead.model_class, &cfg.model, &lead.newly_initialized) {
             tracing::warn!("{msg}");
         }
         let fp = lead.fingerprint.clone();
+        let metrics_path = cfg.output_dir.join("metrics.jsonl");
+        let mut metrics = match &resume_dir {
+            Some(dir) => {
+                let (state, loop_state): (_, LoopState) = checkpoint::read_checkpoint(dir, &fp.layout)?;
+                if loop_state.fingerprint != fp.digest {
+                    anyhow::bail!(
+                        "{}: checkpoint of a different replica (fingerprint {}, the workers have {}): another model, method or layout",
+                        dir.display(),
+                        loop_state.fingerprint,
+                        fp.digest
+                    );
+                }
+                session.cluster.set_state(&state).await?;
+                st = loop_state;
+                trainer::truncate_metrics(&metrics_path, st.global_step)?;
+                tracing::info!("resumed from {} at step {}", dir.display(), st.global_step);
+                MetricsLog::append(&metrics_path)
+            }
+            None => {
+                st.fingerprint = fp.digest.clone();
+                MetricsLog::create(&metrics_path)
+            }
+        }
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
         println!(
-            "{} | {} x {} | {} workers | {} train / {} dev examples",
+            "{} | {} x {} | {} workers | {} train / {} dev examples{}",
             peft_line(fp.trainable_params, lead.peft_all_params),
             cfg.method,
             cfg.task,
-            session.members.len(),
+            session.cluster.world(),
             train.len(),
-            dev.len()
+            dev.len(),
+            if truncated > 0 { format!(" ({truncated} truncated to {} tokens)", cfg.max_length) } else { String::new() }
         );
-        let summary = trainer::train(cfg, &session.cluster, &train, &dev, lead.non_embedding_params, std::io::stdout(), &mut metrics).await?;
-        let saved = session.cluster.save(&absolute(&cfg.output_dir).display().to_string()).await?;
-        tracing::info!("trainable weights written: {} ({})", saved.files.join(", "), human_bytes(saved.bytes));
+        let summary = trainer::train(cfg, &mut session.cluster, &train, &dev, lead.non_embedding_params, std::io::stdout(), &mut metrics, &mut st).await?;
+        let bytes = checkpoint::write_trainable(&cfg.output_dir, cfg, &session.cluster.layout(), &summary.state)?;
+        tracing::info!("trainable weights written to {} ({})", cfg.output_dir.display(), human_bytes(bytes));
         std::fs::write(cfg.output_dir.join("train_output.json"), serde_json::to_vec_pretty(&summary.output)?)?;
         println!("{}", summary.output);
         anyhow::Ok(summary)
     }
     .await;
+    if let Err(e) = &result {
+        // A run that cannot go on leaves a final checkpoint of its last completed step.
+        if st.global_step > 0 && session.cluster.world() > 0 {
+            match trainer::save_checkpoint(cfg, &session.cluster, &st).await {
+                Ok(_) => tracing::warn!("final checkpoint at step {} written after: {e:#}", st.global_step),
+                Err(ce) => tracing::warn!("no final checkpoint: {ce}"),
+            }
+        }
+    }
     session.finish().await;
     result
 }
@@ -201,8 +243,8 @@ pub async fn run_predict(p: &PredictConfig, workers: &Workers) -> anyhow::Result
     cfg.validate().map_err(|e| anyhow!(e))?;
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
-    let rows = prepare_split(cfg, &tok, p.split, cfg.eval_limit)?;
-    let session = Session::start(cfg, workers, type_ids).await?;
+    let (rows, _) = prepare_split(cfg, &tok, p.split, cfg.eval_limit)?;
+    let mut session = Session::start(cfg, workers, type_ids).await?;
     let result = async {
         let mut out = String::from(if p.with_logits { "index\tprediction\tlogits\n" } else { "index\tprediction\n" });
         let names = cfg.task.label_names();
@@ -230,10 +272,6 @@ pub async fn run_predict(p: &PredictConfig, workers: &Workers) -> anyhow::Result
     .await;
     session.finish().await;
     result
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 pub fn human_bytes(b: u64) -> String {

@@ -125,6 +125,21 @@ pub struct TrainArgs {
     /// How long to wait for the workers to register, seconds.
     #[arg(long, default_value_t = 600.0)]
     pub register_timeout: f64,
+    /// Seconds without a heartbeat after which a worker is lost (also bounds ring waits).
+    #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
+    pub worker_timeout: f64,
+    /// Fewest workers the run may carry on with.
+    #[arg(long, default_value_t = 1, env = "PEFTRAIN_MIN_WORKERS")]
+    pub min_workers: usize,
+    /// Write a checkpoint every N steps (one is always written at the end).
+    #[arg(long, env = "PEFTRAIN_SAVE_STEPS")]
+    pub save_steps: Option<u64>,
+    /// Keep only the newest N checkpoints.
+    #[arg(long)]
+    pub save_total_limit: Option<usize>,
+    /// Resume from a checkpoint directory, or (no value, or `latest`) from the newest in --output-dir.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest", env = "PEFTRAIN_RESUME")]
+    pub resume: Option<PathBuf>,
 }
 
 fn parse_task(s: &str) -> Result<Task, String> {
@@ -168,6 +183,11 @@ impl TrainArgs {
             workers: self.workers,
             rpc_timeout: self.rpc_timeout,
             register_timeout: self.register_timeout,
+            worker_timeout: self.worker_timeout,
+            min_workers: self.min_workers,
+            save_steps: self.save_steps,
+            save_total_limit: self.save_total_limit,
+            resume: self.resume.clone(),
         }
     }
 }
@@ -180,9 +200,6 @@ pub struct LocalArgs {
     /// libtorch threads per local worker (default: cores / workers).
     #[arg(long, env = "PEFTRAIN_THREADS")]
     pub threads: Option<usize>,
-    /// Seconds a ring peer may stay silent inside an all-reduce.
-    #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
-    pub worker_timeout: f64,
 }
 
 #[derive(Args, Debug)]

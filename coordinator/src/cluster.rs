@@ -1,14 +1,20 @@
 //! The coordinator's handle on its workers: ranks and ring setup, sharding each global batch by
-//! token count and fanning it out, and gathering the replies into one outcome per step.
+//! token count and fanning it out, the two-phase step (reduce, then commit), and the group's
+//! changes: lost workers are dropped and their step redone by the survivors; replacements join
+//! at a step boundary with the state of a live peer.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use peftrain_proto::v1 as pb;
 use pb::worker_client::WorkerClient;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
 
-use crate::registry::Member;
+use crate::checkpoint::ReplicaState;
+use crate::registry::{Member, Registry};
 use crate::sampler::shard_by_tokens;
 use crate::tokenize::Encoded;
 
@@ -18,11 +24,13 @@ pub enum ClusterError {
     Rpc {
         worker: String,
         address: String,
-        code: tonic::Code,
+        code: Code,
         message: String,
     },
     #[error("cannot reach worker {worker} at {address}: {why}")]
     Connect { worker: String, address: String, why: String },
+    #[error("{have} worker(s) left, fewer than --min-workers {min}: the run cannot go on (lost: {lost})")]
+    TooFewWorkers { have: usize, min: usize, lost: String },
     #[error("workers disagree: {0}")]
     Inconsistent(String),
 }
@@ -45,7 +53,10 @@ pub struct StepOutcome {
     pub allreduce_bytes: u64,
     pub allreduce_ms: f64,
     pub compute_ms: f64,
+    /// The reduced gradient held NaN/Inf: the update was skipped on every worker.
     pub skipped: bool,
+    /// How many times this step was redone after losing workers.
+    pub redone: u32,
 }
 
 /// Aggregate of an evaluation batch.
@@ -59,17 +70,37 @@ pub struct EvalOutcome {
     pub num_labels: usize,
 }
 
-pub struct Cluster {
-    pub conns: Vec<Conn>,
-    pub run_id: String,
-    pub generation: u64,
+/// How the group reacts to failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerance {
     /// Deadline of every RPC.
     pub rpc_timeout: Duration,
-    /// Send segment ids (BERT) or not (RoBERTa ignores them; its type vocabulary has one entry).
+    /// A worker silent (no heartbeat) this long is lost.
+    pub worker_timeout: Duration,
+    /// Fewest workers the run may carry on with.
+    pub min_workers: usize,
+}
+
+pub struct Cluster {
+    pub registry: Arc<Registry>,
+    pub conns: Vec<Conn>,
+    pub generation: u64,
+    pub tolerance: Tolerance,
+    /// Send segment ids (BERT) or not (RoBERTa's type vocabulary has one entry).
     pub send_type_ids: bool,
 }
 
-fn rpc_error(c: &Conn, s: tonic::Status) -> ClusterError {
+/// A call's failure, sorted by what it says about the callee.
+enum Failure {
+    /// The worker is gone (connection refused or reset, no answer by the deadline).
+    Lost(String),
+    /// The worker answered that a peer failed it (an aborted all-reduce).
+    PeerTrouble,
+    /// Anything else ends the run.
+    Fatal(ClusterError),
+}
+
+fn rpc_error(c: &Conn, s: &tonic::Status) -> ClusterError {
     ClusterError::Rpc {
         worker: c.member.worker_id.clone(),
         address: c.member.address.clone(),
@@ -78,38 +109,60 @@ fn rpc_error(c: &Conn, s: tonic::Status) -> ClusterError {
     }
 }
 
-impl Cluster {
-    /// Connects to the registered workers; ranks follow the order of `members`.
-    pub async fn connect(members: Vec<Member>, run_id: String, rpc_timeout: Duration, send_type_ids: bool) -> Result<Cluster, ClusterError> {
-        let mut conns = Vec::new();
-        for m in members {
-            let ch = Endpoint::from_shared(format!("http://{}", m.address))
-                .map_err(|e| ClusterError::Connect {
-                    worker: m.worker_id.clone(),
-                    address: m.address.clone(),
-                    why: e.to_string(),
-                })?
-                .connect_timeout(Duration::from_secs(10))
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(|e| ClusterError::Connect {
-                    worker: m.worker_id.clone(),
-                    address: m.address.clone(),
-                    why: e.to_string(),
-                })?;
-            let client = WorkerClient::new(ch)
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(64 << 20);
-            conns.push(Conn { member: m, client });
+fn classify(c: &Conn, s: tonic::Status) -> Failure {
+    match s.code() {
+        Code::Aborted => Failure::PeerTrouble,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::Unauthenticated | Code::PermissionDenied | Code::ResourceExhausted | Code::OutOfRange => {
+            Failure::Fatal(rpc_error(c, &s))
         }
-        Ok(Cluster {
+        _ => {
+            tracing::warn!(worker = %c.member.worker_id, "worker lost: {} [{:?}]", s.message(), s.code());
+            Failure::Lost(c.member.worker_id.clone())
+        }
+    }
+}
+
+async fn connect(m: &Member) -> Result<Conn, ClusterError> {
+    let err = |why: String| ClusterError::Connect {
+        worker: m.worker_id.clone(),
+        address: m.address.clone(),
+        why,
+    };
+    let ch = Endpoint::from_shared(format!("http://{}", m.address))
+        .map_err(|e| err(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let client = WorkerClient::new(ch).max_decoding_message_size(256 << 20).max_encoding_message_size(64 << 20);
+    Ok(Conn { member: m.clone(), client })
+}
+
+impl Cluster {
+    /// Connects to the registered workers and sets the group up; ranks follow worker names.
+    pub async fn start(registry: Arc<Registry>, tolerance: Tolerance, send_type_ids: bool) -> Result<Cluster, ClusterError> {
+        let mut members = registry.members();
+        members.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        let mut conns = Vec::new();
+        for m in &members {
+            conns.push(connect(m).await?);
+        }
+        // Generations start from the clock, so a restarted coordinator's never repeat an earlier
+        // one's (workers drop traffic of other generations).
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        let mut c = Cluster {
+            registry,
             conns,
-            run_id,
-            generation: 0,
-            rpc_timeout,
+            generation,
+            tolerance,
             send_type_ids,
-        })
+        };
+        c.setup().await?;
+        Ok(c)
     }
 
     pub fn world(&self) -> usize {
@@ -118,36 +171,127 @@ impl Cluster {
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        r.set_timeout(self.rpc_timeout);
+        r.set_timeout(self.tolerance.rpc_timeout);
         r
     }
 
-    /// Sends every worker its rank and the ring; bumps the group generation.
-    pub async fn setup(&mut self) -> Result<(), ClusterError> {
-        self.generation += 1;
-        let peers: Vec<String> = self.conns.iter().map(|c| c.member.address.clone()).collect();
-        let mut set = JoinSet::new();
-        for (rank, c) in self.conns.iter().enumerate() {
-            let req = self.request(pb::SetupRequest {
-                run_id: self.run_id.clone(),
-                rank: rank as u32,
-                world_size: peers.len() as u32,
-                peers: peers.clone(),
-                generation: self.generation,
-            });
-            let c = c.clone();
-            set.spawn(async move {
-                let mut client = c.client.clone();
-                client.setup(req).await.map_err(|s| rpc_error(&c, s))
-            });
+    /// Sends every worker its rank and the ring under a new generation, so traffic of an
+    /// abandoned step or an older group is recognised and dropped.
+    async fn setup(&mut self) -> Result<(), ClusterError> {
+        loop {
+            self.generation += 1;
+            let peers: Vec<String> = self.conns.iter().map(|c| c.member.address.clone()).collect();
+            let mut set = JoinSet::new();
+            for (rank, c) in self.conns.iter().enumerate() {
+                let req = self.request(pb::SetupRequest {
+                    run_id: self.registry.run_id.clone(),
+                    rank: rank as u32,
+                    world_size: peers.len() as u32,
+                    peers: peers.clone(),
+                    generation: self.generation,
+                });
+                let c = c.clone();
+                set.spawn(async move {
+                    let mut client = c.client.clone();
+                    client.setup(req).await.map(|_| ()).map_err(|s| classify(&c, s))
+                });
+            }
+            let lost = self.gather_lost(set).await?;
+            if lost.is_empty() {
+                return Ok(());
+            }
+            self.remove(&lost)?;
         }
+    }
+
+    /// Waits for a fan-out whose results carry nothing; returns the workers found lost.
+    async fn gather_lost(&self, mut set: JoinSet<Result<(), Failure>>) -> Result<BTreeSet<String>, ClusterError> {
+        let mut lost = BTreeSet::new();
         while let Some(r) = set.join_next().await {
-            r.map_err(|e| ClusterError::Inconsistent(e.to_string()))??;
+            match r.map_err(|e| ClusterError::Inconsistent(e.to_string()))? {
+                Ok(()) => {}
+                Err(Failure::Lost(id)) => {
+                    lost.insert(id);
+                }
+                Err(Failure::PeerTrouble) => {}
+                Err(Failure::Fatal(e)) => return Err(e),
+            }
         }
+        Ok(lost)
+    }
+
+    /// Drops lost workers from the group (and the registry, so their slots reopen).
+    fn remove(&mut self, lost: &BTreeSet<String>) -> Result<(), ClusterError> {
+        self.conns.retain(|c| !lost.contains(&c.member.worker_id));
+        for id in lost {
+            self.registry.remove(id);
+        }
+        let names = lost.iter().cloned().collect::<Vec<_>>().join(", ");
+        if self.conns.len() < self.tolerance.min_workers.max(1) {
+            return Err(ClusterError::TooFewWorkers {
+                have: self.conns.len(),
+                min: self.tolerance.min_workers.max(1),
+                lost: names,
+            });
+        }
+        tracing::warn!("lost {names}; carrying on with {} worker(s)", self.conns.len());
         Ok(())
     }
 
-    fn batch(&self, examples: &[&Encoded], positions: &[usize], with_labels: bool) -> pb::Batch {
+    /// Workers whose heartbeats stopped for longer than the worker timeout.
+    fn silent(&self) -> BTreeSet<String> {
+        let ids: BTreeSet<&String> = self.conns.iter().map(|c| &c.member.worker_id).collect();
+        self.registry
+            .members()
+            .into_iter()
+            .filter(|m| ids.contains(&m.worker_id) && m.last_seen.elapsed() > self.tolerance.worker_timeout)
+            .map(|m| m.worker_id)
+            .collect()
+    }
+
+    /// At a step boundary: brings registered replacements into the group, each receiving the
+    /// trainable weights and optimizer state from a live peer.
+    pub async fn admit_joiners(&mut self) -> Result<usize, ClusterError> {
+        let known: BTreeSet<String> = self.conns.iter().map(|c| c.member.worker_id.clone()).collect();
+        let joiners: Vec<Member> = self.registry.members().into_iter().filter(|m| !known.contains(&m.worker_id)).collect();
+        if joiners.is_empty() {
+            return Ok(0);
+        }
+        let mut admitted = Vec::new();
+        for m in joiners {
+            match connect(&m).await {
+                Ok(c) => admitted.push(c),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    self.registry.remove(&m.worker_id);
+                }
+            }
+        }
+        let peer = self.conns.first().map(|c| c.member.address.clone());
+        let ids: Vec<String> = admitted.iter().map(|c| c.member.worker_id.clone()).collect();
+        self.conns.extend(admitted);
+        self.conns.sort_by(|a, b| a.member.worker_id.cmp(&b.member.worker_id));
+        self.setup().await?;
+        if let Some(peer) = peer {
+            for id in &ids {
+                let Some(c) = self.conns.iter().find(|c| &c.member.worker_id == id).cloned() else { continue };
+                let mut client = c.client.clone();
+                let req = self.request(pb::SyncFromRequest {
+                    peer: peer.clone(),
+                    generation: self.generation,
+                });
+                if let Err(s) = client.sync_from(req).await {
+                    tracing::warn!(worker = %id, "joining failed: {}", s.message());
+                    self.remove(&BTreeSet::from([id.clone()]))?;
+                    self.setup().await?;
+                }
+            }
+        }
+        tracing::info!("{} joined; the group has {} worker(s)", ids.join(", "), self.conns.len());
+        Ok(ids.len())
+    }
+
+    fn batch(&self, examples: &[&Encoded], positions: &[usize]) -> pb::Batch {
         let mut b = pb::Batch::default();
         for &p in positions {
             let e = examples[p];
@@ -156,17 +300,37 @@ impl Cluster {
                 b.token_type_ids.extend_from_slice(&e.type_ids);
             }
             b.lengths.push(e.ids.len() as u32);
-            if with_labels {
-                if let Some(l) = e.label {
-                    b.labels.push(l as i64);
-                }
+            if let Some(l) = e.label {
+                b.labels.push(l as i64);
             }
         }
         b
     }
 
-    /// One optimizer step on a global batch: shards by token count, one StepRequest per worker.
-    pub async fn step(&self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<StepOutcome, ClusterError> {
+    /// One optimizer step on a global batch, whatever happens to workers meanwhile: phase one
+    /// (forward/backward, all-reduce) on every worker, then phase two (commit). Workers lost in
+    /// phase one are dropped and the same batch is redone, re-sharded among the survivors.
+    pub async fn step(&mut self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<StepOutcome, ClusterError> {
+        let mut redone = 0u32;
+        loop {
+            match self.try_step(step, examples, lr, seed).await? {
+                Ok(mut out) => {
+                    self.commit(step).await?;
+                    out.redone = redone;
+                    return Ok(out);
+                }
+                Err(lost) => {
+                    self.remove(&lost)?;
+                    self.setup().await?;
+                    redone += 1;
+                    tracing::warn!(step = step + 1, "redoing the step on {} worker(s)", self.world());
+                }
+            }
+        }
+    }
+
+    /// Phase one. Ok(Err(lost)) when workers were lost (the step can be redone).
+    async fn try_step(&self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<Result<StepOutcome, BTreeSet<String>>, ClusterError> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let shards = shard_by_tokens(&lengths, self.world());
         let mut set = JoinSet::new();
@@ -174,7 +338,7 @@ impl Cluster {
             let req = self.request(pb::StepRequest {
                 step,
                 generation: self.generation,
-                shard: Some(self.batch(examples, positions, true)),
+                shard: Some(self.batch(examples, positions)),
                 global_batch_size: examples.len() as u32,
                 learning_rate: lr,
                 dropout_seed: seed
@@ -185,62 +349,155 @@ impl Cluster {
             let c = c.clone();
             set.spawn(async move {
                 let mut client = c.client.clone();
-                client.step(req).await.map(|r| r.into_inner()).map_err(|s| rpc_error(&c, s))
+                client.step(req).await.map(|r| r.into_inner()).map_err(|s| classify(&c, s))
             });
+        }
+        let mut replies = Vec::new();
+        let mut lost = BTreeSet::new();
+        let mut peer_trouble = false;
+        let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                r = set.join_next() => match r {
+                    None => break,
+                    Some(r) => match r.map_err(|e| ClusterError::Inconsistent(e.to_string()))? {
+                        Ok(reply) => replies.push(reply),
+                        Err(Failure::Lost(id)) => { lost.insert(id); }
+                        Err(Failure::PeerTrouble) => peer_trouble = true,
+                        Err(Failure::Fatal(e)) => return Err(e),
+                    },
+                },
+                _ = watchdog.tick() => {
+                    // A frozen worker keeps its connection open and never answers: its missing
+                    // heartbeats give it away.
+                    let silent = self.silent();
+                    if !silent.is_empty() {
+                        for id in &silent {
+                            tracing::warn!(worker = %id, "worker lost: no heartbeat for {:.0} s", self.tolerance.worker_timeout.as_secs_f64());
+                        }
+                        lost.extend(silent);
+                        set.abort_all();
+                        break;
+                    }
+                    if !lost.is_empty() {
+                        // Survivors are waiting on the lost worker's gradients: stop waiting.
+                        set.abort_all();
+                        break;
+                    }
+                }
+            }
+        }
+        if peer_trouble && lost.is_empty() {
+            // A peer failed someone's all-reduce but its own call has not failed (yet): the
+            // heartbeats decide who is gone.
+            let deadline = Instant::now() + self.tolerance.worker_timeout + Duration::from_secs(2);
+            while lost.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                lost = self.silent();
+            }
+            if lost.is_empty() {
+                return Err(ClusterError::Inconsistent(format!("step {}: an all-reduce failed and no worker is missing", step + 1)));
+            }
+        }
+        if !lost.is_empty() {
+            return Ok(Err(lost));
         }
         let mut out = StepOutcome::default();
         let mut norms = Vec::new();
-        while let Some(r) = set.join_next().await {
-            let reply = r.map_err(|e| ClusterError::Inconsistent(e.to_string()))??;
+        for reply in replies {
             out.loss_sum += reply.loss_sum;
             out.examples += reply.examples;
             out.tokens += reply.tokens;
             out.allreduce_bytes = out.allreduce_bytes.max(reply.allreduce_bytes);
             out.allreduce_ms = out.allreduce_ms.max(reply.allreduce_ms);
             out.compute_ms = out.compute_ms.max(reply.compute_ms);
-            out.skipped |= reply.skipped;
+            out.skipped |= reply.nonfinite;
             norms.push(reply.grad_norm);
         }
-        // Every worker clipped the same reduced gradient: their norms must agree bit for bit.
+        // Every worker clipped the same reduced gradient: their norms agree bit for bit.
         out.grad_norm = norms.first().copied().unwrap_or(0.0);
         if norms.iter().any(|n| n.to_bits() != out.grad_norm.to_bits() && !(n.is_nan() && out.grad_norm.is_nan())) {
             return Err(ClusterError::Inconsistent(format!("replicas diverged: gradient norms {norms:?}")));
         }
         if out.examples as usize != examples.len() {
-            return Err(ClusterError::Inconsistent(format!(
-                "workers trained on {} examples of a batch of {}",
-                out.examples,
-                examples.len()
-            )));
+            return Err(ClusterError::Inconsistent(format!("workers trained on {} examples of a batch of {}", out.examples, examples.len())));
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
-    /// Loss, accuracy and optionally logits of a batch, sharded like training.
-    pub async fn evaluate(&self, examples: &[&Encoded], want_logits: bool) -> Result<EvalOutcome, ClusterError> {
+    /// Phase two. Every worker holds the same reduced gradient; a worker lost now takes
+    /// nothing with it (its shard is in the sum), so the survivors commit and carry on.
+    async fn commit(&mut self, step: u64) -> Result<(), ClusterError> {
+        let mut set = JoinSet::new();
+        for c in &self.conns {
+            let req = self.request(pb::CommitRequest {
+                step,
+                generation: self.generation,
+            });
+            let c = c.clone();
+            set.spawn(async move {
+                let mut client = c.client.clone();
+                client.commit(req).await.map(|_| ()).map_err(|s| classify(&c, s))
+            });
+        }
+        let lost = self.gather_lost(set).await?;
+        if !lost.is_empty() {
+            self.remove(&lost)?;
+            self.setup().await?;
+        }
+        Ok(())
+    }
+
+    /// Loss, accuracy and optionally logits of a batch, sharded like training; a batch whose
+    /// workers were lost is evaluated again by the survivors.
+    pub async fn evaluate(&mut self, examples: &[&Encoded], want_logits: bool) -> Result<EvalOutcome, ClusterError> {
+        loop {
+            match self.try_evaluate(examples, want_logits).await? {
+                Ok(out) => return Ok(out),
+                Err(lost) => {
+                    self.remove(&lost)?;
+                    self.setup().await?;
+                }
+            }
+        }
+    }
+
+    async fn try_evaluate(&self, examples: &[&Encoded], want_logits: bool) -> Result<Result<EvalOutcome, BTreeSet<String>>, ClusterError> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let shards = shard_by_tokens(&lengths, self.world());
         let mut set = JoinSet::new();
         for (k, (c, positions)) in self.conns.iter().zip(&shards).enumerate() {
             let req = self.request(pb::EvalRequest {
-                shard: Some(self.batch(examples, positions, true)),
+                shard: Some(self.batch(examples, positions)),
                 return_logits: want_logits,
             });
             let c = c.clone();
             set.spawn(async move {
                 let mut client = c.client.clone();
-                client.evaluate(req).await.map(|r| (k, r.into_inner())).map_err(|s| rpc_error(&c, s))
+                client.evaluate(req).await.map(|r| (k, r.into_inner())).map_err(|s| classify(&c, s))
             });
         }
         let mut out = EvalOutcome::default();
         let mut parts = Vec::new();
+        let mut lost = BTreeSet::new();
         while let Some(r) = set.join_next().await {
-            let (k, reply) = r.map_err(|e| ClusterError::Inconsistent(e.to_string()))??;
-            out.loss_sum += reply.loss_sum;
-            out.correct += reply.correct as u64;
-            out.examples += reply.examples as u64;
-            out.num_labels = reply.num_labels as usize;
-            parts.push((k, reply.logits));
+            match r.map_err(|e| ClusterError::Inconsistent(e.to_string()))? {
+                Ok((k, reply)) => {
+                    out.loss_sum += reply.loss_sum;
+                    out.correct += reply.correct as u64;
+                    out.examples += reply.examples as u64;
+                    out.num_labels = reply.num_labels as usize;
+                    parts.push((k, reply.logits));
+                }
+                Err(Failure::Lost(id)) => {
+                    lost.insert(id);
+                }
+                Err(Failure::PeerTrouble) => {}
+                Err(Failure::Fatal(e)) => return Err(e),
+            }
+        }
+        if !lost.is_empty() {
+            return Ok(Err(lost));
         }
         if want_logits {
             let nl = out.num_labels;
@@ -256,18 +513,41 @@ impl Cluster {
             }
             out.logits = logits;
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
-    /// Asks rank 0 to write the trainable weights under `dir` (on its disk).
-    pub async fn save(&self, dir: &str) -> Result<pb::SaveReply, ClusterError> {
-        let c = self.conns.first().ok_or_else(|| ClusterError::Inconsistent("no workers".into()))?;
-        let mut client = c.client.clone();
-        client
-            .save(self.request(pb::SaveRequest { directory: dir.to_string() }))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| rpc_error(c, s))
+    /// The group's current state, from the first worker that answers.
+    pub async fn get_state(&self) -> Result<ReplicaState, ClusterError> {
+        let mut last = None;
+        for c in &self.conns {
+            let mut client = c.client.clone();
+            let res = async {
+                let mut stream = client.get_state(self.request(pb::GetStateRequest {})).await?.into_inner();
+                let mut chunks = Vec::new();
+                while let Some(ch) = stream.message().await? {
+                    chunks.push(ch);
+                }
+                Ok::<_, tonic::Status>(chunks)
+            }
+            .await;
+            match res {
+                Ok(chunks) => return ReplicaState::from_chunks(&chunks).map_err(ClusterError::Inconsistent),
+                Err(s) => last = Some(rpc_error(c, &s)),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClusterError::Inconsistent("no workers to take the state from".into())))
+    }
+
+    /// Loads `state` into every worker (resuming from a checkpoint).
+    pub async fn set_state(&self, state: &ReplicaState) -> Result<(), ClusterError> {
+        for c in &self.conns {
+            let mut client = c.client.clone();
+            let chunks = state.to_chunks(256 * 1024);
+            let mut req = tonic::Request::new(tokio_stream::iter(chunks));
+            req.set_timeout(self.tolerance.rpc_timeout);
+            client.set_state(req).await.map_err(|s| rpc_error(c, &s))?;
+        }
+        Ok(())
     }
 
     /// Tells every worker to exit; errors are ignored (a worker may already be gone).
@@ -278,5 +558,10 @@ impl Cluster {
             req.set_timeout(Duration::from_secs(5));
             let _ = client.shutdown(req).await;
         }
+    }
+
+    /// Trainable layout of the group (from the fingerprint all members share).
+    pub fn layout(&self) -> Vec<pb::TensorInfo> {
+        self.registry.fingerprint().map(|f| f.layout).unwrap_or_default()
     }
 }

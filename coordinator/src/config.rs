@@ -53,6 +53,16 @@ pub struct TrainConfig {
     pub rpc_timeout: f64,
     /// How long to wait for all workers to register, in seconds.
     pub register_timeout: f64,
+    /// A worker silent (no heartbeat) this many seconds is lost; also bounds ring waits.
+    pub worker_timeout: f64,
+    /// Fewest workers the run may carry on with after losing some.
+    pub min_workers: usize,
+    /// Write a checkpoint every N steps (and always at the end).
+    pub save_steps: Option<u64>,
+    /// Keep only the newest N checkpoints.
+    pub save_total_limit: Option<usize>,
+    /// Resume: Some(dir) from that checkpoint; Some("latest") from the newest in the output dir.
+    pub resume: Option<PathBuf>,
 }
 
 /// Learning rates that suit each method (full fine-tuning wants a small one; adapters and
@@ -123,6 +133,12 @@ impl TrainConfig {
         }
         if self.workers == 0 {
             return Err("--workers must be at least 1".into());
+        }
+        if self.min_workers > self.workers {
+            return Err(format!("--min-workers {} exceeds --workers {}", self.min_workers, self.workers));
+        }
+        if self.save_steps == Some(0) || self.save_total_limit == Some(0) {
+            return Err("--save-steps and --save-total-limit must be positive".into());
         }
         if self.logging_steps == 0 || self.eval_steps == Some(0) {
             return Err("--logging-steps and --eval-steps must be positive".into());

@@ -3,6 +3,7 @@
 //! the training loop that drives workers.
 
 pub mod app;
+pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -65,6 +65,14 @@ impl LocalWorkers {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .kill_on_drop(true);
+            // Local workers belong to this coordinator: they go when it goes, even by SIGKILL.
+            // SAFETY: prctl is async-signal-safe and touches only the child being spawned.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
             if std::env::var_os("RUST_LOG").is_none() {
                 // The coordinator reports for the group; workers speak up only about problems.
                 cmd.env("RUST_LOG", "warn");

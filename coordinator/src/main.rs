@@ -25,7 +25,6 @@ fn local(l: &LocalArgs) -> Workers {
     Workers::Local {
         device: l.device.clone(),
         threads: l.threads,
-        worker_timeout: l.worker_timeout,
     }
 }
 

@@ -174,6 +174,13 @@ impl Registry {
         pb::HeartbeatReply { known }
     }
 
+    /// Forgets a worker (lost): its slot reopens for a replacement, and its heartbeats are
+    /// answered "unknown" so that, if it was only frozen, it re-registers as a newcomer.
+    pub fn remove(&self, worker_id: &str) {
+        self.state().members.retain(|m| m.worker_id != worker_id);
+        self.changed.notify_waiters();
+    }
+
     pub fn members(&self) -> Vec<Member> {
         self.state().members.clone()
     }

@@ -57,6 +57,13 @@ impl MetricsLog {
         })
     }
 
+    /// Continues an existing log (a resumed run).
+    pub fn append(path: &Path) -> std::io::Result<MetricsLog> {
+        Ok(MetricsLog {
+            out: BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        })
+    }
+
     pub fn write(&mut self, event: &Map<String, Value>) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.out, event)?;
         self.out.write_all(b"\n")?;

@@ -1,12 +1,15 @@
 //! The training loop, top to bottom: data order, global batches, the learning rate of each
-//! step, one sharded step on the workers, the logging window, evaluation, and the final
-//! TrainOutput. Tensors never appear here; the workers hold them.
+//! step, one sharded step on the workers, the logging window, evaluation, checkpoints, and the
+//! final TrainOutput. Tensors never appear here; the workers hold them.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::checkpoint::{self, ReplicaState};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::TrainConfig;
 use crate::report::{MetricsLog, StepTable, TrainOutput};
@@ -29,10 +32,37 @@ pub struct RunSummary {
     pub output: TrainOutput,
     pub last_eval: Option<EvalResult>,
     pub best_accuracy: Option<f64>,
+    /// The trained state (weights and AdamW moments), as the last checkpoint holds it.
+    pub state: ReplicaState,
+}
+
+/// The loop's position and accumulators: all a checkpoint needs besides the workers' state
+/// for a resumed run to log exactly what an uninterrupted one would. Data order and dropout
+/// seeds are pure functions of (seed, epoch, step), so the step number places them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoopState {
+    pub global_step: u64,
+    pub epoch: f64,
+    pub loss_total: f64,
+    pub window_loss: f64,
+    pub window_steps: u64,
+    pub last_logged_loss: Option<f64>,
+    pub total_flos: f64,
+    pub samples: u64,
+    pub best_accuracy: Option<f64>,
+    pub bytes_window: u64,
+    pub reduce_ms_window: f64,
+    pub step_ms_window: f64,
+    /// Seconds of training before this process (earlier runs of a resumed job).
+    pub runtime_before: f64,
+    pub steps_redone: u64,
+    pub steps_skipped: u64,
+    /// The replicas' fingerprint, checked on resume.
+    pub fingerprint: String,
 }
 
 /// Evaluates `examples` in batches of `batch_size`, sharded across the workers.
-pub async fn evaluate(cluster: &Cluster, examples: &[Encoded], batch_size: usize) -> Result<EvalResult, ClusterError> {
+pub async fn evaluate(cluster: &mut Cluster, examples: &[Encoded], batch_size: usize) -> Result<EvalResult, ClusterError> {
     let started = Instant::now();
     let (mut loss_sum, mut correct, mut n) = (0.0, 0u64, 0u64);
     for chunk in examples.chunks(batch_size.max(1)) {
@@ -51,17 +81,46 @@ pub async fn evaluate(cluster: &Cluster, examples: &[Encoded], batch_size: usize
     })
 }
 
+/// Errors of the loop: the cluster's, or the outputs'.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("{0}")]
+    Output(String),
+}
+
+fn out_err(what: &str) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Output(format!("{what}: {e}"))
+}
+
+/// Writes `checkpoint-{step}` from the group's current state and says how big it is.
+pub async fn save_checkpoint(cfg: &TrainConfig, cluster: &Cluster, st: &LoopState) -> Result<ReplicaState, TrainError> {
+    let state = cluster.get_state().await?;
+    let (dir, bytes) = checkpoint::write_checkpoint(&cfg.output_dir, st.global_step, cfg, &cluster.layout(), &state, st, cfg.save_total_limit)?;
+    tracing::info!(
+        "{} written: {} ({} trainable values with their AdamW moments)",
+        dir.display(),
+        crate::app::human_bytes(bytes),
+        state.values.len() / 3
+    );
+    Ok(state)
+}
+
 /// Trains on `train`, evaluating on `dev`, printing the table to `table_out` and appending
-/// events to `metrics`. `non_embedding_params` feeds total_flos.
+/// events to `metrics`, from `st` (fresh or resumed). `non_embedding_params` feeds total_flos.
 pub async fn train<W: Write>(
     cfg: &TrainConfig,
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     train: &[Encoded],
     dev: &[Encoded],
     non_embedding_params: u64,
     table_out: W,
     metrics: &mut MetricsLog,
-) -> Result<RunSummary, ClusterError> {
+    st: &mut LoopState,
+) -> Result<RunSummary, TrainError> {
     let n = train.len();
     let batch_size = cfg.batch_size;
     let steps_per_epoch = cfg.steps_per_epoch(n);
@@ -70,23 +129,17 @@ pub async fn train<W: Write>(
     let base_lr = cfg.lr();
     let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
     let mut table = StepTable::new(table_out);
+    let write = |m: &mut MetricsLog, ev: &Map<String, Value>| m.write(ev).map_err(out_err("metrics.jsonl"));
 
     let started = Instant::now();
     let mut order: Vec<usize> = Vec::new();
-    let (mut window_loss, mut window_steps) = (0.0f64, 0u64);
-    let mut last_logged_loss: Option<f64> = None;
-    let mut loss_total = 0.0f64;
-    let mut total_flos = 0.0f64;
-    let mut samples = 0u64;
     let mut last_eval = None;
-    let mut best_accuracy: Option<f64> = None;
-    let (mut bytes_window, mut reduce_ms_window, mut step_ms_window) = (0u64, 0f64, 0f64);
 
-    for step in 0..total {
-        // Data: a fresh seeded order at each epoch boundary, then the step's global batch.
+    for step in st.global_step..total {
+        // Data: the epoch's seeded order (recomputed on resume), then the step's global batch.
         let epoch = step / steps_per_epoch;
         let pos = (step % steps_per_epoch) as usize;
-        if pos == 0 {
+        if pos == 0 || order.is_empty() {
             order = epoch_order(n, cfg.seed, epoch, cfg.shuffle);
             if cfg.group_by_length {
                 order = group_by_length(order, &lengths, batch_size);
@@ -95,59 +148,71 @@ pub async fn train<W: Write>(
         let idx = &order[pos * batch_size..((pos + 1) * batch_size).min(n)];
         let batch: Vec<&Encoded> = idx.iter().map(|&i| &train[i]).collect();
 
-        // The step itself: forward/backward, all-reduce, clip, AdamW, on every worker.
+        // A replacement worker joins between steps, with a live peer's state.
+        cluster.admit_joiners().await?;
+
+        // The step: forward/backward, all-reduce, clip, AdamW, on every worker.
         let lr = linear_lr(base_lr, step, warmup, total);
         let step_started = Instant::now();
         let out = cluster.step(step, &batch, lr, cfg.seed).await?;
         let step_ms = step_started.elapsed().as_secs_f64() * 1000.0;
         let loss = out.loss_sum / batch.len() as f64;
         if out.skipped {
-            tracing::warn!(step = step + 1, "non-finite gradient: update skipped");
+            st.steps_skipped += 1;
+            tracing::warn!(step = step + 1, "non-finite gradient: update skipped on every worker");
         }
+        st.steps_redone += out.redone as u64;
 
         // Bookkeeping as the Trainer does it.
         let longest = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-        total_flos += 6.0 * (batch.len() * longest) as f64 * non_embedding_params as f64;
-        samples += batch.len() as u64;
-        loss_total += loss;
-        window_loss += loss;
-        window_steps += 1;
-        bytes_window += out.allreduce_bytes;
-        reduce_ms_window += out.allreduce_ms;
-        step_ms_window += step_ms;
-        let global_step = step + 1;
-        let epoch_f = global_step as f64 / steps_per_epoch as f64;
+        st.total_flos += 6.0 * (batch.len() * longest) as f64 * non_embedding_params as f64;
+        st.samples += batch.len() as u64;
+        st.loss_total += loss;
+        st.window_loss += loss;
+        st.window_steps += 1;
+        st.bytes_window += out.allreduce_bytes;
+        st.reduce_ms_window += out.allreduce_ms;
+        st.step_ms_window += step_ms;
+        st.global_step = step + 1;
+        st.epoch = st.global_step as f64 / steps_per_epoch as f64;
+        let global_step = st.global_step;
 
         let log_now = global_step % cfg.logging_steps == 0;
         let end_of_epoch = pos as u64 + 1 == steps_per_epoch;
         let eval_now = global_step == total || cfg.eval_steps.map_or(end_of_epoch, |e| global_step % e == 0);
         let mut row_loss = None;
         if log_now {
-            let mean = window_loss / window_steps as f64;
+            let mean = st.window_loss / st.window_steps as f64;
             let mut ev = Map::new();
             ev.insert("loss".into(), json!(mean));
             ev.insert("grad_norm".into(), json!(out.grad_norm));
             // The Trainer logs the scheduler's rate after its step: the rate of the next step.
             ev.insert("learning_rate".into(), json!(linear_lr(base_lr, global_step, warmup, total)));
-            ev.insert("epoch".into(), json!(epoch_f));
+            ev.insert("epoch".into(), json!(st.epoch));
             ev.insert("step".into(), json!(global_step));
             ev.insert("allreduce_bytes".into(), json!(out.allreduce_bytes));
             ev.insert("allreduce_ms".into(), json!(out.allreduce_ms));
-            ev.insert("allreduce_bytes_window".into(), json!(bytes_window));
-            ev.insert("allreduce_ms_window".into(), json!(reduce_ms_window));
+            ev.insert("allreduce_bytes_window".into(), json!(st.bytes_window));
+            ev.insert("allreduce_ms_window".into(), json!(st.reduce_ms_window));
             // Wall time of the window's steps as the coordinator saw them: the all-reduce share
             // of step time is allreduce_ms_window / step_ms_window.
-            ev.insert("step_ms_window".into(), json!(step_ms_window));
+            ev.insert("step_ms_window".into(), json!(st.step_ms_window));
             ev.insert("compute_ms".into(), json!(out.compute_ms));
             ev.insert("tokens".into(), json!(out.tokens));
-            metrics.write(&ev).map_err(|e| ClusterError::Inconsistent(format!("metrics.jsonl: {e}")))?;
+            ev.insert("workers".into(), json!(cluster.world()));
+            if out.skipped {
+                ev.insert("skipped".into(), json!(true));
+            }
+            write(metrics, &ev)?;
             row_loss = Some(mean);
-            last_logged_loss = Some(mean);
-            window_loss = 0.0;
-            window_steps = 0;
-            bytes_window = 0;
-            reduce_ms_window = 0.0;
-            step_ms_window = 0.0;
+            st.last_logged_loss = Some(mean);
+            st.window_loss = 0.0;
+            st.window_steps = 0;
+            st.bytes_window = 0;
+            st.reduce_ms_window = 0.0;
+            st.step_ms_window = 0.0;
+        } else if out.skipped {
+            write(metrics, &Map::from_iter([("step".into(), json!(global_step)), ("skipped".into(), json!(true))]))?;
         }
         let mut row_eval = None;
         if eval_now && !dev.is_empty() {
@@ -157,32 +222,67 @@ pub async fn train<W: Write>(
             ev.insert("eval_accuracy".into(), json!(r.accuracy));
             ev.insert("eval_runtime".into(), json!((r.runtime * 1e4).round() / 1e4));
             ev.insert("eval_samples_per_second".into(), json!((r.examples as f64 / r.runtime.max(1e-9) * 1e3).round() / 1e3));
-            ev.insert("epoch".into(), json!(epoch_f));
+            ev.insert("epoch".into(), json!(st.epoch));
             ev.insert("step".into(), json!(global_step));
-            metrics.write(&ev).map_err(|e| ClusterError::Inconsistent(format!("metrics.jsonl: {e}")))?;
-            best_accuracy = Some(best_accuracy.map_or(r.accuracy, |b: f64| b.max(r.accuracy)));
+            write(metrics, &ev)?;
+            st.best_accuracy = Some(st.best_accuracy.map_or(r.accuracy, |b: f64| b.max(r.accuracy)));
             last_eval = Some(r);
             row_eval = Some(r);
         }
         if log_now || row_eval.is_some() {
             // An evaluation between logging steps shows the last logged loss, as the notebook
             // table does, or "No log" before the first one.
-            let shown = row_loss.or(if row_eval.is_some() { last_logged_loss } else { None });
+            let shown = row_loss.or(if row_eval.is_some() { st.last_logged_loss } else { None });
             table
                 .row(global_step, shown, row_eval.map(|r| r.loss), row_eval.map(|r| r.accuracy))
-                .map_err(|e| ClusterError::Inconsistent(format!("stdout: {e}")))?;
+                .map_err(out_err("stdout"))?;
+        }
+        if cfg.save_steps.is_some_and(|s| global_step % s == 0) && global_step < total {
+            let mut snapshot = st.clone();
+            snapshot.runtime_before += started.elapsed().as_secs_f64();
+            save_checkpoint(cfg, cluster, &snapshot).await?;
         }
     }
 
-    let runtime = started.elapsed().as_secs_f64();
+    let runtime = st.runtime_before + started.elapsed().as_secs_f64();
     let epoch_f = total as f64 / steps_per_epoch.max(1) as f64;
-    let output = TrainOutput::new(total, loss_total, runtime, samples as f64, total_flos, epoch_f);
+    let output = TrainOutput::new(total, st.loss_total, runtime, st.samples as f64, st.total_flos, epoch_f);
     let mut ev = output.metrics_map();
     ev.insert("step".into(), Value::from(total));
-    metrics.write(&ev).map_err(|e| ClusterError::Inconsistent(format!("metrics.jsonl: {e}")))?;
+    ev.insert("steps_redone".into(), json!(st.steps_redone));
+    ev.insert("steps_skipped".into(), json!(st.steps_skipped));
+    write(metrics, &ev)?;
+    st.runtime_before = runtime;
+    // The last checkpoint: the final state, resumable and usable as an adapter.
+    let state = save_checkpoint(cfg, cluster, st).await?;
     Ok(RunSummary {
         output,
         last_eval,
-        best_accuracy,
+        best_accuracy: st.best_accuracy,
+        state,
     })
+}
+
+/// Keeps only the events of `metrics.jsonl` up to `step` (a resumed run re-logs the rest).
+pub fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(out_err("metrics.jsonl")(e)),
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+                && !l.contains("\"train_runtime\"")
+        })
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    std::fs::write(path, out).map_err(out_err("metrics.jsonl"))
 }

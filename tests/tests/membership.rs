@@ -1,7 +1,7 @@
 //! Membership over real sockets: the Coordinator service refuses mismatched, extra and
 //! wrong-version workers with the right status; multi-node mode (`peftrain coordinator` +
-//! `peftrain worker` processes) trains; a worker killed mid-run ends the run with a clear
-//! error in bounded time instead of a hang.
+//! `peftrain worker` processes) trains; losing more workers than --min-workers allows ends the
+//! run with a clear error and a final checkpoint in bounded time instead of a hang.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -190,13 +190,13 @@ fn multi_node_mode_trains_and_refuses_intruders() {
 }
 
 #[test]
-fn a_killed_worker_ends_the_run_with_a_clear_error() {
+fn losing_more_workers_than_allowed_ends_the_run_with_a_clear_error_and_a_checkpoint() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 8);
     let out = d.path().join("out");
     let (tok, glue) = (roberta_dir(), glue_dir());
     let mut run = Command::new(bin("peftrain"))
-        .args(["train", "--workers", "2", "--threads", "1", "--worker-timeout", "5", "--model", model.to_str().unwrap()])
+        .args(["train", "--workers", "2", "--min-workers", "2", "--threads", "1", "--worker-timeout", "5", "--model", model.to_str().unwrap()])
         .args(["--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(), "--task", "sst2", "--method", "lora"])
         .args(["--train-limit", "64", "--eval-limit", "16", "--batch-size", "8", "--max-steps", "100000", "--logging-steps", "2"])
         .args(["--output-dir", out.to_str().unwrap()])
@@ -220,6 +220,9 @@ fn a_killed_worker_ends_the_run_with_a_clear_error() {
     assert!(!ok, "the run must fail");
     assert!(killed_at.elapsed() < Duration::from_secs(60), "took {:?} to notice", killed_at.elapsed());
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(lines.last().unwrap().starts_with("peftrain: error:") && lines.last().unwrap().contains("worker local-"), "{err}");
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("peftrain: error:") && last.contains("fewer than --min-workers 2") && last.contains("local-"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    let checkpoints: Vec<_> = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")).collect();
+    assert_eq!(checkpoints.len(), 1, "a final checkpoint of the last completed step");
 }

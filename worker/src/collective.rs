@@ -24,6 +24,8 @@ pub enum CollectiveError {
     BadChunk { from: u32, why: String },
     #[error("sending to rank {to} failed: {why}")]
     Send { to: u32, why: String },
+    #[error("abandoned: the group moved on to generation {0}")]
+    Abandoned(u64),
 }
 
 /// Where chunks pushed by the predecessor wait until the all-reduce consumes them.
@@ -71,7 +73,7 @@ fn segment(len: usize, n: usize, i: usize) -> (usize, usize) {
     (i * len / n, (i + 1) * len / n)
 }
 
-fn to_le_bytes(v: &[f32]) -> Bytes {
+pub fn to_le_bytes(v: &[f32]) -> Bytes {
     let mut out = Vec::with_capacity(v.len() * 4);
     for x in v {
         out.extend_from_slice(&x.to_le_bytes());
@@ -81,7 +83,15 @@ fn to_le_bytes(v: &[f32]) -> Bytes {
 
 impl Ring {
     /// Sums `buf` across the ring in place; afterwards every worker holds the same bits.
-    pub async fn all_reduce(&self, inbox: &Inbox, buf: &mut [f32], step: u64) -> Result<ReduceStats, CollectiveError> {
+    /// `abort` carries the newest generation the coordinator announced: when it moves past
+    /// ours, the step was abandoned and waiting on peers stops at once.
+    pub async fn all_reduce(
+        &self,
+        inbox: &Inbox,
+        buf: &mut [f32],
+        step: u64,
+        abort: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<ReduceStats, CollectiveError> {
         let n = self.world as usize;
         let Some(next) = self.next.clone().filter(|_| n > 1) else {
             return Ok(ReduceStats::default());
@@ -129,7 +139,14 @@ impl Ring {
             let (a, b) = segment(buf.len(), n, recv_seg);
             let mut received = 0usize;
             while received < b - a {
-                let msg = match tokio::time::timeout(self.timeout, inbox.recv()).await {
+                if *abort.borrow() > self.generation {
+                    return Err(CollectiveError::Abandoned(*abort.borrow()));
+                }
+                let received_msg = tokio::select! {
+                    r = tokio::time::timeout(self.timeout, inbox.recv()) => r,
+                    _ = abort.changed() => return Err(CollectiveError::Abandoned(*abort.borrow())),
+                };
+                let msg = match received_msg {
                     Err(_) => {
                         return Err(CollectiveError::Timeout {
                             from,

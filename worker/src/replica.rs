@@ -112,6 +112,16 @@ pub struct Replica {
     pub fingerprint: Fingerprint,
     /// Number of fp32 values in the fused gradient buffer.
     pub flat_len: usize,
+    /// A reduced and clipped gradient waiting for its commit.
+    held: Option<Held>,
+}
+
+/// Phase one's result, waiting for phase two.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    step: u64,
+    lr: f64,
+    finite: bool,
 }
 
 impl Replica {
@@ -133,7 +143,16 @@ impl Replica {
             loaded,
             device,
             spec: spec.clone(),
+            held: None,
         };
+        if let Method::Lora(cfg) = &spec.method {
+            if !replica.trainable().keys().any(|n| n.contains(".lora_A.")) {
+                return Err(ModelError::Method(format!(
+                    "LoRA target modules {:?} not found in the model (module names end in e.g. query, key, value, dense)",
+                    cfg.target_modules
+                )));
+            }
+        }
         if let Some(dir) = &spec.init_adapter {
             replica.load_trainable(dir)?;
         }
@@ -258,15 +277,82 @@ impl Replica {
         });
     }
 
-    /// Clip, then AdamW with `lr`. A non-finite gradient norm skips the update (as AMP's loss
-    /// scaler does) and leaves weights and moments untouched. Returns (norm, skipped).
-    pub fn apply(&mut self, lr: f64) -> (f64, bool) {
+    /// Phase one's end: writes the reduced buffer into the gradients and clips them; the step is
+    /// then held until `commit`. Returns the norm before clipping (non-finite: commit skips).
+    pub fn hold(&mut self, step: u64, buf: &[f32], lr: f64) -> f64 {
+        self.set_flat_grads(buf);
         let norm = clip_grad_norm(&self.loaded.params.trainable, self.spec.max_grad_norm);
-        if !norm.is_finite() {
-            return (norm, true);
+        self.held = Some(Held { step, lr, finite: norm.is_finite() });
+        norm
+    }
+
+    /// Phase two: AdamW with the held gradient. A non-finite gradient skips the update (as
+    /// AMP's loss scaler does) and leaves weights and moments untouched. Returns whether the
+    /// update was applied, or None when no step `step` is held.
+    pub fn commit(&mut self, step: u64) -> Option<bool> {
+        let held = self.held.take().filter(|h| h.step == step)?;
+        if held.finite {
+            self.optimizer.step(&self.loaded.params.trainable, held.lr);
         }
-        self.optimizer.step(&self.loaded.params.trainable, lr);
-        (norm, false)
+        Some(held.finite)
+    }
+
+    /// Clip then AdamW in one go (single-process use: benchmarks, examples).
+    pub fn apply(&mut self, lr: f64) -> (f64, bool) {
+        let g = self.flat_grads();
+        let norm = self.hold(u64::MAX, &g, lr);
+        let applied = self.commit(u64::MAX).unwrap_or(false);
+        (norm, !applied)
+    }
+
+    /// The state a peer or a checkpoint needs: weights, then first moments, then second
+    /// moments, each in sorted-name order, as one fp32 vector; and the optimizer's step count.
+    pub fn state(&self) -> (Vec<f32>, u64) {
+        let mut parts: Vec<Tensor> = Vec::new();
+        for (name, p) in self.trainable() {
+            parts.push(p.detach().reshape([-1]));
+            let _ = name;
+        }
+        for m in self.optimizer.state.values() {
+            parts.push(m.exp_avg.reshape([-1]));
+        }
+        for m in self.optimizer.state.values() {
+            parts.push(m.exp_avg_sq.reshape([-1]));
+        }
+        let flat = Tensor::cat(&parts, 0).to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+        let n = flat.numel();
+        let mut out = vec![0f32; n];
+        flat.copy_data(&mut out, n);
+        (out, self.optimizer.step)
+    }
+
+    /// Loads a state produced by `state` (same layout: the caller checked the fingerprint).
+    pub fn set_state(&mut self, values: &[f32], optimizer_step: u64) -> Result<(), String> {
+        if values.len() != 3 * self.flat_len {
+            return Err(format!("state holds {} values, this replica needs {}", values.len(), 3 * self.flat_len));
+        }
+        let flat = Tensor::from_slice(values).to_device(self.device);
+        let mut off = 0i64;
+        tch::no_grad(|| {
+            let mut copy_into = |t: &Tensor| {
+                let n = t.numel() as i64;
+                let mut t = t.shallow_clone();
+                t.copy_(&flat.narrow(0, off, n).view(t.size().as_slice()));
+                off += n;
+            };
+            for p in self.loaded.params.trainable.values() {
+                copy_into(p);
+            }
+            for m in self.optimizer.state.values() {
+                copy_into(&m.exp_avg);
+            }
+            for m in self.optimizer.state.values() {
+                copy_into(&m.exp_avg_sq);
+            }
+        });
+        self.optimizer.step = optimizer_step;
+        self.held = None;
+        Ok(())
     }
 
     /// Loss sum, correct count and (optionally) logits, without gradients, dropout off.
@@ -297,46 +383,6 @@ impl Replica {
             }
             stats
         })
-    }
-
-    /// Writes the trainable weights under `dir`: `trainable.safetensors` (checkpoint keys) and
-    /// `trainable_config.json`; for LoRA also peft's `adapter_model.safetensors` and
-    /// `adapter_config.json`. Files are written to a temporary name and renamed.
-    pub fn save(&self, dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-        let cpu: Vec<(String, Tensor)> = self
-            .trainable()
-            .iter()
-            .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous()))
-            .collect();
-        let mut files = Vec::new();
-        files.push(write_safetensors_atomic(&dir.join("trainable.safetensors"), &cpu)?);
-        let meta = serde_json::json!({
-            "format": "peftrain-trainable/1",
-            "model_dir": self.spec.model_dir,
-            "model_type": self.loaded.config.model_type,
-            "method": self.spec.method.name(),
-            "method_spec": self.spec.method.describe(),
-            "num_labels": self.spec.num_labels,
-            "bitfit_scope": match &self.spec.method { Method::BitFit(s) => s.as_str(), _ => "all" },
-            "lora_r": match &self.spec.method { Method::Lora(c) => c.r, _ => 0 },
-            "lora_alpha": match &self.spec.method { Method::Lora(c) => c.alpha, _ => 0.0 },
-            "lora_dropout": match &self.spec.method { Method::Lora(c) => c.dropout, _ => 0.0 },
-            "lora_targets": match &self.spec.method { Method::Lora(c) => c.target_modules.clone(), _ => vec![] },
-            "fingerprint": self.fingerprint.digest,
-            "trainable_params": self.fingerprint.trainable_params,
-        });
-        files.push(write_atomic(&dir.join("trainable_config.json"), serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes())?);
-        if let Method::Lora(cfg) = &self.spec.method {
-            let peft: Vec<(String, Tensor)> = cpu.iter().map(|(n, t)| (format!("base_model.model.{n}"), t.shallow_clone())).collect();
-            files.push(write_safetensors_atomic(&dir.join("adapter_model.safetensors"), &peft)?);
-            let cfg_json = peft_adapter_config(cfg, &self.spec.model_dir);
-            files.push(write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg_json).unwrap_or_default().as_bytes())?);
-        }
-        Ok(files)
     }
 
     /// Loads trainable weights saved by peftrain or by peft (`adapter_model.safetensors`),
@@ -396,54 +442,6 @@ pub fn peft_key_to_name(key: &str) -> String {
         .replace(".original_module.", ".")
         .replace(".lora_A.default.", ".lora_A.")
         .replace(".lora_B.default.", ".lora_B.")
-}
-
-fn peft_adapter_config(cfg: &LoraConfig, model_dir: &Path) -> serde_json::Value {
-    serde_json::json!({
-        "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
-        "base_model_name_or_path": model_dir,
-        "r": cfg.r,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
-        "target_modules": cfg.target_modules,
-        "modules_to_save": ["classifier", "score"],
-        "bias": "none",
-        "fan_in_fan_out": false,
-        "init_lora_weights": true,
-        "inference_mode": true,
-        "use_rslora": false,
-        "use_dora": false,
-        "layers_to_transform": null,
-        "layers_pattern": null,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "revision": null
-    })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf, ModelError> {
-    let tmp = path.with_extension("tmp");
-    let io = |e| ModelError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(path.to_path_buf())
-}
-
-fn write_safetensors_atomic(path: &Path, tensors: &[(String, Tensor)]) -> Result<PathBuf, ModelError> {
-    let tmp = path.with_extension("safetensors.tmp");
-    Tensor::write_safetensors(tensors, &tmp).map_err(|e| ModelError::Checkpoint {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    Ok(path.to_path_buf())
 }
 
 /// sha256 over what makes replicas interchangeable: the checkpoint's config and tensor index,

@@ -159,7 +159,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     let (compute, info) = ComputeThread::start(opts.threads, move || Replica::build(&spec, device))?;
     let fp = info.fingerprint.clone();
     tracing::debug!(trainable = fp.trainable_params, all = info.peft_all_params, "replica built");
-    let engine = Arc::new(Engine::new(compute, opts.collective_timeout, 256 * 1024));
+    let engine = Arc::new(Engine::new(compute, &info, opts.collective_timeout, 256 * 1024));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::worker_server::WorkerServer<WorkerService>>().await;
@@ -195,39 +195,65 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
         non_embedding_params: info.non_embedding_params,
         peft_all_params: info.peft_all_params,
     };
-    let reply = with_backoff("register", opts.coordinator_timeout, || {
-        let mut c = coord.clone();
-        let req = reg.clone();
-        async move { c.register(req).await.map(|r| r.into_inner()) }
-    })
-    .await?;
-    tracing::info!(worker = %opts.id, %address, "registered ({}/{})", reply.registered, reply.expected);
-
-    // Heartbeats until the coordinator says stop, or stays unreachable past the timeout.
-    let mut last_ok = Instant::now();
     let mut server = server;
+    let mut run_id = hello.run_id.clone();
+    // Heartbeats well inside the coordinator's worker timeout.
+    let beat = (opts.collective_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(2));
     loop {
-        tokio::select! {
-            res = &mut server => {
-                res??;
-                return Ok(());
+        let reply = with_backoff("register", opts.coordinator_timeout, || {
+            let mut c = coord.clone();
+            let req = pb::RegisterRequest { run_id: run_id.clone(), ..reg.clone() };
+            async move { c.register(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                engine.shutdown.notify_one();
+                return Err(e);
             }
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                let req = pb::HeartbeatRequest { worker_id: opts.id.clone(), run_id: hello.run_id.clone() };
-                match coord.heartbeat(req).await {
-                    Ok(r) if r.get_ref().known => last_ok = Instant::now(),
-                    Ok(_) => {
-                        engine.shutdown.notify_one();
-                        anyhow::bail!("the coordinator no longer knows this worker (run {})", hello.run_id);
-                    }
-                    Err(_) if last_ok.elapsed() > opts.coordinator_timeout => {
-                        engine.shutdown.notify_one();
-                        anyhow::bail!("coordinator {} unreachable for {:.0} s", opts.coordinator, opts.coordinator_timeout.as_secs_f64());
-                    }
-                    Err(_) => {}
+        };
+        tracing::info!(worker = %opts.id, %address, "registered ({}/{})", reply.registered, reply.expected);
+
+        // Heartbeats until the coordinator stops knowing us (it restarted, or declared us lost
+        // while we were frozen): then register again, with the same replica.
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::select! {
+                res = &mut server => {
+                    res??;
+                    return Ok(());
                 }
+                _ = tokio::time::sleep(beat) => {}
+            }
+            let req = pb::HeartbeatRequest { worker_id: opts.id.clone(), run_id: run_id.clone() };
+            let mut hb = tonic::Request::new(req);
+            hb.set_timeout(beat * 2);
+            match coord.heartbeat(hb).await {
+                Ok(r) if r.get_ref().known => last_ok = Instant::now(),
+                Ok(_) => break,
+                Err(_) if last_ok.elapsed() > opts.coordinator_timeout => {
+                    engine.shutdown.notify_one();
+                    anyhow::bail!("coordinator {} unreachable for {:.0} s", opts.coordinator, opts.coordinator_timeout.as_secs_f64());
+                }
+                Err(_) => {}
             }
         }
+        let again = with_backoff("hello", opts.coordinator_timeout, || {
+            let mut c = coord.clone();
+            let req = pb::HelloRequest {
+                protocol_version: pb::PROTOCOL_VERSION,
+                worker_id: opts.id.clone(),
+            };
+            async move { c.hello(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+        if again.spec != Some(spec_pb.clone()) {
+            engine.shutdown.notify_one();
+            anyhow::bail!("the coordinator now runs a different model or method; start a new worker for it");
+        }
+        tracing::info!(worker = %opts.id, "coordinator run {} does not know this worker; registering again", again.run_id);
+        run_id = again.run_id;
     }
 }
 

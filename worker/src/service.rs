@@ -22,6 +22,10 @@ pub enum WorkerError {
     StaleGeneration { got: u64, current: u64 },
     #[error("bad shard: {0}")]
     BadShard(String),
+    #[error("no step {0} is held for commit")]
+    NothingHeld(u64),
+    #[error("state refused: {0}")]
+    BadState(String),
     #[error("all-reduce failed: {0}")]
     Collective(#[from] CollectiveError),
     #[error("{0}")]
@@ -36,9 +40,11 @@ impl From<WorkerError> for Status {
         match e {
             WorkerError::NotSetUp => Status::failed_precondition(msg),
             WorkerError::StaleGeneration { .. } => Status::aborted(msg),
-            WorkerError::BadShard(_) => Status::invalid_argument(msg),
-            WorkerError::Collective(CollectiveError::Timeout { .. }) => Status::deadline_exceeded(msg),
-            WorkerError::Collective(_) => Status::unavailable(msg),
+            WorkerError::BadShard(_) | WorkerError::BadState(_) => Status::invalid_argument(msg),
+            WorkerError::NothingHeld(_) => Status::failed_precondition(msg),
+            // A failed all-reduce is a peer's doing, not this worker's: ABORTED tells the
+            // coordinator to look for the lost peer rather than drop this worker.
+            WorkerError::Collective(_) => Status::aborted(msg),
             WorkerError::Model(_) => Status::failed_precondition(msg),
             WorkerError::Internal(_) => Status::internal(msg),
         }
@@ -136,22 +142,28 @@ impl ReplicaInfo {
 /// The replica's thread, its place in the ring and the chunks waiting for it.
 pub struct Engine {
     pub compute: ComputeThread,
+    /// Values in a state transfer (3 x trainable parameters).
+    pub state_len: usize,
     pub ring: tokio::sync::RwLock<Option<Ring>>,
     pub inbox: Inbox,
     pub shutdown: Notify,
     pub collective_timeout: Duration,
     pub chunk_elems: usize,
+    /// The newest group generation announced; moving it aborts a running all-reduce.
+    pub abort: tokio::sync::watch::Sender<u64>,
 }
 
 impl Engine {
-    pub fn new(compute: ComputeThread, collective_timeout: Duration, chunk_elems: usize) -> Engine {
+    pub fn new(compute: ComputeThread, info: &ReplicaInfo, collective_timeout: Duration, chunk_elems: usize) -> Engine {
         Engine {
             compute,
+            state_len: 3 * info.fingerprint.trainable_params as usize,
             ring: tokio::sync::RwLock::new(None),
             inbox: Inbox::default(),
             shutdown: Notify::new(),
             collective_timeout,
             chunk_elems,
+            abort: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -163,6 +175,8 @@ impl Engine {
     }
 
     pub async fn setup(&self, req: pb::SetupRequest) -> Result<(), WorkerError> {
+        // Abandon a step of the old group still waiting on a lost peer, then take the ring.
+        self.abort.send_replace(req.generation);
         let next = if req.world_size > 1 {
             let addr = req
                 .peers
@@ -224,15 +238,11 @@ impl Engine {
             })
             .await?;
         let compute_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let reduce = ring.all_reduce(&self.inbox, &mut buf, req.step).await?;
+        let mut abort = self.abort.subscribe();
+        let reduce = ring.all_reduce(&self.inbox, &mut buf, req.step, &mut abort).await?;
         let t1 = Instant::now();
-        let lr = req.learning_rate;
-        let (norm, skipped) = self
-            .blocking(move |r| {
-                r.set_flat_grads(&buf);
-                Ok(r.apply(lr))
-            })
-            .await?;
+        let (lr, step) = (req.learning_rate, req.step);
+        let norm = self.blocking(move |r| Ok(r.hold(step, &buf, lr))).await?;
         Ok(pb::StepReply {
             step: req.step,
             loss_sum: stats.loss_sum,
@@ -243,8 +253,93 @@ impl Engine {
             allreduce_ms: reduce.millis,
             compute_ms,
             optimizer_ms: t1.elapsed().as_secs_f64() * 1000.0,
-            skipped,
+            nonfinite: !norm.is_finite(),
         })
+    }
+
+    pub async fn commit(&self, req: pb::CommitRequest) -> Result<pb::CommitReply, WorkerError> {
+        self.check_generation(req.generation).await?;
+        let step = req.step;
+        self.blocking(move |r| {
+            let applied = r.commit(step).ok_or(WorkerError::NothingHeld(step))?;
+            Ok(pb::CommitReply {
+                applied,
+                optimizer_step: r.optimizer.step,
+            })
+        })
+        .await
+    }
+
+    async fn check_generation(&self, generation: u64) -> Result<(), WorkerError> {
+        let ring = self.ring.read().await;
+        let current = ring.as_ref().ok_or(WorkerError::NotSetUp)?.generation;
+        if generation != current {
+            return Err(WorkerError::StaleGeneration { got: generation, current });
+        }
+        Ok(())
+    }
+
+    /// The replica's state as chunks of at most `chunk_elems` values.
+    pub async fn get_state(&self) -> Result<Vec<pb::StateChunk>, WorkerError> {
+        let (values, optimizer_step, digest) = self
+            .blocking(|r| {
+                let (v, s) = r.state();
+                Ok((v, s, r.fingerprint.digest.clone()))
+            })
+            .await?;
+        let total = values.len() as u64;
+        let mut chunks = Vec::new();
+        for (k, part) in values.chunks(self.chunk_elems.max(1)).enumerate() {
+            chunks.push(pb::StateChunk {
+                fingerprint: digest.clone(),
+                optimizer_step,
+                total,
+                offset: (k * self.chunk_elems) as u64,
+                data: crate::collective::to_le_bytes(part),
+            });
+        }
+        if chunks.is_empty() {
+            chunks.push(pb::StateChunk { fingerprint: digest, optimizer_step, total, offset: 0, data: Default::default() });
+        }
+        Ok(chunks)
+    }
+
+    /// Pulls the group's state from a live peer.
+    pub async fn sync_from(&self, req: pb::SyncFromRequest) -> Result<pb::SyncFromReply, WorkerError> {
+        self.check_generation(req.generation).await?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", req.peer))
+            .map_err(|e| WorkerError::BadState(format!("peer {}: {e}", req.peer)))?
+            .connect_timeout(self.collective_timeout)
+            .timeout(self.collective_timeout * 4)
+            .connect()
+            .await
+            .map_err(|e| WorkerError::BadState(format!("peer {}: {e}", req.peer)))?;
+        let mut peer = pb::worker_client::WorkerClient::new(ch).max_decoding_message_size(64 << 20);
+        let mut stream = peer
+            .get_state(pb::GetStateRequest {})
+            .await
+            .map_err(|s| WorkerError::BadState(format!("peer {}: {}", req.peer, s.message())))?
+            .into_inner();
+        let state = receive_state(&mut stream, self.state_len).await?;
+        let optimizer_step = self.load_state(state).await?;
+        Ok(pb::SyncFromReply { optimizer_step })
+    }
+
+    /// Loads an assembled state into the replica.
+    pub async fn load_state(&self, state: AssembledState) -> Result<u64, WorkerError> {
+        let step = state.optimizer_step;
+        self.blocking(move |r| {
+            if state.fingerprint != r.fingerprint.digest {
+                return Err(WorkerError::BadState(format!(
+                    "state from a replica with fingerprint {} (this one is {})",
+                    short(&state.fingerprint),
+                    short(&r.fingerprint.digest)
+                )));
+            }
+            r.set_state(&state.values, state.optimizer_step).map_err(WorkerError::BadState)?;
+            Ok(step)
+        })
+        .await
     }
 
     pub async fn evaluate(&self, req: pb::EvalRequest) -> Result<pb::EvalReply, WorkerError> {
@@ -270,17 +365,63 @@ impl Engine {
         .await
     }
 
-    pub async fn save(&self, req: pb::SaveRequest) -> Result<pb::SaveReply, WorkerError> {
-        self.blocking(move |r| {
-            let files = r.save(std::path::Path::new(&req.directory))?;
-            let bytes = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
-            Ok(pb::SaveReply {
-                files: files.iter().map(|f| f.display().to_string()).collect(),
-                bytes,
-            })
+}
+
+/// A state received in chunks, checked piece by piece.
+pub struct AssembledState {
+    pub fingerprint: String,
+    pub optimizer_step: u64,
+    pub values: Vec<f32>,
+}
+
+impl AssembledState {
+    /// Starts from the first chunk; `expected` is the number of values this replica needs, so
+    /// a peer cannot make us allocate more.
+    pub fn start(first: &pb::StateChunk, expected: usize) -> Result<AssembledState, WorkerError> {
+        if first.total as usize != expected {
+            return Err(WorkerError::BadState(format!("state of {} values, this replica needs {expected}", first.total)));
+        }
+        Ok(AssembledState {
+            fingerprint: first.fingerprint.clone(),
+            optimizer_step: first.optimizer_step,
+            values: Vec::with_capacity(expected),
         })
-        .await
     }
+
+    pub fn push(&mut self, c: &pb::StateChunk, expected: usize) -> Result<(), WorkerError> {
+        if c.fingerprint != self.fingerprint || c.optimizer_step != self.optimizer_step || c.total as usize != expected {
+            return Err(WorkerError::BadState("chunks of different states mixed".into()));
+        }
+        if c.offset as usize != self.values.len() || c.data.len() % 4 != 0 || self.values.len() + c.data.len() / 4 > expected {
+            return Err(WorkerError::BadState(format!("chunk at offset {} out of order or too long", c.offset)));
+        }
+        self.values.extend(c.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        Ok(())
+    }
+
+    pub fn finish(self, expected: usize) -> Result<AssembledState, WorkerError> {
+        if self.values.len() != expected {
+            return Err(WorkerError::BadState(format!("state ended after {} of {expected} values", self.values.len())));
+        }
+        Ok(self)
+    }
+}
+
+/// Reads a whole state from a stream of chunks.
+pub async fn receive_state(stream: &mut Streaming<pb::StateChunk>, expected: usize) -> Result<AssembledState, WorkerError> {
+    let mut state: Option<AssembledState> = None;
+    while let Some(c) = stream.message().await.map_err(|s| WorkerError::BadState(s.message().to_string()))? {
+        let st = match &mut state {
+            Some(st) => st,
+            None => state.insert(AssembledState::start(&c, expected)?),
+        };
+        st.push(&c, expected)?;
+    }
+    state.ok_or_else(|| WorkerError::BadState("empty state stream".into()))?.finish(expected)
+}
+
+fn short(d: &str) -> String {
+    d.chars().take(12).collect()
 }
 
 pub fn shard_from(b: pb::Batch) -> Shard {
@@ -307,8 +448,22 @@ impl Worker for WorkerService {
     async fn evaluate(&self, req: Request<pb::EvalRequest>) -> Result<Response<pb::EvalReply>, Status> {
         Ok(Response::new(self.0.evaluate(req.into_inner()).await?))
     }
-    async fn save(&self, req: Request<pb::SaveRequest>) -> Result<Response<pb::SaveReply>, Status> {
-        Ok(Response::new(self.0.save(req.into_inner()).await?))
+    async fn commit(&self, req: Request<pb::CommitRequest>) -> Result<Response<pb::CommitReply>, Status> {
+        Ok(Response::new(self.0.commit(req.into_inner()).await?))
+    }
+    type GetStateStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::StateChunk, Status>>>;
+    async fn get_state(&self, _req: Request<pb::GetStateRequest>) -> Result<Response<Self::GetStateStream>, Status> {
+        let chunks = self.0.get_state().await?;
+        Ok(Response::new(tokio_stream::iter(chunks.into_iter().map(Ok).collect::<Vec<_>>())))
+    }
+    async fn set_state(&self, req: Request<Streaming<pb::StateChunk>>) -> Result<Response<pb::SetStateReply>, Status> {
+        let mut stream = req.into_inner();
+        let state = receive_state(&mut stream, self.0.state_len).await?;
+        self.0.load_state(state).await?;
+        Ok(Response::new(pb::SetStateReply {}))
+    }
+    async fn sync_from(&self, req: Request<pb::SyncFromRequest>) -> Result<Response<pb::SyncFromReply>, Status> {
+        Ok(Response::new(self.0.sync_from(req.into_inner()).await?))
     }
     async fn shutdown(&self, _req: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownReply>, Status> {
         self.0.shutdown.notify_one();

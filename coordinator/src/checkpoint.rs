@@ -1,0 +1,320 @@
+//! Trainable weights, AdamW state and the loop's position on disk, written by the coordinator
+//! from a worker's state (so outputs land on the coordinator's disk whatever the cluster), in
+//! formats others read: safetensors with checkpoint keys, peft's adapter layout for LoRA.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use peftrain_proto::v1 as pb;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {why}")]
+    Format { path: PathBuf, why: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A replica's trainable state: weights, first moments, second moments (each in the
+/// fingerprint's sorted layout) as one fp32 vector, and AdamW's step count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaState {
+    pub fingerprint: String,
+    pub optimizer_step: u64,
+    pub values: Vec<f32>,
+}
+
+impl ReplicaState {
+    /// Reassembles a state from its chunks, checking order and length.
+    pub fn from_chunks(chunks: &[pb::StateChunk]) -> Result<ReplicaState, String> {
+        let first = chunks.first().ok_or("empty state")?;
+        let mut values = Vec::with_capacity(first.total as usize);
+        for c in chunks {
+            if c.offset as usize != values.len() || c.total != first.total || c.data.len() % 4 != 0 {
+                return Err(format!("state chunk at offset {} is out of order", c.offset));
+            }
+            values.extend(c.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        }
+        if values.len() as u64 != first.total {
+            return Err(format!("state of {} values ended after {}", first.total, values.len()));
+        }
+        Ok(ReplicaState {
+            fingerprint: first.fingerprint.clone(),
+            optimizer_step: first.optimizer_step,
+            values,
+        })
+    }
+
+    /// Splits the state into chunks of at most `chunk` values for SetState.
+    pub fn to_chunks(&self, chunk: usize) -> Vec<pb::StateChunk> {
+        let total = self.values.len() as u64;
+        let mut out: Vec<pb::StateChunk> = self
+            .values
+            .chunks(chunk.max(1))
+            .enumerate()
+            .map(|(k, part)| {
+                let mut data = Vec::with_capacity(part.len() * 4);
+                for v in part {
+                    data.extend_from_slice(&v.to_le_bytes());
+                }
+                pb::StateChunk {
+                    fingerprint: self.fingerprint.clone(),
+                    optimizer_step: self.optimizer_step,
+                    total,
+                    offset: (k * chunk.max(1)) as u64,
+                    data: data.into(),
+                }
+            })
+            .collect();
+        if out.is_empty() {
+            out.push(pb::StateChunk {
+                fingerprint: self.fingerprint.clone(),
+                optimizer_step: self.optimizer_step,
+                total,
+                offset: 0,
+                data: Default::default(),
+            });
+        }
+        out
+    }
+
+    fn part(&self, layout: &[pb::TensorInfo], which: usize) -> Vec<(String, Vec<usize>, &[f32])> {
+        let n: usize = layout.iter().map(numel).sum();
+        let mut off = which * n;
+        layout
+            .iter()
+            .map(|t| {
+                let len = numel(t);
+                let s = &self.values[off..off + len];
+                off += len;
+                (t.name.clone(), t.shape.iter().map(|&d| d as usize).collect(), s)
+            })
+            .collect()
+    }
+}
+
+fn numel(t: &pb::TensorInfo) -> usize {
+    t.shape.iter().product::<i64>().max(0) as usize
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// Writes named fp32 tensors as safetensors, to a temporary name then renamed into place.
+fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], meta: Option<HashMap<String, String>>) -> Result<u64, CheckpointError> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), f32_bytes(v))).collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)).map_err(|e| CheckpointError::Format {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = safetensors::serialize(views, meta).map_err(|e| CheckpointError::Format {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    write_atomic(path, &data)?;
+    Ok(data.len() as u64)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).map_err(io(path))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<u64, CheckpointError> {
+    let data = serde_json::to_vec_pretty(v).map_err(|e| CheckpointError::Format {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    write_atomic(path, &data)?;
+    Ok(data.len() as u64)
+}
+
+/// Writes the trainable weights under `dir`: `trainable.safetensors` (checkpoint keys) and
+/// `trainable_config.json`; for LoRA also peft's `adapter_model.safetensors` (keys under
+/// `base_model.model.`) and `adapter_config.json`. Returns the bytes written.
+pub fn write_trainable(dir: &Path, cfg: &TrainConfig, layout: &[pb::TensorInfo], state: &ReplicaState) -> Result<u64, CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let weights = state.part(layout, 0);
+    let mut bytes = write_safetensors(&dir.join("trainable.safetensors"), &weights, Some(HashMap::from([("format".into(), "pt".into())])))?;
+    bytes += write_json(
+        &dir.join("trainable_config.json"),
+        &serde_json::json!({
+            "format": "peftrain-trainable/1",
+            "model_dir": cfg.model,
+            "method": cfg.method,
+            "bitfit_scope": cfg.bitfit_scope,
+            "lora_r": cfg.lora_r,
+            "lora_alpha": cfg.lora_alpha,
+            "lora_dropout": cfg.lora_dropout,
+            "lora_targets": cfg.lora_targets,
+            "num_labels": cfg.task.num_labels(),
+            "fingerprint": state.fingerprint,
+        }),
+    )?;
+    if cfg.method == "lora" {
+        let peft: Vec<(String, Vec<usize>, &[f32])> = weights.iter().map(|(n, s, v)| (format!("base_model.model.{n}"), s.clone(), *v)).collect();
+        bytes += write_safetensors(&dir.join("adapter_model.safetensors"), &peft, Some(HashMap::from([("format".into(), "pt".into())])))?;
+        bytes += write_json(
+            &dir.join("adapter_config.json"),
+            &serde_json::json!({
+                "peft_type": "LORA",
+                "task_type": "SEQ_CLS",
+                "base_model_name_or_path": cfg.model,
+                "r": cfg.lora_r,
+                "lora_alpha": cfg.lora_alpha,
+                "lora_dropout": cfg.lora_dropout,
+                "target_modules": cfg.lora_targets,
+                "modules_to_save": ["classifier", "score"],
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "init_lora_weights": true,
+                "inference_mode": true,
+                "use_rslora": false,
+                "use_dora": false,
+                "layers_to_transform": null,
+                "layers_pattern": null,
+                "rank_pattern": {},
+                "alpha_pattern": {},
+                "revision": null
+            }),
+        )?;
+    }
+    Ok(bytes)
+}
+
+/// Writes `checkpoint-{step}` under `output_dir` atomically (a temporary directory renamed into
+/// place), then keeps only the newest `keep` checkpoints. Returns its path and size.
+pub fn write_checkpoint<T: Serialize>(
+    output_dir: &Path,
+    step: u64,
+    cfg: &TrainConfig,
+    layout: &[pb::TensorInfo],
+    state: &ReplicaState,
+    loop_state: &T,
+    keep: Option<usize>,
+) -> Result<(PathBuf, u64), CheckpointError> {
+    let final_dir = output_dir.join(format!("checkpoint-{step}"));
+    let tmp = output_dir.join(format!(".checkpoint-{step}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    let mut bytes = write_trainable(&tmp, cfg, layout, state)?;
+    let mut moments = state.part(layout, 1);
+    for (n, _, _) in &mut moments {
+        *n = format!("exp_avg.{n}");
+    }
+    let mut second = state.part(layout, 2);
+    for (n, _, _) in &mut second {
+        *n = format!("exp_avg_sq.{n}");
+    }
+    moments.extend(second);
+    let meta = HashMap::from([
+        ("optimizer_step".to_string(), state.optimizer_step.to_string()),
+        ("fingerprint".to_string(), state.fingerprint.clone()),
+    ]);
+    bytes += write_safetensors(&tmp.join("optimizer.safetensors"), &moments, Some(meta))?;
+    bytes += write_json(&tmp.join("trainer_state.json"), loop_state)?;
+    bytes += write_json(&tmp.join("run_config.json"), cfg)?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    if let Some(keep) = keep {
+        let mut all = list_checkpoints(output_dir)?;
+        while all.len() > keep.max(1) {
+            let (_, old) = all.remove(0);
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+    }
+    Ok((final_dir, bytes))
+}
+
+/// `checkpoint-*` directories under `dir`, oldest first.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let mut v: Vec<(u64, PathBuf)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Reads a checkpoint written by `write_checkpoint`: the state (in `layout`'s order) and the
+/// loop state.
+pub fn read_checkpoint<T: for<'de> Deserialize<'de>>(dir: &Path, layout: &[pb::TensorInfo]) -> Result<(ReplicaState, T), CheckpointError> {
+    let fmt = |path: &Path, why: String| CheckpointError::Format {
+        path: path.to_path_buf(),
+        why,
+    };
+    let wpath = dir.join("trainable.safetensors");
+    let opath = dir.join("optimizer.safetensors");
+    let wbytes = std::fs::read(&wpath).map_err(io(&wpath))?;
+    let obytes = std::fs::read(&opath).map_err(io(&opath))?;
+    let w = SafeTensors::deserialize(&wbytes).map_err(|e| fmt(&wpath, e.to_string()))?;
+    let o = SafeTensors::deserialize(&obytes).map_err(|e| fmt(&opath, e.to_string()))?;
+    let (_, meta) = SafeTensors::read_metadata(&obytes).map_err(|e| fmt(&opath, e.to_string()))?;
+    let info = meta.metadata().clone().unwrap_or_default();
+    let optimizer_step = info
+        .get("optimizer_step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| fmt(&opath, "metadata `optimizer_step` missing".into()))?;
+    let fingerprint = info.get("fingerprint").cloned().unwrap_or_default();
+    let mut values = Vec::new();
+    for (file, path, prefix) in [(&w, &wpath, ""), (&o, &opath, "exp_avg."), (&o, &opath, "exp_avg_sq.")] {
+        for t in layout {
+            let key = format!("{prefix}{}", t.name);
+            let view = file.tensor(&key).map_err(|_| fmt(path, format!("tensor `{key}` missing")))?;
+            let want: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            if view.shape() != want.as_slice() || view.dtype() != Dtype::F32 {
+                return Err(fmt(path, format!("tensor `{key}` is {:?} {:?}, expected F32 {want:?}", view.dtype(), view.shape())));
+            }
+            values.extend(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        }
+    }
+    let spath = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&spath).map_err(io(&spath))?;
+    let loop_state = serde_json::from_str(&text).map_err(|e| fmt(&spath, format!("malformed JSON: {e}")))?;
+    Ok((
+        ReplicaState {
+            fingerprint,
+            optimizer_step,
+            values,
+        },
+        loop_state,
+    ))
+}

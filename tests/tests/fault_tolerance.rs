@@ -1,0 +1,252 @@
+//! Losing nothing: a run that loses a worker (SIGKILL or SIGSTOP) finishes with the numbers of
+//! one that didn't, a replacement joins with a live peer's state, a resumed run continues the
+//! uninterrupted one's per-step losses, and workers outlive a coordinator restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use peftrain_tests::{bin, glue_dir, max_abs_diff, metrics, peftrain, roberta_dir, run_reference, step_losses, trainable_weights, values};
+
+/// Flags of the runs compared here: tiny RoBERTa, 120 steps of 16, dropout in the model.
+fn common(model: &Path, out: &Path) -> Vec<String> {
+    let (tok, glue) = (roberta_dir(), glue_dir());
+    [
+        "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
+        "--task", "sst2", "--method", "lora", "--train-limit", "640", "--eval-limit", "32", "--batch-size", "16",
+        "--max-steps", "120", "--lr", "1e-3", "--logging-steps", "1", "--eval-steps", "60", "--output-dir", out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn tiny(dir: &Path, dropout: &str) -> PathBuf {
+    let out = dir.join("model");
+    run_reference("hf_model.py", &["tiny", "--family", "roberta", "--out", out.to_str().unwrap(), "--seed", "13", "--dropout", dropout]);
+    out
+}
+
+/// A `peftrain` process whose stderr lines arrive on a channel.
+fn spawn(args: &[String]) -> (Child, Receiver<String>) {
+    let mut child = Command::new(bin("peftrain"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+fn address(log: &Receiver<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = log.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("coordinator address");
+        if let Some(rest) = line.split("address=").nth(1) {
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+    }
+}
+
+/// Waits until the run has logged step `step`.
+fn wait_for_step(out: &Path, step: u64, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .map(|t| t.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|e| e["step"].as_u64() >= Some(step)))
+            .unwrap_or(false);
+        if done {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "run ended before step {step}");
+        assert!(Instant::now() < deadline, "step {step} never came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_success(mut child: Child, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            assert!(s.success(), "run failed: {s}");
+            return;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("run still going after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn worker_pids(parent: u32) -> Vec<String> {
+    let out = Command::new("pgrep").args(["-P", &parent.to_string(), "peftrain-worker"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
+
+fn signal(pid: &str, sig: &str) {
+    assert!(Command::new("kill").args([sig, pid]).status().unwrap().success());
+}
+
+/// Per-step losses and final weights equal the undisturbed run's within `tol`.
+fn assert_same_run(a: &Path, b: &Path, tol: f64) {
+    let (la, lb) = (step_losses(a), step_losses(b));
+    assert_eq!(la.len(), lb.len(), "same number of logged steps");
+    let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst <= tol, "per-step losses differ by up to {worst}");
+    let (wa, wb) = (trainable_weights(a), trainable_weights(b));
+    for (name, t) in &wa {
+        let d = max_abs_diff(&values(t), &values(&wb[name]));
+        assert!(d as f64 <= tol.max(1e-5), "final {name} differs by {d}");
+    }
+}
+
+fn workers_per_step(out: &Path) -> Vec<u64> {
+    metrics(out).iter().filter_map(|e| e.get("workers").and_then(|w| w.as_u64())).collect()
+}
+
+#[test]
+fn killed_and_replaced_worker_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    // Dropout off: with 2 survivors the dropout masks would differ (they follow the ranks).
+    let model = tiny(d.path(), "0.0");
+    let (base, hurt) = (d.path().join("base"), d.path().join("hurt"));
+    let mut args = vec!["train".to_string(), "--workers".into(), "3".into(), "--threads".into(), "1".into(), "--lora-dropout".into(), "0".into()];
+    peftrain(&[args.clone(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
+
+    args.extend(common(&model, &hurt));
+    let (mut run, log) = spawn(&args);
+    let addr = address(&log);
+    wait_for_step(&hurt, 10, &mut run);
+    let pids = worker_pids(run.id());
+    assert_eq!(pids.len(), 3);
+    signal(&pids[2], "-KILL");
+    wait_for_step(&hurt, 20, &mut run);
+    // The replacement registers under the lost worker's name, as a restarted pod would.
+    let mut replacement = Command::new(bin("peftrain"))
+        .args(["worker", "--coordinator", &format!("http://{addr}"), "--id", "local-2", "--threads", "1"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    wait_success(run, Duration::from_secs(300));
+    let _ = replacement.wait();
+    assert_same_run(&base, &hurt, 1e-5);
+    let w = workers_per_step(&hurt);
+    let first_two = w.iter().position(|&n| n == 2).expect("the run went on with 2 workers");
+    assert!(w[first_two..].contains(&3), "the replacement joined: {w:?}");
+    let redone = metrics(&hurt).iter().find_map(|e| e.get("steps_redone").and_then(|v| v.as_u64())).unwrap();
+    assert!(redone <= 1, "at most the step in flight is redone");
+}
+
+#[test]
+fn frozen_worker_is_detected_and_the_run_goes_on() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny(d.path(), "0.0");
+    let (base, hurt) = (d.path().join("base"), d.path().join("hurt"));
+    let mut args = vec![
+        "train".to_string(), "--workers".into(), "3".into(), "--threads".into(), "1".into(), "--lora-dropout".into(), "0".into(),
+        "--worker-timeout".into(), "3".into(),
+    ];
+    peftrain(&[args.clone(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    args.extend(common(&model, &hurt));
+    let (mut run, _log) = spawn(&args);
+    wait_for_step(&hurt, 10, &mut run);
+    let pids = worker_pids(run.id());
+    signal(&pids[1], "-STOP");
+    let stopped = Instant::now();
+    wait_for_step(&hurt, 40, &mut run);
+    assert!(stopped.elapsed() < Duration::from_secs(30), "detected within the worker timeout (3 s) plus slack");
+    wait_success(run, Duration::from_secs(300));
+    let _ = Command::new("kill").args(["-KILL", &pids[1]]).status();
+    assert_same_run(&base, &hurt, 1e-5);
+    assert!(workers_per_step(&hurt).contains(&2));
+}
+
+#[test]
+fn resume_continues_the_uninterrupted_run() {
+    let d = tempfile::tempdir().unwrap();
+    // Dropout on: the masks follow (seed, step, rank), so they too must come back exactly.
+    let model = tiny(d.path(), "0.1");
+    let (base, cut) = (d.path().join("base"), d.path().join("cut"));
+    let mut args = vec!["train".to_string(), "--workers".into(), "2".into(), "--threads".into(), "1".into(), "--save-steps".into(), "25".into(), "--save-total-limit".into(), "2".into()];
+    peftrain(&[args.clone(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    args.extend(common(&model, &cut));
+    let (mut run, _log) = spawn(&args);
+    wait_for_step(&cut, 60, &mut run);
+    run.kill().unwrap();
+    let _ = run.wait();
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    let (run, _log) = spawn(&resume);
+    wait_success(run, Duration::from_secs(300));
+    let (lb, lc) = (step_losses(&base), step_losses(&cut));
+    assert_eq!(lb.len(), lc.len(), "metrics.jsonl holds each step once");
+    let worst = lb.iter().zip(&lc).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst <= 1e-6, "resumed per-step losses differ by up to {worst}");
+    assert_same_run(&base, &cut, 1e-6);
+    // --save-total-limit 2 keeps the newest two checkpoints.
+    let mut cps: Vec<String> = std::fs::read_dir(&cut).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.starts_with("checkpoint-")).collect();
+    cps.sort();
+    assert_eq!(cps, ["checkpoint-100", "checkpoint-120"]);
+}
+
+#[test]
+fn workers_survive_a_coordinator_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny(d.path(), "0.1");
+    let (base, cut) = (d.path().join("base"), d.path().join("cut"));
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let coord = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["coordinator".to_string(), "--listen".into(), listen.clone(), "--workers".into(), "2".into(), "--save-steps".into(), "20".into()];
+        a.extend(common(&model, out));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let start_workers = || -> Vec<Child> {
+        ["w0", "w1"]
+            .iter()
+            .map(|id| {
+                Command::new(bin("peftrain"))
+                    .args(["worker", "--coordinator", &format!("http://{listen}"), "--id", id, "--threads", "1"])
+                    .env("RUST_LOG", "warn")
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect()
+    };
+    // The uninterrupted run.
+    let (run, _log) = spawn(&coord(&base, &[]));
+    let workers = start_workers();
+    wait_success(run, Duration::from_secs(300));
+    for mut w in workers {
+        assert!(w.wait().unwrap().success());
+    }
+    // The interrupted one: the coordinator dies at step ~50 and comes back with --resume.
+    let (mut run, _log) = spawn(&coord(&cut, &[]));
+    let workers = start_workers();
+    wait_for_step(&cut, 50, &mut run);
+    run.kill().unwrap();
+    let _ = run.wait();
+    let (run, _log) = spawn(&coord(&cut, &["--resume"]));
+    wait_success(run, Duration::from_secs(300));
+    for mut w in workers {
+        assert!(w.wait().unwrap().success(), "the same worker processes finished the run");
+    }
+    assert_same_run(&base, &cut, 1e-6);
+}
