@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::checkpoint;
+use peftrain_net::{Security, SecurityArgs};
 use crate::cluster::{Cluster, Tolerance};
 use crate::config::{ModelInfo, TrainConfig};
 use crate::data::{load_split, Split, Task};
@@ -30,6 +31,12 @@ pub enum Workers {
     Remote { listen: SocketAddr },
 }
 
+/// How the coordinator is secured.
+#[derive(Debug, Clone, Default)]
+pub struct NetArgs {
+    pub security: SecurityArgs,
+}
+
 /// A running group: the coordinator service, the registered workers and (single-node) their
 /// processes.
 pub struct Session {
@@ -40,7 +47,16 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn start(cfg: &TrainConfig, workers: &Workers, send_type_ids: bool) -> anyhow::Result<Session> {
+    pub async fn start(cfg: &TrainConfig, workers: &Workers, send_type_ids: bool, net: &NetArgs) -> anyhow::Result<Session> {
+        let mut security = Security::load(&net.security)?;
+        match workers {
+            // Single-node: without a token of the user's, a fresh one protects loopback too.
+            Workers::Local { .. } if security.token().is_none() => security = security.with_token(&Security::random_token()?),
+            Workers::Local { .. } => {}
+            Workers::Remote { .. } => security.require_token("the coordinator")?,
+        }
+        // TLS mistakes surface here, before anything listens.
+        security.server_tls()?;
         let run_id = format!("run-{}-{}", std::process::id(), now_millis());
         let registry = Arc::new(Registry::new(run_id, cfg.run_spec(), cfg.workers as u32));
         let listen = match workers {
@@ -50,14 +66,28 @@ impl Session {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let bound = listener.local_addr()?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(crate::service::serve(listener, registry.clone(), async move {
-            let _ = stop_rx.await;
-        }));
+        let serve_security = security.clone();
+        let serve_registry = registry.clone();
+        let server = tokio::spawn(async move {
+            crate::service::serve(listener, serve_registry, &serve_security, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        let scheme = if security.tls_enabled() { "https" } else { "http" };
         tracing::info!(address = %bound, workers = cfg.workers, "coordinator listening");
         let mut local = match workers {
-            Workers::Local { device, threads } => Some(
-                LocalWorkers::spawn(cfg.workers, &format!("http://{bound}"), device, *threads, cfg.worker_timeout).map_err(|e| anyhow!(e))?,
-            ),
+            Workers::Local { device, threads } => {
+                let s = &net.security;
+                let tls: Vec<(&str, &Path)> = [("--tls-cert", &s.tls_cert), ("--tls-key", &s.tls_key), ("--tls-ca", &s.tls_ca)]
+                    .into_iter()
+                    .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
+                    .collect();
+                let token = security.token().unwrap_or_default().to_string();
+                // With TLS, the certificate must name 127.0.0.1 (an IP SAN): loopback is used as is.
+                let url = format!("{scheme}://{bound}");
+                Some(LocalWorkers::spawn(cfg.workers, &url, device, *threads, cfg.worker_timeout, &token, &tls).map_err(|e| anyhow!(e))?)
+            }
             Workers::Remote { .. } => None,
         };
         let wait = registry
@@ -75,7 +105,7 @@ impl Session {
             worker_timeout: Duration::from_secs_f64(cfg.worker_timeout),
             min_workers: cfg.min_workers,
         };
-        let cluster = Cluster::start(registry, tolerance, send_type_ids).await?;
+        let cluster = Cluster::start(registry, tolerance, send_type_ids, security).await?;
         Ok(Session {
             cluster,
             local,
@@ -143,7 +173,7 @@ fn send_type_ids(model: &Path, max_length: usize) -> anyhow::Result<bool> {
 }
 
 /// `peftrain train` / `peftrain coordinator`: the whole run, outputs included.
-pub async fn run_training(cfg: &TrainConfig, workers: &Workers) -> anyhow::Result<RunSummary> {
+pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -> anyhow::Result<RunSummary> {
     cfg.validate().map_err(|e| anyhow!(e))?;
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
@@ -164,7 +194,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers) -> anyhow::Resul
         Some(p) => Some(p.clone()),
     };
 
-    let mut session = Session::start(cfg, workers, type_ids).await?;
+    let mut session = Session::start(cfg, workers, type_ids, net).await?;
     let mut st = LoopState::default();
     let result = async {
         let lead = session.cluster.registry.members().into_iter().next().ok_or_else(|| anyhow!("no workers"))?;
@@ -238,13 +268,13 @@ pub struct PredictConfig {
 
 /// `peftrain predict`: logits of a split through one or more workers, written as GLUE's
 /// submission form `index<TAB>prediction` (plus the logits on request).
-pub async fn run_predict(p: &PredictConfig, workers: &Workers) -> anyhow::Result<usize> {
+pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) -> anyhow::Result<usize> {
     let cfg = &p.train;
     cfg.validate().map_err(|e| anyhow!(e))?;
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let (rows, _) = prepare_split(cfg, &tok, p.split, cfg.eval_limit)?;
-    let mut session = Session::start(cfg, workers, type_ids).await?;
+    let mut session = Session::start(cfg, workers, type_ids, net).await?;
     let result = async {
         let mut out = String::from(if p.with_logits { "index\tprediction\tlogits\n" } else { "index\tprediction\n" });
         let names = cfg.task.label_names();

@@ -192,6 +192,37 @@ impl TrainArgs {
     }
 }
 
+/// The shared token and TLS (the token's value may also come from PEFTRAIN_TOKEN).
+#[derive(Args, Debug, Clone)]
+pub struct NetFlags {
+    /// File holding the run's shared token, required on every RPC (else PEFTRAIN_TOKEN; in
+    /// single-node mode a random one is made when neither is given).
+    #[arg(long, env = "PEFTRAIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS certificate (PEM) of the coordinator (and, single-node, of its workers).
+    #[arg(long, env = "PEFTRAIN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PEFTRAIN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) the workers' certificates chain to: mutual TLS.
+    #[arg(long, env = "PEFTRAIN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl NetFlags {
+    pub fn to_args(&self) -> crate::app::NetArgs {
+        crate::app::NetArgs {
+            security: peftrain_net::SecurityArgs {
+                token_file: self.token_file.clone(),
+                token: std::env::var("PEFTRAIN_TOKEN").ok(),
+                tls_cert: self.tls_cert.clone(),
+                tls_key: self.tls_key.clone(),
+                tls_ca: self.tls_ca.clone(),
+            },
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct LocalArgs {
     /// Device of the local workers: cpu, cuda or cuda:I.
@@ -208,6 +239,8 @@ pub struct TrainCmd {
     pub train: TrainArgs,
     #[command(flatten)]
     pub local: LocalArgs,
+    #[command(flatten)]
+    pub net: NetFlags,
 }
 
 #[derive(Args, Debug)]
@@ -217,6 +250,8 @@ pub struct CoordinatorCmd {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub train: TrainArgs,
+    #[command(flatten)]
+    pub net: NetFlags,
 }
 
 #[derive(Args, Debug)]
@@ -253,4 +288,6 @@ pub struct PredictCmd {
     /// Add each row's logits.
     #[arg(long)]
     pub with_logits: bool,
+    #[command(flatten)]
+    pub net: NetFlags,
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use peftrain_proto::v1 as pb;
 use pb::worker_client::WorkerClient;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use peftrain_net::{AuthChannel, Security};
 use tonic::Code;
 
 use crate::checkpoint::ReplicaState;
@@ -39,7 +39,7 @@ pub enum ClusterError {
 #[derive(Clone)]
 pub struct Conn {
     pub member: Member,
-    pub client: WorkerClient<Channel>,
+    pub client: WorkerClient<AuthChannel>,
 }
 
 /// Aggregate of one training step over all workers.
@@ -88,6 +88,14 @@ pub struct Cluster {
     pub tolerance: Tolerance,
     /// Send segment ids (BERT) or not (RoBERTa's type vocabulary has one entry).
     pub send_type_ids: bool,
+    pub security: Security,
+}
+
+/// What a fan-out brought back.
+struct Gathered<T> {
+    ok: Vec<T>,
+    lost: BTreeSet<String>,
+    peer_trouble: bool,
 }
 
 /// A call's failure, sorted by what it says about the callee.
@@ -122,31 +130,32 @@ fn classify(c: &Conn, s: tonic::Status) -> Failure {
     }
 }
 
-async fn connect(m: &Member) -> Result<Conn, ClusterError> {
+async fn connect(m: &Member, security: &Security) -> Result<Conn, ClusterError> {
     let err = |why: String| ClusterError::Connect {
         worker: m.worker_id.clone(),
         address: m.address.clone(),
         why,
     };
-    let ch = Endpoint::from_shared(format!("http://{}", m.address))
+    let ch = security
+        .endpoint(&m.address, Duration::from_secs(10))
         .map_err(|e| err(e.to_string()))?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| err(e.to_string()))?;
-    let client = WorkerClient::new(ch).max_decoding_message_size(256 << 20).max_encoding_message_size(64 << 20);
+        .map_err(|e| err(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
+    let client = WorkerClient::with_interceptor(ch, security.client_auth())
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(16 << 20);
     Ok(Conn { member: m.clone(), client })
 }
 
 impl Cluster {
     /// Connects to the registered workers and sets the group up; ranks follow worker names.
-    pub async fn start(registry: Arc<Registry>, tolerance: Tolerance, send_type_ids: bool) -> Result<Cluster, ClusterError> {
+    pub async fn start(registry: Arc<Registry>, tolerance: Tolerance, send_type_ids: bool, security: Security) -> Result<Cluster, ClusterError> {
         let mut members = registry.members();
         members.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         let mut conns = Vec::new();
         for m in &members {
-            conns.push(connect(m).await?);
+            conns.push(connect(m, &security).await?);
         }
         // Generations start from the clock, so a restarted coordinator's never repeat an earlier
         // one's (workers drop traffic of other generations).
@@ -160,6 +169,7 @@ impl Cluster {
             generation,
             tolerance,
             send_type_ids,
+            security,
         };
         c.setup().await?;
         Ok(c)
@@ -196,28 +206,64 @@ impl Cluster {
                     client.setup(req).await.map(|_| ()).map_err(|s| classify(&c, s))
                 });
             }
-            let lost = self.gather_lost(set).await?;
-            if lost.is_empty() {
+            let g = self.gather(set).await?;
+            if g.lost.is_empty() {
                 return Ok(());
             }
-            self.remove(&lost)?;
+            self.remove(&g.lost)?;
         }
     }
 
-    /// Waits for a fan-out whose results carry nothing; returns the workers found lost.
-    async fn gather_lost(&self, mut set: JoinSet<Result<(), Failure>>) -> Result<BTreeSet<String>, ClusterError> {
-        let mut lost = BTreeSet::new();
-        while let Some(r) = set.join_next().await {
-            match r.map_err(|e| ClusterError::Inconsistent(e.to_string()))? {
-                Ok(()) => {}
-                Err(Failure::Lost(id)) => {
-                    lost.insert(id);
+    /// Waits for a fan-out, watching heartbeats meanwhile: a worker whose call fails as a lost
+    /// worker's does, or whose heartbeats stop (a frozen process keeps its connection open and
+    /// never answers), is reported lost, and the calls still waiting are abandoned.
+    async fn gather<T: Send + 'static>(&self, mut set: JoinSet<Result<T, Failure>>) -> Result<Gathered<T>, ClusterError> {
+        let mut g = Gathered {
+            ok: Vec::new(),
+            lost: BTreeSet::new(),
+            peer_trouble: false,
+        };
+        let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                r = set.join_next() => match r {
+                    None => break,
+                    Some(r) => match r {
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => return Err(ClusterError::Inconsistent(e.to_string())),
+                        Ok(Ok(v)) => g.ok.push(v),
+                        Ok(Err(Failure::Lost(id))) => { g.lost.insert(id); }
+                        Ok(Err(Failure::PeerTrouble)) => g.peer_trouble = true,
+                        Ok(Err(Failure::Fatal(e))) => return Err(e),
+                    },
+                },
+                _ = watchdog.tick() => {
+                    let silent = self.silent();
+                    for id in &silent {
+                        tracing::warn!(worker = %id, "worker lost: no heartbeat for {:.0} s", self.tolerance.worker_timeout.as_secs_f64());
+                    }
+                    g.lost.extend(silent);
+                    if !g.lost.is_empty() {
+                        // Survivors may be waiting on the lost worker: stop waiting.
+                        set.abort_all();
+                        break;
+                    }
                 }
-                Err(Failure::PeerTrouble) => {}
-                Err(Failure::Fatal(e)) => return Err(e),
             }
         }
-        Ok(lost)
+        if g.peer_trouble && g.lost.is_empty() {
+            // A peer failed someone's all-reduce but its own call has not failed (yet): the
+            // heartbeats decide who is gone.
+            let deadline = Instant::now() + self.tolerance.worker_timeout + Duration::from_secs(2);
+            while g.lost.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                g.lost = self.silent();
+            }
+            if g.lost.is_empty() {
+                return Err(ClusterError::Inconsistent("an all-reduce failed and no worker is missing".into()));
+            }
+        }
+        Ok(g)
     }
 
     /// Drops lost workers from the group (and the registry, so their slots reopen).
@@ -259,7 +305,7 @@ impl Cluster {
         }
         let mut admitted = Vec::new();
         for m in joiners {
-            match connect(&m).await {
+            match connect(&m, &self.security).await {
                 Ok(c) => admitted.push(c),
                 Err(e) => {
                     tracing::warn!("{e}");
@@ -352,56 +398,11 @@ impl Cluster {
                 client.step(req).await.map(|r| r.into_inner()).map_err(|s| classify(&c, s))
             });
         }
-        let mut replies = Vec::new();
-        let mut lost = BTreeSet::new();
-        let mut peer_trouble = false;
-        let mut watchdog = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                r = set.join_next() => match r {
-                    None => break,
-                    Some(r) => match r.map_err(|e| ClusterError::Inconsistent(e.to_string()))? {
-                        Ok(reply) => replies.push(reply),
-                        Err(Failure::Lost(id)) => { lost.insert(id); }
-                        Err(Failure::PeerTrouble) => peer_trouble = true,
-                        Err(Failure::Fatal(e)) => return Err(e),
-                    },
-                },
-                _ = watchdog.tick() => {
-                    // A frozen worker keeps its connection open and never answers: its missing
-                    // heartbeats give it away.
-                    let silent = self.silent();
-                    if !silent.is_empty() {
-                        for id in &silent {
-                            tracing::warn!(worker = %id, "worker lost: no heartbeat for {:.0} s", self.tolerance.worker_timeout.as_secs_f64());
-                        }
-                        lost.extend(silent);
-                        set.abort_all();
-                        break;
-                    }
-                    if !lost.is_empty() {
-                        // Survivors are waiting on the lost worker's gradients: stop waiting.
-                        set.abort_all();
-                        break;
-                    }
-                }
-            }
+        let g = self.gather(set).await?;
+        if !g.lost.is_empty() {
+            return Ok(Err(g.lost));
         }
-        if peer_trouble && lost.is_empty() {
-            // A peer failed someone's all-reduce but its own call has not failed (yet): the
-            // heartbeats decide who is gone.
-            let deadline = Instant::now() + self.tolerance.worker_timeout + Duration::from_secs(2);
-            while lost.is_empty() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                lost = self.silent();
-            }
-            if lost.is_empty() {
-                return Err(ClusterError::Inconsistent(format!("step {}: an all-reduce failed and no worker is missing", step + 1)));
-            }
-        }
-        if !lost.is_empty() {
-            return Ok(Err(lost));
-        }
+        let replies = g.ok;
         let mut out = StepOutcome::default();
         let mut norms = Vec::new();
         for reply in replies {
@@ -440,9 +441,9 @@ impl Cluster {
                 client.commit(req).await.map(|_| ()).map_err(|s| classify(&c, s))
             });
         }
-        let lost = self.gather_lost(set).await?;
-        if !lost.is_empty() {
-            self.remove(&lost)?;
+        let g = self.gather(set).await?;
+        if !g.lost.is_empty() {
+            self.remove(&g.lost)?;
             self.setup().await?;
         }
         Ok(())
@@ -477,27 +478,18 @@ impl Cluster {
                 client.evaluate(req).await.map(|r| (k, r.into_inner())).map_err(|s| classify(&c, s))
             });
         }
+        let g = self.gather(set).await?;
+        if !g.lost.is_empty() {
+            return Ok(Err(g.lost));
+        }
         let mut out = EvalOutcome::default();
         let mut parts = Vec::new();
-        let mut lost = BTreeSet::new();
-        while let Some(r) = set.join_next().await {
-            match r.map_err(|e| ClusterError::Inconsistent(e.to_string()))? {
-                Ok((k, reply)) => {
-                    out.loss_sum += reply.loss_sum;
-                    out.correct += reply.correct as u64;
-                    out.examples += reply.examples as u64;
-                    out.num_labels = reply.num_labels as usize;
-                    parts.push((k, reply.logits));
-                }
-                Err(Failure::Lost(id)) => {
-                    lost.insert(id);
-                }
-                Err(Failure::PeerTrouble) => {}
-                Err(Failure::Fatal(e)) => return Err(e),
-            }
-        }
-        if !lost.is_empty() {
-            return Ok(Err(lost));
+        for (k, reply) in g.ok {
+            out.loss_sum += reply.loss_sum;
+            out.correct += reply.correct as u64;
+            out.examples += reply.examples as u64;
+            out.num_labels = reply.num_labels as usize;
+            parts.push((k, reply.logits));
         }
         if want_logits {
             let nl = out.num_labels;
@@ -516,23 +508,33 @@ impl Cluster {
         Ok(Ok(out))
     }
 
-    /// The group's current state, from the first worker that answers.
+    /// The group's current state, from the first worker that answers (a frozen one is passed
+    /// over when its heartbeats stop).
     pub async fn get_state(&self) -> Result<ReplicaState, ClusterError> {
         let mut last = None;
         for c in &self.conns {
-            let mut client = c.client.clone();
-            let res = async {
-                let mut stream = client.get_state(self.request(pb::GetStateRequest {})).await?.into_inner();
-                let mut chunks = Vec::new();
-                while let Some(ch) = stream.message().await? {
-                    chunks.push(ch);
+            let mut set = JoinSet::new();
+            let (c2, req) = (c.clone(), self.request(pb::GetStateRequest {}));
+            set.spawn(async move {
+                let mut client = c2.client.clone();
+                let res = async {
+                    let mut stream = client.get_state(req).await?.into_inner();
+                    let mut chunks = Vec::new();
+                    while let Some(ch) = stream.message().await? {
+                        chunks.push(ch);
+                    }
+                    Ok::<_, tonic::Status>(chunks)
                 }
-                Ok::<_, tonic::Status>(chunks)
-            }
-            .await;
-            match res {
-                Ok(chunks) => return ReplicaState::from_chunks(&chunks).map_err(ClusterError::Inconsistent),
-                Err(s) => last = Some(rpc_error(c, &s)),
+                .await;
+                res.map_err(|s| classify(&c2, s))
+            });
+            match self.gather(set).await {
+                Ok(g) if g.lost.is_empty() => {
+                    let chunks = g.ok.into_iter().next().unwrap_or_default();
+                    return ReplicaState::from_chunks(&chunks).map_err(ClusterError::Inconsistent);
+                }
+                Ok(_) => last = Some(ClusterError::Inconsistent(format!("worker {} was lost while sending its state", c.member.worker_id))),
+                Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| ClusterError::Inconsistent("no workers to take the state from".into())))
@@ -540,12 +542,20 @@ impl Cluster {
 
     /// Loads `state` into every worker (resuming from a checkpoint).
     pub async fn set_state(&self, state: &ReplicaState) -> Result<(), ClusterError> {
+        let mut set = JoinSet::new();
         for c in &self.conns {
-            let mut client = c.client.clone();
-            let chunks = state.to_chunks(256 * 1024);
-            let mut req = tonic::Request::new(tokio_stream::iter(chunks));
+            let c = c.clone();
+            let mut req = tonic::Request::new(tokio_stream::iter(state.to_chunks(256 * 1024)));
             req.set_timeout(self.tolerance.rpc_timeout);
-            client.set_state(req).await.map_err(|s| rpc_error(c, &s))?;
+            set.spawn(async move {
+                let mut client = c.client.clone();
+                client.set_state(req).await.map(|_| ()).map_err(|s| classify(&c, s))
+            });
+        }
+        let g = self.gather(set).await?;
+        if !g.lost.is_empty() {
+            let names: Vec<String> = g.lost.into_iter().collect();
+            return Err(ClusterError::Inconsistent(format!("lost {} while loading the checkpoint", names.join(", "))));
         }
         Ok(())
     }

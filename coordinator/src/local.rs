@@ -43,7 +43,17 @@ pub struct LocalWorkers {
 
 impl LocalWorkers {
     /// Starts `n` workers that register with `coordinator`, splitting `total_threads` among them.
-    pub fn spawn(n: usize, coordinator: &str, device: &str, threads: Option<usize>, worker_timeout: f64) -> Result<LocalWorkers, String> {
+    /// `token` and `tls` (cert, key, ca) are handed down so local traffic is as protected as
+    /// remote traffic.
+    pub fn spawn(
+        n: usize,
+        coordinator: &str,
+        device: &str,
+        threads: Option<usize>,
+        worker_timeout: f64,
+        token: &str,
+        tls: &[(&str, &std::path::Path)],
+    ) -> Result<LocalWorkers, String> {
         let bin = worker_binary()?;
         let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
         let per_worker = threads.unwrap_or_else(|| (cores / n.max(1)).max(1));
@@ -61,10 +71,14 @@ impl LocalWorkers {
                 .arg(worker_timeout.to_string())
                 .arg("--device")
                 .arg(device_for(device, i))
+                .env("PEFTRAIN_TOKEN", token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .kill_on_drop(true);
+            for (flag, path) in tls {
+                cmd.arg(flag).arg(path);
+            }
             // Local workers belong to this coordinator: they go when it goes, even by SIGKILL.
             // SAFETY: prctl is async-signal-safe and touches only the child being spawned.
             unsafe {

@@ -73,7 +73,7 @@ fn predict(cmd: &peftrain::cli::PredictCmd) -> anyhow::Result<()> {
         output: cmd.output.clone(),
         with_logits: cmd.with_logits,
     };
-    let n = runtime()?.block_on(app::run_predict(&p, &local(&cmd.local)))?;
+    let n = runtime()?.block_on(app::run_predict(&p, &local(&cmd.local), &cmd.net.to_args()))?;
     eprintln!("wrote {n} predictions to {}", cmd.output.display());
     Ok(())
 }
@@ -82,9 +82,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match &cli.command {
-        Command::Train(t) => runtime().and_then(|rt| rt.block_on(app::run_training(&t.train.to_config(), &local(&t.local))).map(|_| ())),
+        Command::Train(t) => runtime().and_then(|rt| rt.block_on(app::run_training(&t.train.to_config(), &local(&t.local), &t.net.to_args())).map(|_| ())),
         Command::Coordinator(c) => runtime().and_then(|rt| {
-            rt.block_on(app::run_training(&c.train.to_config(), &Workers::Remote { listen: c.listen }))
+            rt.block_on(app::run_training(&c.train.to_config(), &Workers::Remote { listen: c.listen }, &c.net.to_args()))
                 .map(|_| ())
         }),
         Command::Worker { args } => exec_worker(args),

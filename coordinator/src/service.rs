@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::registry::{Registry, RegistryError};
+use peftrain_net::{InterceptedService, Security};
 
 impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Status {
@@ -34,10 +35,10 @@ impl Coordinator for CoordinatorService {
 
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
         let r = req.into_inner();
-        let id = r.worker_id.clone();
+        let (id, address) = (r.worker_id.clone(), r.address.clone());
         match self.0.register(r) {
             Ok(reply) => {
-                tracing::info!(worker = %id, "worker registered ({}/{})", reply.registered, reply.expected);
+                tracing::info!(worker = %id, worker_address = %address, "worker registered ({}/{})", reply.registered, reply.expected);
                 Ok(Response::new(reply))
             }
             Err(e) => {
@@ -52,18 +53,30 @@ impl Coordinator for CoordinatorService {
     }
 }
 
-/// Serves the Coordinator and grpc.health.v1 services on `listener` until `shutdown` resolves.
+/// Largest message the coordinator accepts (registrations are small).
+pub const MESSAGE_LIMIT: usize = 4 << 20;
+
+/// Serves the Coordinator service (token required) and grpc.health.v1 (open, for probes) on
+/// `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
+    security: &Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CoordinatorServer<CoordinatorService>>().await;
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    // Callers validated the TLS files (Session::start); a failure here cannot happen.
+    if let Some(tls) = security.server_tls().ok().flatten() {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health_service)
-        .add_service(CoordinatorServer::new(CoordinatorService(registry)).max_decoding_message_size(16 << 20))
+        .add_service(InterceptedService::new(
+            CoordinatorServer::new(CoordinatorService(registry)).max_decoding_message_size(MESSAGE_LIMIT),
+            security.server_auth(),
+        ))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await
 }

@@ -200,3 +200,10 @@ pub fn assert_one_clear_line(stderr: &str, needles: &[&str]) {
         assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
     }
 }
+
+/// Serialises the heavy multi-process tests of one test binary: on a 2-core machine, four runs
+/// of 3-4 processes at once starve heartbeats and turn timing margins into flakes.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

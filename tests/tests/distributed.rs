@@ -69,15 +69,18 @@ fn check_method(method: &str) {
 
 #[test]
 fn full_finetuning_is_independent_of_worker_count() {
+    let _serial = peftrain_tests::one_at_a_time();
     check_method("full");
 }
 
 #[test]
 fn bitfit_is_independent_of_worker_count() {
+    let _serial = peftrain_tests::one_at_a_time();
     check_method("bitfit");
 }
 
 #[test]
 fn lora_is_independent_of_worker_count() {
+    let _serial = peftrain_tests::one_at_a_time();
     check_method("lora");
 }

@@ -34,6 +34,7 @@ fn spawn(args: &[String]) -> (Child, Receiver<String>) {
     let mut child = Command::new(bin("peftrain"))
         .args(args)
         .env("RUST_LOG", "info")
+        .env("PEFTRAIN_TOKEN", "fault-tolerance-test")
         .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -59,8 +60,9 @@ fn address(log: &Receiver<String>) -> String {
     }
 }
 
-/// Waits until the run has logged step `step`.
-fn wait_for_step(out: &Path, step: u64, child: &mut Child) {
+/// Waits until the run has logged step `step`; on failure, shows the end of the run's log.
+fn wait_for_step(out: &Path, step: u64, child: &mut Child, log: &Receiver<String>) {
+    let tail = || log.try_iter().collect::<Vec<_>>().iter().rev().take(40).rev().cloned().collect::<Vec<_>>().join("\n");
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let done = std::fs::read_to_string(out.join("metrics.jsonl"))
@@ -69,8 +71,8 @@ fn wait_for_step(out: &Path, step: u64, child: &mut Child) {
         if done {
             return;
         }
-        assert!(child.try_wait().unwrap().is_none(), "run ended before step {step}");
-        assert!(Instant::now() < deadline, "step {step} never came");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before step {step}:\n{}", tail());
+        assert!(Instant::now() < deadline, "step {step} never came:\n{}", tail());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -118,6 +120,7 @@ fn workers_per_step(out: &Path) -> Vec<u64> {
 
 #[test]
 fn killed_and_replaced_worker_changes_nothing() {
+    let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     // Dropout off: with 2 survivors the dropout masks would differ (they follow the ranks).
     let model = tiny(d.path(), "0.0");
@@ -128,15 +131,16 @@ fn killed_and_replaced_worker_changes_nothing() {
     args.extend(common(&model, &hurt));
     let (mut run, log) = spawn(&args);
     let addr = address(&log);
-    wait_for_step(&hurt, 10, &mut run);
+    wait_for_step(&hurt, 10, &mut run, &log);
     let pids = worker_pids(run.id());
     assert_eq!(pids.len(), 3);
     signal(&pids[2], "-KILL");
-    wait_for_step(&hurt, 20, &mut run);
+    wait_for_step(&hurt, 20, &mut run, &log);
     // The replacement registers under the lost worker's name, as a restarted pod would.
     let mut replacement = Command::new(bin("peftrain"))
         .args(["worker", "--coordinator", &format!("http://{addr}"), "--id", "local-2", "--threads", "1"])
         .env("RUST_LOG", "warn")
+        .env("PEFTRAIN_TOKEN", "fault-tolerance-test")
         .spawn()
         .unwrap();
     wait_success(run, Duration::from_secs(300));
@@ -151,6 +155,7 @@ fn killed_and_replaced_worker_changes_nothing() {
 
 #[test]
 fn frozen_worker_is_detected_and_the_run_goes_on() {
+    let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     let model = tiny(d.path(), "0.0");
     let (base, hurt) = (d.path().join("base"), d.path().join("hurt"));
@@ -160,12 +165,12 @@ fn frozen_worker_is_detected_and_the_run_goes_on() {
     ];
     peftrain(&[args.clone(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
     args.extend(common(&model, &hurt));
-    let (mut run, _log) = spawn(&args);
-    wait_for_step(&hurt, 10, &mut run);
+    let (mut run, log) = spawn(&args);
+    wait_for_step(&hurt, 10, &mut run, &log);
     let pids = worker_pids(run.id());
     signal(&pids[1], "-STOP");
     let stopped = Instant::now();
-    wait_for_step(&hurt, 40, &mut run);
+    wait_for_step(&hurt, 40, &mut run, &log);
     assert!(stopped.elapsed() < Duration::from_secs(30), "detected within the worker timeout (3 s) plus slack");
     wait_success(run, Duration::from_secs(300));
     let _ = Command::new("kill").args(["-KILL", &pids[1]]).status();
@@ -175,6 +180,7 @@ fn frozen_worker_is_detected_and_the_run_goes_on() {
 
 #[test]
 fn resume_continues_the_uninterrupted_run() {
+    let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     // Dropout on: the masks follow (seed, step, rank), so they too must come back exactly.
     let model = tiny(d.path(), "0.1");
@@ -182,8 +188,8 @@ fn resume_continues_the_uninterrupted_run() {
     let mut args = vec!["train".to_string(), "--workers".into(), "2".into(), "--threads".into(), "1".into(), "--save-steps".into(), "25".into(), "--save-total-limit".into(), "2".into()];
     peftrain(&[args.clone(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
     args.extend(common(&model, &cut));
-    let (mut run, _log) = spawn(&args);
-    wait_for_step(&cut, 60, &mut run);
+    let (mut run, log) = spawn(&args);
+    wait_for_step(&cut, 60, &mut run, &log);
     run.kill().unwrap();
     let _ = run.wait();
     let mut resume = args.clone();
@@ -203,6 +209,7 @@ fn resume_continues_the_uninterrupted_run() {
 
 #[test]
 fn workers_survive_a_coordinator_restart() {
+    let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     let model = tiny(d.path(), "0.1");
     let (base, cut) = (d.path().join("base"), d.path().join("cut"));
@@ -224,6 +231,7 @@ fn workers_survive_a_coordinator_restart() {
                 Command::new(bin("peftrain"))
                     .args(["worker", "--coordinator", &format!("http://{listen}"), "--id", id, "--threads", "1"])
                     .env("RUST_LOG", "warn")
+                    .env("PEFTRAIN_TOKEN", "fault-tolerance-test")
                     .stderr(Stdio::null())
                     .spawn()
                     .unwrap()
@@ -238,9 +246,9 @@ fn workers_survive_a_coordinator_restart() {
         assert!(w.wait().unwrap().success());
     }
     // The interrupted one: the coordinator dies at step ~50 and comes back with --resume.
-    let (mut run, _log) = spawn(&coord(&cut, &[]));
+    let (mut run, log) = spawn(&coord(&cut, &[]));
     let workers = start_workers();
-    wait_for_step(&cut, 50, &mut run);
+    wait_for_step(&cut, 50, &mut run, &log);
     run.kill().unwrap();
     let _ = run.wait();
     let (run, _log) = spawn(&coord(&cut, &["--resume"]));

@@ -48,9 +48,14 @@ async fn coordinator_service_refuses_mismatched_extra_and_stale_workers() {
     };
     let registry = Arc::new(Registry::new("run-t".into(), spec.clone(), 2));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(peftrain::service::serve(listener, registry, async move {
-        let _ = stopped.await;
-    }));
+    let security = peftrain_net::Security::default().with_token("test-token");
+    let server_security = security.clone();
+    let server = tokio::spawn(async move {
+        peftrain::service::serve(listener, registry, &server_security, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
     // Poll health instead of sleeping.
     let mut health = HealthClient::new(ch.clone());
@@ -63,7 +68,13 @@ async fn coordinator_service_refuses_mismatched_extra_and_stale_workers() {
         assert!(Instant::now() < deadline, "coordinator never became healthy: {r:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut c = pb::coordinator_client::CoordinatorClient::new(ch);
+    // Without the token: refused, with no effect.
+    let mut anonymous = pb::coordinator_client::CoordinatorClient::new(ch.clone());
+    let e = anonymous.register(register("a", fingerprint("aaaa", 10))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut wrong = pb::coordinator_client::CoordinatorClient::with_interceptor(ch.clone(), peftrain_net::Security::default().with_token("guess").client_auth());
+    assert_eq!(wrong.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "x".into() }).await.unwrap_err().code(), Code::Unauthenticated);
+    let mut c = pb::coordinator_client::CoordinatorClient::with_interceptor(ch, security.client_auth());
     let hello = c.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "a".into() }).await.unwrap();
     assert_eq!(hello.get_ref().spec.as_ref().unwrap().model_dir, spec.model_dir);
     let old = c.hello(pb::HelloRequest { protocol_version: 99, worker_id: "a".into() }).await.unwrap_err();
@@ -97,6 +108,7 @@ fn start_coordinator(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
+        .env("PEFTRAIN_TOKEN", "membership-test")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -132,6 +144,7 @@ fn worker(addr: &str, id: &str, extra: &[&str]) -> Child {
         .args(["worker", "--coordinator", &format!("http://{addr}"), "--id", id, "--threads", "1"])
         .args(extra)
         .env("RUST_LOG", "warn")
+        .env("PEFTRAIN_TOKEN", "membership-test")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -159,6 +172,7 @@ fn finish(c: Child, limit: Duration) -> (bool, String) {
 
 #[test]
 fn multi_node_mode_trains_and_refuses_intruders() {
+    let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 8);
     let other = tiny_roberta(&d.path().join("other"), 9);
@@ -191,6 +205,7 @@ fn multi_node_mode_trains_and_refuses_intruders() {
 
 #[test]
 fn losing_more_workers_than_allowed_ends_the_run_with_a_clear_error_and_a_checkpoint() {
+    let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 8);
     let out = d.path().join("out");

@@ -9,7 +9,7 @@ use peftrain_proto::v1::collective_client::CollectiveClient;
 use peftrain_proto::v1::GradChunk;
 use prost::Message;
 use tokio::sync::{mpsc, Mutex};
-use tonic::transport::Channel;
+use peftrain_net::AuthChannel;
 
 /// gRPC's length-prefixed message framing: 1 flag byte + 4 length bytes.
 pub const GRPC_FRAME_BYTES: u64 = 5;
@@ -62,7 +62,7 @@ pub struct Ring {
     pub world: u32,
     pub generation: u64,
     /// Client to rank (rank + 1) % world; None when alone.
-    pub next: Option<CollectiveClient<Channel>>,
+    pub next: Option<CollectiveClient<AuthChannel>>,
     /// Elements per message.
     pub chunk_elems: usize,
     pub timeout: Duration,

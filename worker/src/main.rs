@@ -46,6 +46,17 @@ struct WorkerArgs {
     /// Seconds the coordinator may be unreachable before this worker exits.
     #[arg(long, default_value_t = 60.0)]
     coordinator_timeout: f64,
+    /// File holding the run's shared token (else PEFTRAIN_TOKEN).
+    #[arg(long, env = "PEFTRAIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// TLS certificate (PEM) this worker serves and presents to peers.
+    #[arg(long, env = "PEFTRAIN_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PEFTRAIN_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that peers' and the coordinator's certificates chain to (mutual TLS).
+    #[arg(long, env = "PEFTRAIN_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// Seconds a ring peer may stay silent inside an all-reduce.
     #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
     worker_timeout: f64,
@@ -126,13 +137,27 @@ fn main() {
                         model_override: w.model,
                         coordinator_timeout: Duration::from_secs_f64(w.coordinator_timeout),
                         collective_timeout: Duration::from_secs_f64(w.worker_timeout),
+                        security: peftrain_net::Security::default(),
                     };
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(2)
-                        .enable_all()
-                        .build()
-                        .map_err(anyhow::Error::from)
-                        .and_then(|rt| rt.block_on(run_worker(opts)))
+                    let security = peftrain_net::Security::load(&peftrain_net::SecurityArgs {
+                        token_file: w.token_file,
+                        token: std::env::var("PEFTRAIN_TOKEN").ok(),
+                        tls_cert: w.tls_cert,
+                        tls_key: w.tls_key,
+                        tls_ca: w.tls_ca,
+                    });
+                    let opts = match security {
+                        Ok(security) => Ok(WorkerOptions { security, ..opts }),
+                        Err(e) => Err(anyhow::anyhow!(e)),
+                    };
+                    opts.and_then(|opts| {
+                        tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(2)
+                            .enable_all()
+                            .build()
+                            .map_err(anyhow::Error::from)
+                            .and_then(|rt| rt.block_on(run_worker(opts)))
+                    })
                 }
             }
         }

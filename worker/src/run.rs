@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 use peftrain_proto::v1 as pb;
 use tch::{Device, Kind};
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint, Server};
+use peftrain_net::InterceptedService;
+use tonic::transport::{Channel, Server};
+
+/// Largest message a worker accepts from the coordinator: a shard, a state chunk.
+pub const WORKER_MESSAGE_LIMIT: usize = 16 << 20;
+/// Largest gradient chunk a worker accepts from a peer (chunks are 1 MiB of values).
+pub const COLLECTIVE_MESSAGE_LIMIT: usize = 4 << 20;
 
 use crate::optim::AdamWConfig;
 use crate::peft::{LoraConfig, Method};
@@ -32,6 +38,8 @@ pub struct WorkerOptions {
     pub coordinator_timeout: Duration,
     /// How long a peer may stay silent inside an all-reduce.
     pub collective_timeout: Duration,
+    /// The run's token and TLS files.
+    pub security: peftrain_net::Security,
 }
 
 /// Parses `cpu`, `cuda` or `cuda:I`, loading libtorch's CUDA library when needed.
@@ -95,13 +103,11 @@ pub fn replica_spec(spec: &pb::RunSpec) -> anyhow::Result<ReplicaSpec> {
     })
 }
 
-fn coordinator_channel(url: &str) -> anyhow::Result<Channel> {
-    let url = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
-    Ok(Endpoint::from_shared(url.clone())
+fn coordinator_channel(url: &str, security: &peftrain_net::Security) -> anyhow::Result<Channel> {
+    Ok(security
+        .endpoint(url, Duration::from_secs(5))
         .map_err(|e| anyhow::anyhow!("--coordinator {url}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
         .connect_lazy())
 }
 
@@ -131,6 +137,7 @@ where
 
 pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     let device = parse_device(&opts.device)?;
+    opts.security.require_token("a worker")?;
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", opts.listen))?;
@@ -140,7 +147,10 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
         None if bound.ip().is_unspecified() => anyhow::bail!("--listen {bound} needs --advertise HOST:PORT so peers can reach this worker"),
         None => bound.to_string(),
     };
-    let mut coord = pb::coordinator_client::CoordinatorClient::new(coordinator_channel(&opts.coordinator)?);
+    let mut coord = pb::coordinator_client::CoordinatorClient::with_interceptor(
+        coordinator_channel(&opts.coordinator, &opts.security)?,
+        opts.security.client_auth(),
+    );
     let hello = with_backoff("hello", opts.coordinator_timeout, || {
         let mut c = coord.clone();
         let req = pb::HelloRequest {
@@ -159,25 +169,32 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     let (compute, info) = ComputeThread::start(opts.threads, move || Replica::build(&spec, device))?;
     let fp = info.fingerprint.clone();
     tracing::debug!(trainable = fp.trainable_params, all = info.peft_all_params, "replica built");
-    let engine = Arc::new(Engine::new(compute, &info, opts.collective_timeout, 256 * 1024));
+    let engine = Arc::new(Engine::new(compute, &info, opts.security.clone(), opts.collective_timeout, 256 * 1024));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::worker_server::WorkerServer<WorkerService>>().await;
     let serve_engine = engine.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut builder = Server::builder().tcp_nodelay(true);
+    if let Some(tls) = opts.security.server_tls()? {
+        builder = builder.tls_config(tls)?;
+    }
+    let auth = opts.security.server_auth();
     let server = tokio::spawn(async move {
-        Server::builder()
-            .tcp_nodelay(true)
+        builder
+            // Health stays open: Kubernetes' gRPC probes carry no token.
             .add_service(health_service)
-            .add_service(
+            .add_service(InterceptedService::new(
                 pb::worker_server::WorkerServer::new(WorkerService(serve_engine.clone()))
-                    .max_decoding_message_size(64 << 20)
+                    .max_decoding_message_size(WORKER_MESSAGE_LIMIT)
                     .max_encoding_message_size(256 << 20),
-            )
-            .add_service(
+                auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
                 pb::collective_server::CollectiveServer::new(CollectiveService(serve_engine.clone()))
-                    .max_decoding_message_size(64 << 20),
-            )
+                    .max_decoding_message_size(COLLECTIVE_MESSAGE_LIMIT),
+                auth,
+            ))
             .serve_with_incoming_shutdown(incoming, async move { serve_engine.shutdown.notified().await })
             .await
     });

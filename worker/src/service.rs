@@ -151,10 +151,18 @@ pub struct Engine {
     pub chunk_elems: usize,
     /// The newest group generation announced; moving it aborts a running all-reduce.
     pub abort: tokio::sync::watch::Sender<u64>,
+    /// Token and TLS for calls to peers.
+    pub security: peftrain_net::Security,
 }
 
 impl Engine {
-    pub fn new(compute: ComputeThread, info: &ReplicaInfo, collective_timeout: Duration, chunk_elems: usize) -> Engine {
+    pub fn new(
+        compute: ComputeThread,
+        info: &ReplicaInfo,
+        security: peftrain_net::Security,
+        collective_timeout: Duration,
+        chunk_elems: usize,
+    ) -> Engine {
         Engine {
             compute,
             state_len: 3 * info.fingerprint.trainable_params as usize,
@@ -164,6 +172,7 @@ impl Engine {
             collective_timeout,
             chunk_elems,
             abort: tokio::sync::watch::channel(0).0,
+            security,
         }
     }
 
@@ -182,13 +191,13 @@ impl Engine {
                 .peers
                 .get(((req.rank + 1) % req.world_size) as usize)
                 .ok_or_else(|| WorkerError::BadShard(format!("{} peers for world size {}", req.peers.len(), req.world_size)))?;
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| WorkerError::Internal(e.to_string()))?
-                .connect_timeout(self.collective_timeout)
-                .tcp_nodelay(true)
+            let ch = self
+                .security
+                .endpoint(addr, self.collective_timeout)
+                .map_err(|e| WorkerError::BadShard(e.to_string()))?
                 .connect_lazy();
             Some(
-                pb::collective_client::CollectiveClient::new(ch)
+                pb::collective_client::CollectiveClient::with_interceptor(ch, self.security.client_auth())
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
             )
@@ -304,17 +313,36 @@ impl Engine {
         Ok(chunks)
     }
 
+    /// Checks a peer's gradient chunk before it reaches the all-reduce: a buffer of another
+    /// length, a ragged byte count or an out-of-range offset is refused (INVALID_ARGUMENT) and
+    /// never touches the gradients; traffic of an older group is dropped.
+    pub fn admit_chunk(&self, c: &pb::GradChunk) -> Result<bool, WorkerError> {
+        let len = (self.state_len / 3) as u64;
+        if c.total != len {
+            return Err(WorkerError::BadShard(format!("gradient buffer of {} values, this group's is {len}", c.total)));
+        }
+        if c.data.len() % 4 != 0 || c.offset.saturating_add(c.data.len() as u64 / 4) > len {
+            return Err(WorkerError::BadShard(format!(
+                "gradient chunk of {} bytes at offset {} does not fit the buffer of {len} values",
+                c.data.len(),
+                c.offset
+            )));
+        }
+        Ok(c.generation >= *self.abort.borrow())
+    }
+
     /// Pulls the group's state from a live peer.
     pub async fn sync_from(&self, req: pb::SyncFromRequest) -> Result<pb::SyncFromReply, WorkerError> {
         self.check_generation(req.generation).await?;
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", req.peer))
+        let ch = self
+            .security
+            .endpoint(&req.peer, self.collective_timeout)
             .map_err(|e| WorkerError::BadState(format!("peer {}: {e}", req.peer)))?
-            .connect_timeout(self.collective_timeout)
             .timeout(self.collective_timeout * 4)
             .connect()
             .await
             .map_err(|e| WorkerError::BadState(format!("peer {}: {e}", req.peer)))?;
-        let mut peer = pb::worker_client::WorkerClient::new(ch).max_decoding_message_size(64 << 20);
+        let mut peer = pb::worker_client::WorkerClient::with_interceptor(ch, self.security.client_auth()).max_decoding_message_size(64 << 20);
         let mut stream = peer
             .get_state(pb::GetStateRequest {})
             .await
@@ -479,7 +507,9 @@ impl Collective for CollectiveService {
     async fn push(&self, req: Request<Streaming<pb::GradChunk>>) -> Result<Response<pb::PushReply>, Status> {
         let mut stream = req.into_inner();
         while let Some(chunk) = stream.message().await? {
-            self.0.inbox.deliver(chunk);
+            if self.0.admit_chunk(&chunk)? {
+                self.0.inbox.deliver(chunk);
+            }
         }
         Ok(Response::new(pb::PushReply {}))
     }

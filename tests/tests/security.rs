@@ -1,0 +1,187 @@
+//! Authentication and hostile peers: calls without the run's token, a gradient buffer of the
+//! wrong length and an oversized message are refused with a clear status while a run is going,
+//! and the run's numbers do not change; mutual TLS works and refuses clients without a
+//! certificate of the run's CA.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use peftrain_proto::v1 as pb;
+use peftrain_tests::{bin, glue_dir, peftrain, roberta_dir, step_losses, tiny_roberta};
+use tonic::Code;
+
+const TOKEN: &str = "security-test-token";
+
+fn args(model: &Path, out: &Path, steps: &str) -> Vec<String> {
+    let (tok, glue) = (roberta_dir(), glue_dir());
+    [
+        "train", "--workers", "2", "--threads", "1", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(),
+        "--glue-dir", glue.to_str().unwrap(), "--task", "sst2", "--method", "bitfit", "--train-limit", "640", "--eval-limit", "16",
+        "--batch-size", "16", "--max-steps", steps, "--logging-steps", "1", "--output-dir", out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn spawn(args: &[String], envs: &[(&str, &str)]) -> (Child, Receiver<String>) {
+    let mut cmd = Command::new(bin("peftrain"));
+    cmd.args(args).env("RUST_LOG", "info").env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker")).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// The value after `key=` in the first log line that has it.
+fn logged(log: &Receiver<String>, key: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = log.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("no {key} logged"));
+        if let Some(rest) = line.split(&format!("{key}=")).nth(1) {
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+    }
+}
+
+fn chunk(total: u64, bytes: usize) -> pb::GradChunk {
+    pb::GradChunk {
+        step: 0,
+        generation: u64::MAX,
+        from_rank: 0,
+        round: 0,
+        offset: 0,
+        data: vec![0u8; bytes].into(),
+        total,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_calls_are_refused_and_change_nothing() {
+    let _serial = peftrain_tests::one_at_a_time();
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 4);
+    let (base, attacked) = (d.path().join("base"), d.path().join("attacked"));
+    let base_args = args(&model, &base, "150");
+    peftrain(&base_args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+
+    let (mut run, log) = spawn(&args(&model, &attacked, "150"), &[("PEFTRAIN_TOKEN", TOKEN)]);
+    let coordinator = logged(&log, "address");
+    let worker = logged(&log, "worker_address");
+    let ep = |a: &str| tonic::transport::Endpoint::from_shared(format!("http://{a}")).unwrap().connect_lazy();
+    let token = peftrain_net::Security::default().with_token(TOKEN);
+
+    // No token: refused by the coordinator and by a worker.
+    let mut c = pb::coordinator_client::CoordinatorClient::new(ep(&coordinator));
+    let e = c.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "mallory".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let mut w = pb::worker_client::WorkerClient::new(ep(&worker));
+    let e = w.shutdown(pb::ShutdownRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let mut col = pb::collective_client::CollectiveClient::new(ep(&worker));
+    let e = col.push(tokio_stream::iter(vec![chunk(10, 40)])).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+
+    // With the token but a gradient buffer of the wrong length: refused.
+    let mut col = pb::collective_client::CollectiveClient::with_interceptor(ep(&worker), token.client_auth());
+    let e = col.push(tokio_stream::iter(vec![chunk(7, 28)])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("gradient buffer of 7 values"), "{}", e.message());
+    // Over the size limit (4 MiB for a gradient chunk): refused.
+    let e = col.push(tokio_stream::iter(vec![chunk(7, 5 << 20)])).await.unwrap_err();
+    assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted), "{e}");
+    // A registration over the coordinator's size limit: refused.
+    let mut c = pb::coordinator_client::CoordinatorClient::with_interceptor(ep(&coordinator), token.client_auth());
+    let e = c.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "x".repeat(5 << 20) }).await.unwrap_err();
+    assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted), "{e}");
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success());
+    let (a, b) = (step_losses(&base), step_losses(&attacked));
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert_eq!(a.len(), b.len());
+    assert!(worst <= 1e-5, "the run's losses moved by {worst}");
+}
+
+/// A CA, and a certificate it signs for 127.0.0.1/localhost usable as server and client.
+fn pki(dir: &Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let w = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    (w("ca.pem", ca_cert.pem()), w("cert.pem", cert.pem()), w("key.pem", key.serialize_pem()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_trains_and_refuses_clients_without_a_certificate() {
+    let _serial = peftrain_tests::one_at_a_time();
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 5);
+    let (ca, cert, key) = pki(d.path());
+    let out = d.path().join("tls");
+    let mut a = args(&model, &out, "60");
+    a.extend(["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca].iter().map(|s| s.to_string()));
+    let (mut run, log) = spawn(&a, &[("PEFTRAIN_TOKEN", TOKEN)]);
+    let coordinator = logged(&log, "address");
+    // Plain HTTP/2 to a TLS port fails; TLS without a client certificate is refused in the
+    // handshake, whatever the token.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{coordinator}")).unwrap().connect_lazy();
+    let mut c = pb::coordinator_client::CoordinatorClient::with_interceptor(plain, peftrain_net::Security::default().with_token(TOKEN).client_auth());
+    assert!(c.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "p".into() }).await.is_err());
+    let no_cert = peftrain_net::Security::load(&peftrain_net::SecurityArgs { tls_ca: Some(ca.clone().into()), token: Some(TOKEN.into()), ..Default::default() }).unwrap();
+    let ch = no_cert.endpoint(&coordinator, Duration::from_secs(5)).unwrap().connect_lazy();
+    let mut c = pb::coordinator_client::CoordinatorClient::with_interceptor(ch, no_cert.client_auth());
+    let e = c.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "n".into() }).await.unwrap_err();
+    assert!(format!("{e:?}").contains("CertificateRequired"), "refused in the TLS handshake: {e:?}");
+    // With the run's certificate and token: served.
+    let full = peftrain_net::Security::load(&peftrain_net::SecurityArgs {
+        tls_ca: Some(ca.into()),
+        tls_cert: Some(cert.into()),
+        tls_key: Some(key.into()),
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let ch = full.endpoint(&coordinator, Duration::from_secs(5)).unwrap().connect_lazy();
+    let mut c = pb::coordinator_client::CoordinatorClient::with_interceptor(ch, full.client_auth());
+    c.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "ok".into() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "the run over mutual TLS finished");
+    assert_eq!(step_losses(&out).len(), 60);
+}
