@@ -85,3 +85,28 @@ fn malformed_glue_rows_name_file_and_line() {
     let err = train_fails(&model, &glue_dir(), &["--max-length", "4096"]);
     assert_one_clear_line(&err, &["--max-length 4096", "config.json"]);
 }
+
+#[test]
+fn inputs_longer_than_max_length_are_truncated_and_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 1);
+    let out = d.path().join("out");
+    let tok = roberta_dir();
+    let glue = glue_dir();
+    let o = peftrain_tests::peftrain(&[
+        "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
+        "--task", "rte", "--method", "bitfit", "--max-length", "40", "--train-limit", "200", "--eval-limit", "8",
+        "--max-steps", "2", "--output-dir", out.to_str().unwrap(),
+    ]);
+    // The reference counts the pairs longer than 40 tokens among the first 200.
+    let ids = d.path().join("ids.json");
+    run_reference(
+        "hf_tokenize.py",
+        &["--tokenizer", tok.to_str().unwrap(), "--tsv", glue.join("RTE/train.tsv").to_str().unwrap(), "--max-length", "100000", "--out", ids.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ids).unwrap()).unwrap();
+    let longer = v["input_ids"].as_array().unwrap().iter().take(200).filter(|r| r.as_array().unwrap().len() > 40).count();
+    assert!(longer > 0);
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    assert!(stdout.contains(&format!("({longer} truncated to 40 tokens)")), "{stdout}");
+}

@@ -258,3 +258,36 @@ fn workers_survive_a_coordinator_restart() {
     }
     assert_same_run(&base, &cut, 1e-6);
 }
+
+#[test]
+fn a_nonfinite_gradient_skips_the_update_instead_of_corrupting_weights() {
+    let _serial = peftrain_tests::one_at_a_time();
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny(d.path(), "0.0");
+    let (base, poisoned) = (d.path().join("base"), d.path().join("poisoned"));
+    let mut args = vec!["train".to_string(), "--workers".into(), "2".into(), "--threads".into(), "1".into()];
+    args.extend(common(&model, &base));
+    args.iter_mut().skip_while(|a| *a != "--max-steps").nth(1).map(|v| *v = "20".into());
+    peftrain(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    // The failpoint poisons the gradient of step 5 (0-based 4) on every worker.
+    let args: Vec<String> = args.iter().map(|a| if a == base.to_str().unwrap() { poisoned.to_str().unwrap().to_string() } else { a.clone() }).collect();
+    let out = Command::new(bin("peftrain"))
+        .args(&args)
+        .env("RUST_LOG", "error")
+        .env("PEFTRAIN_FAILPOINT_NAN_STEP", "4")
+        .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = metrics(&poisoned);
+    let skipped: Vec<u64> = events.iter().filter(|e| e.get("skipped").is_some()).map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(skipped, [5], "step 5 reported as skipped");
+    assert_eq!(events.iter().find_map(|e| e.get("steps_skipped")).and_then(|v| v.as_u64()), Some(1));
+    let (lb, lp) = (step_losses(&base), step_losses(&poisoned));
+    assert_eq!(lb[..5], lp[..5], "identical up to the poisoned step");
+    assert!(lp.iter().all(|l| l.is_finite()), "no NaN reaches the weights: {lp:?}");
+    assert_ne!(lb[5], lp[5], "step 5's update was skipped");
+    for (name, t) in trainable_weights(&poisoned) {
+        assert!(values(&t).iter().all(|v| v.is_finite()), "{name} holds non-finite values");
+    }
+}

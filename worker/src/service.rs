@@ -153,6 +153,9 @@ pub struct Engine {
     pub abort: tokio::sync::watch::Sender<u64>,
     /// Token and TLS for calls to peers.
     pub security: peftrain_net::Security,
+    /// Test failpoint (`PEFTRAIN_FAILPOINT_NAN_STEP`): poison this step's gradient with a NaN,
+    /// to exercise the non-finite skip end to end.
+    pub nan_at_step: Option<u64>,
 }
 
 impl Engine {
@@ -173,6 +176,7 @@ impl Engine {
             chunk_elems,
             abort: tokio::sync::watch::channel(0).0,
             security,
+            nan_at_step: std::env::var("PEFTRAIN_FAILPOINT_NAN_STEP").ok().and_then(|v| v.parse().ok()),
         }
     }
 
@@ -247,6 +251,11 @@ impl Engine {
             })
             .await?;
         let compute_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if self.nan_at_step == Some(req.step) {
+            if let Some(v) = buf.first_mut() {
+                *v = f32::NAN;
+            }
+        }
         let mut abort = self.abort.subscribe();
         let reduce = ring.all_reduce(&self.inbox, &mut buf, req.step, &mut abort).await?;
         let t1 = Instant::now();
@@ -317,19 +326,10 @@ impl Engine {
     /// length, a ragged byte count or an out-of-range offset is refused (INVALID_ARGUMENT) and
     /// never touches the gradients; traffic of an older group is dropped.
     pub fn admit_chunk(&self, c: &pb::GradChunk) -> Result<bool, WorkerError> {
-        let len = (self.state_len / 3) as u64;
-        if c.total != len {
-            return Err(WorkerError::BadShard(format!("gradient buffer of {} values, this group's is {len}", c.total)));
-        }
-        if c.data.len() % 4 != 0 || c.offset.saturating_add(c.data.len() as u64 / 4) > len {
-            return Err(WorkerError::BadShard(format!(
-                "gradient chunk of {} bytes at offset {} does not fit the buffer of {len} values",
-                c.data.len(),
-                c.offset
-            )));
-        }
-        Ok(c.generation >= *self.abort.borrow())
+        check_chunk(c, (self.state_len / 3) as u64, *self.abort.borrow())
     }
+
+
 
     /// Pulls the group's state from a live peer.
     pub async fn sync_from(&self, req: pb::SyncFromRequest) -> Result<pb::SyncFromReply, WorkerError> {
@@ -450,6 +450,22 @@ pub async fn receive_state(stream: &mut Streaming<pb::StateChunk>, expected: usi
 
 fn short(d: &str) -> String {
     d.chars().take(12).collect()
+}
+
+/// Whether a gradient chunk fits a buffer of `len` values (else INVALID_ARGUMENT), and
+/// whether it belongs to the current group (`generation` or newer) rather than an older one.
+pub fn check_chunk(c: &pb::GradChunk, len: u64, generation: u64) -> Result<bool, WorkerError> {
+    if c.total != len {
+        return Err(WorkerError::BadShard(format!("gradient buffer of {} values, this group's is {len}", c.total)));
+    }
+    if c.data.len() % 4 != 0 || c.offset.saturating_add(c.data.len() as u64 / 4) > len {
+        return Err(WorkerError::BadShard(format!(
+            "gradient chunk of {} bytes at offset {} does not fit the buffer of {len} values",
+            c.data.len(),
+            c.offset
+        )));
+    }
+    Ok(c.generation >= generation)
 }
 
 pub fn shard_from(b: pb::Batch) -> Shard {
