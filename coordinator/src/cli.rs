@@ -37,6 +37,13 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
+    /// A TOML file of flags (`batch_size = 16`, `method = "lora"`). Precedence: command line,
+    /// then PEFTRAIN_* environment variables, then this file, then the defaults.
+    #[arg(long, env = "PEFTRAIN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the resolved configuration as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Model directory (config.json and model.safetensors / pytorch_model.bin).
     #[arg(long, env = "PEFTRAIN_MODEL")]
     pub model: PathBuf,
@@ -53,77 +60,77 @@ pub struct TrainArgs {
     #[arg(long, default_value = "lora", env = "PEFTRAIN_METHOD")]
     pub method: String,
     /// BitFit: `all` (all biases + head, the paper) or `bias-only` (parameters named bias).
-    #[arg(long, default_value = "all")]
+    #[arg(long, env = "PEFTRAIN_BITFIT_SCOPE", default_value = "all")]
     pub bitfit_scope: String,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, env = "PEFTRAIN_LORA_R", default_value_t = 8)]
     pub lora_r: u32,
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, env = "PEFTRAIN_LORA_ALPHA", default_value_t = 16.0)]
     pub lora_alpha: f64,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, env = "PEFTRAIN_LORA_DROPOUT", default_value_t = 0.1)]
     pub lora_dropout: f64,
     /// Comma-separated module names LoRA adapts.
-    #[arg(long, default_value = "query,value", value_delimiter = ',')]
+    #[arg(long, env = "PEFTRAIN_LORA_TARGETS", default_value = "query,value", value_delimiter = ',')]
     pub lora_targets: Vec<String>,
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, env = "PEFTRAIN_EPOCHS", default_value_t = 3.0)]
     pub epochs: f64,
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_MAX_STEPS")]
     pub max_steps: Option<u64>,
     /// Global batch size (split across workers).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "PEFTRAIN_BATCH_SIZE", default_value_t = 16)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "PEFTRAIN_EVAL_BATCH_SIZE", default_value_t = 64)]
     pub eval_batch_size: usize,
     /// Peak learning rate (default per method: full 2e-5, bitfit 1e-3, lora 5e-4).
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_LR")]
     pub lr: Option<f64>,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "PEFTRAIN_WEIGHT_DECAY", default_value_t = 0.0)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 0.06)]
+    #[arg(long, env = "PEFTRAIN_WARMUP_RATIO", default_value_t = 0.06)]
     pub warmup_ratio: f64,
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_WARMUP_STEPS")]
     pub warmup_steps: Option<u64>,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "PEFTRAIN_MAX_GRAD_NORM", default_value_t = 1.0)]
     pub max_grad_norm: f64,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, env = "PEFTRAIN_MAX_LENGTH", default_value_t = 128)]
     pub max_length: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, env = "PEFTRAIN_SEED", default_value_t = 42)]
     pub seed: u64,
     /// Use only the first N training rows.
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_TRAIN_LIMIT")]
     pub train_limit: Option<usize>,
     /// Use only the first N evaluation rows.
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_EVAL_LIMIT")]
     pub eval_limit: Option<usize>,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "PEFTRAIN_LOGGING_STEPS", default_value_t = 50)]
     pub logging_steps: u64,
     /// Evaluate every N steps (default: at the end of each epoch); always at the end.
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_EVAL_STEPS")]
     pub eval_steps: Option<u64>,
     #[arg(long, default_value = "outputs/run", env = "PEFTRAIN_OUTPUT_DIR")]
     pub output_dir: PathBuf,
     /// Keep the file order instead of a seeded shuffle per epoch.
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_NO_SHUFFLE")]
     pub no_shuffle: bool,
     /// Sort examples by length within mega-batches so batches pad less.
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_GROUP_BY_LENGTH")]
     pub group_by_length: bool,
     /// Start from these trainable weights (a peftrain output directory or a peft adapter).
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_INIT_ADAPTER")]
     pub init_adapter: Option<PathBuf>,
     /// dtype of the frozen base weights: fp32 or bf16.
-    #[arg(long, default_value = "fp32")]
+    #[arg(long, env = "PEFTRAIN_BASE_DTYPE", default_value = "fp32")]
     pub base_dtype: String,
     /// Random weights of the config's shape instead of a checkpoint (speed measurements).
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_RANDOM_WEIGHTS")]
     pub random_weights: bool,
     /// Number of workers.
     #[arg(long, default_value_t = 1, env = "PEFTRAIN_WORKERS")]
     pub workers: usize,
     /// Deadline of each coordinator -> worker call, seconds.
-    #[arg(long, default_value_t = 1800.0)]
+    #[arg(long, env = "PEFTRAIN_RPC_TIMEOUT", default_value_t = 1800.0)]
     pub rpc_timeout: f64,
     /// How long to wait for the workers to register, seconds.
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, env = "PEFTRAIN_REGISTER_TIMEOUT", default_value_t = 600.0)]
     pub register_timeout: f64,
     /// Seconds without a heartbeat after which a worker is lost (also bounds ring waits).
     #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
@@ -135,7 +142,7 @@ pub struct TrainArgs {
     #[arg(long, env = "PEFTRAIN_SAVE_STEPS")]
     pub save_steps: Option<u64>,
     /// Keep only the newest N checkpoints.
-    #[arg(long)]
+    #[arg(long, env = "PEFTRAIN_SAVE_TOTAL_LIMIT")]
     pub save_total_limit: Option<usize>,
     /// Resume from a checkpoint directory, or (no value, or `latest`) from the newest in --output-dir.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest", env = "PEFTRAIN_RESUME")]

@@ -78,9 +78,72 @@ fn predict(cmd: &peftrain::cli::PredictCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--config FILE` (or PEFTRAIN_CONFIG): each key becomes the value of its flag's environment
+/// variable unless that variable is already set, which gives exactly the documented precedence
+/// (command line > environment > file > defaults) through clap's own rules.
+fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let path = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--config=").map(String::from)))
+        .or_else(|| std::env::var("PEFTRAIN_CONFIG").ok());
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{path}: {}", e.to_string().lines().next().unwrap_or("")))?;
+    let cmd = Cli::command();
+    let sub = args
+        .iter()
+        .skip(1)
+        .find_map(|a| cmd.find_subcommand(a))
+        .ok_or_else(|| anyhow::anyhow!("--config needs a subcommand (train, coordinator, predict)"))?;
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let arg = sub
+            .get_arguments()
+            .find(|a| a.get_id().as_str() == id)
+            .ok_or_else(|| anyhow::anyhow!("{path}: unknown key `{key}` (keys are the flags of `peftrain {}`)", sub.get_name()))?;
+        let env = arg.get_env().ok_or_else(|| anyhow::anyhow!("{path}: `{key}` cannot be set from a file"))?;
+        let text = match &value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => anyhow::bail!("{path}: `{key}` = {other}: expected a string, number, boolean or list"),
+        };
+        if std::env::var_os(env).is_none() {
+            std::env::set_var(env, text);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Err(e) = apply_config_file(&argv) {
+        eprintln!("peftrain: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     init_tracing();
+    let print = match &cli.command {
+        Command::Train(t) if t.train.print_config => Some(&t.train),
+        Command::Coordinator(c) if c.train.print_config => Some(&c.train),
+        _ => None,
+    };
+    if let Some(t) = print {
+        println!("{}", serde_json::to_string_pretty(&t.to_config()).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
     let result = match &cli.command {
         Command::Train(t) => runtime().and_then(|rt| rt.block_on(app::run_training(&t.train.to_config(), &local(&t.local), &t.net.to_args())).map(|_| ())),
         Command::Coordinator(c) => runtime().and_then(|rt| {
