@@ -17,6 +17,7 @@ use crate::cluster::{Cluster, Tolerance};
 use crate::config::{ModelInfo, TrainConfig};
 use crate::data::{load_split, Split, Task};
 use crate::local::LocalWorkers;
+use crate::observe::{Observer, Phase};
 use crate::registry::Registry;
 use crate::report::MetricsLog;
 use crate::tokenize::{Encoded, TextTokenizer};
@@ -31,16 +32,22 @@ pub enum Workers {
     Remote { listen: SocketAddr },
 }
 
-/// How the coordinator is secured.
+/// How the coordinator is secured and observed.
 #[derive(Debug, Clone, Default)]
 pub struct NetArgs {
     pub security: SecurityArgs,
+    /// Serve Prometheus `/metrics` and JSON `/status` here.
+    pub metrics_listen: Option<SocketAddr>,
+    /// After the run, keep serving health, metrics and status until SIGTERM (a Kubernetes
+    /// Deployment would otherwise restart a finished coordinator).
+    pub keep_serving: bool,
 }
 
 /// A running group: the coordinator service, the registered workers and (single-node) their
 /// processes.
 pub struct Session {
     pub cluster: Cluster,
+    pub observer: Observer,
     local: Option<LocalWorkers>,
     stop_server: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -58,6 +65,12 @@ impl Session {
         // TLS mistakes surface here, before anything listens.
         security.server_tls()?;
         let run_id = format!("run-{}-{}", std::process::id(), now_millis());
+        let observer = Observer::new(&run_id, cfg.task.name(), &cfg.method, cfg.workers);
+        if let Some(addr) = net.metrics_listen {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
+            tracing::info!(metrics_address = %l.local_addr()?, "serving /metrics and /status");
+            tokio::spawn(peftrain_net::http::serve_http(l, observer.handler(), std::future::pending::<()>()));
+        }
         let registry = Arc::new(Registry::new(run_id, cfg.run_spec(), cfg.workers as u32));
         let listen = match workers {
             Workers::Local { .. } => SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -108,17 +121,27 @@ impl Session {
         let cluster = Cluster::start(registry, tolerance, send_type_ids, security).await?;
         Ok(Session {
             cluster,
+            observer,
             local,
             stop_server: Some(stop_tx),
             server,
         })
     }
 
-    /// Shuts the workers down, waits for local processes, stops the service.
-    pub async fn finish(mut self) {
+    /// Shuts the workers down, waits for local processes, stops the service (after SIGTERM
+    /// or Ctrl-C with `keep_serving`).
+    pub async fn finish(mut self, keep_serving: bool) {
         self.cluster.shutdown().await;
         if let Some(l) = self.local.take() {
             l.finish(Duration::from_secs(10)).await;
+        }
+        if keep_serving {
+            tracing::info!("run over; serving health, metrics and status until terminated");
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
         }
         if let Some(s) = self.stop_server.take() {
             let _ = s.send(());
@@ -236,7 +259,8 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             dev.len(),
             if truncated > 0 { format!(" ({truncated} truncated to {} tokens)", cfg.max_length) } else { String::new() }
         );
-        let summary = trainer::train(cfg, &mut session.cluster, &train, &dev, lead.non_embedding_params, std::io::stdout(), &mut metrics, &mut st).await?;
+        let obs = session.observer.clone();
+        let summary = trainer::train(cfg, &mut session.cluster, &train, &dev, lead.non_embedding_params, std::io::stdout(), &mut metrics, &mut st, &obs).await?;
         let bytes = checkpoint::write_trainable(&cfg.output_dir, cfg, &session.cluster.layout(), &summary.state)?;
         tracing::info!("trainable weights written to {} ({})", cfg.output_dir.display(), human_bytes(bytes));
         std::fs::write(cfg.output_dir.join("train_output.json"), serde_json::to_vec_pretty(&summary.output)?)?;
@@ -244,6 +268,13 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         anyhow::Ok(summary)
     }
     .await;
+    session.observer.update(|s| match &result {
+        Ok(_) => s.phase = Phase::Finished,
+        Err(e) => {
+            s.phase = Phase::Failed;
+            s.error = Some(format!("{e:#}"));
+        }
+    });
     if let Err(e) = &result {
         // A run that cannot go on leaves a final checkpoint of its last completed step.
         if st.global_step > 0 && session.cluster.world() > 0 {
@@ -253,7 +284,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             }
         }
     }
-    session.finish().await;
+    session.finish(net.keep_serving).await;
     result
 }
 
@@ -300,7 +331,7 @@ pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) ->
         anyhow::Ok(rows.len())
     }
     .await;
-    session.finish().await;
+    session.finish(false).await;
     result
 }
 

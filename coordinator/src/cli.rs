@@ -15,6 +15,9 @@ use crate::data::Task;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines (stderr) as text or JSON; RUST_LOG filters them.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "PEFTRAIN_LOG_FORMAT")]
+    pub log_format: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,6 +217,13 @@ pub struct NetFlags {
     /// CA (PEM) the workers' certificates chain to: mutual TLS.
     #[arg(long, env = "PEFTRAIN_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics) and a JSON status (/status) over HTTP here.
+    #[arg(long, env = "PEFTRAIN_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// After the run, keep serving health, metrics and status until terminated (for a
+    /// Kubernetes Deployment, which would restart a coordinator that exits).
+    #[arg(long, env = "PEFTRAIN_KEEP_SERVING")]
+    pub keep_serving: bool,
 }
 
 impl NetFlags {
@@ -226,6 +236,8 @@ impl NetFlags {
                 tls_key: self.tls_key.clone(),
                 tls_ca: self.tls_ca.clone(),
             },
+            metrics_listen: self.metrics_listen,
+            keep_serving: self.keep_serving,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod local;
+pub mod observe;
 pub mod registry;
 pub mod report;
 pub mod sampler;

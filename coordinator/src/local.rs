@@ -72,6 +72,12 @@ impl LocalWorkers {
                 .arg("--device")
                 .arg(device_for(device, i))
                 .env("PEFTRAIN_TOKEN", token)
+                // The coordinator's own settings are not the workers': each gets its own.
+                .env_remove("PEFTRAIN_METRICS_LISTEN")
+                .env_remove("PEFTRAIN_LISTEN")
+                .env_remove("PEFTRAIN_ADVERTISE")
+                .env_remove("PEFTRAIN_WORKER_ID")
+                .env_remove("PEFTRAIN_TOKEN_FILE")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())

@@ -8,10 +8,9 @@ use peftrain::app::{self, PredictConfig, Workers};
 use peftrain::cli::{Cli, Command, LocalArgs};
 use peftrain::data::Split;
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("PEFTRAIN_LOG_FORMAT").is_ok_and(|v| v == "json");
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -33,10 +32,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Replaces this process with `peftrain-worker` (git-style subcommand).
-fn exec_worker(args: &[String]) -> anyhow::Result<()> {
+fn exec_worker(args: &[String], log_format: &str) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let bin = peftrain::local::worker_binary().map_err(|e| anyhow::anyhow!(e))?;
-    let err = std::process::Command::new(&bin).args(args).exec();
+    let err = std::process::Command::new(&bin).arg("--log-format").arg(log_format).args(args).exec();
     Err(anyhow::anyhow!("cannot run {}: {err}", bin.display()))
 }
 
@@ -134,7 +133,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format == "json");
     let print = match &cli.command {
         Command::Train(t) if t.train.print_config => Some(&t.train),
         Command::Coordinator(c) if c.train.print_config => Some(&c.train),
@@ -150,7 +149,7 @@ fn main() -> ExitCode {
             rt.block_on(app::run_training(&c.train.to_config(), &Workers::Remote { listen: c.listen }, &c.net.to_args()))
                 .map(|_| ())
         }),
-        Command::Worker { args } => exec_worker(args),
+        Command::Worker { args } => exec_worker(args, &cli.log_format),
         Command::Params(p) => params(p),
         Command::Predict(p) => predict(p),
     };

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::checkpoint::{self, ReplicaState};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::TrainConfig;
+use crate::observe::{Observer, Phase};
 use crate::report::{MetricsLog, StepTable, TrainOutput};
 use crate::sampler::{epoch_order, group_by_length};
 use crate::schedule::{linear_lr, warmup_steps};
@@ -120,6 +121,7 @@ pub async fn train<W: Write>(
     table_out: W,
     metrics: &mut MetricsLog,
     st: &mut LoopState,
+    obs: &Observer,
 ) -> Result<RunSummary, TrainError> {
     let n = train.len();
     let batch_size = cfg.batch_size;
@@ -134,6 +136,11 @@ pub async fn train<W: Write>(
     let started = Instant::now();
     let mut order: Vec<usize> = Vec::new();
     let mut last_eval = None;
+    let mut window_samples = 0u64;
+    obs.update(|s| {
+        s.phase = Phase::Training;
+        s.total_steps = total;
+    });
 
     for step in st.global_step..total {
         // Data: the epoch's seeded order (recomputed on resume), then the step's global batch.
@@ -176,6 +183,19 @@ pub async fn train<W: Write>(
         st.global_step = step + 1;
         st.epoch = st.global_step as f64 / steps_per_epoch as f64;
         let global_step = st.global_step;
+        window_samples += batch.len() as u64;
+        obs.update(|s| {
+            s.step = global_step;
+            s.epoch = st.epoch;
+            s.samples = st.samples;
+            s.learning_rate = linear_lr(base_lr, global_step, warmup, total);
+            s.allreduce_bytes += out.allreduce_bytes;
+            s.allreduce_seconds += out.allreduce_ms / 1000.0;
+            s.workers_alive = cluster.world();
+            s.workers = cluster.conns.iter().map(|c| c.member.worker_id.clone()).collect();
+            s.steps_redone = st.steps_redone;
+            s.steps_skipped = st.steps_skipped;
+        });
 
         let log_now = global_step % cfg.logging_steps == 0;
         let end_of_epoch = pos as u64 + 1 == steps_per_epoch;
@@ -206,6 +226,12 @@ pub async fn train<W: Write>(
             write(metrics, &ev)?;
             row_loss = Some(mean);
             st.last_logged_loss = Some(mean);
+            let rate = window_samples as f64 / (st.step_ms_window / 1000.0).max(1e-9);
+            obs.update(|s| {
+                s.loss = Some(mean);
+                s.samples_per_second = rate;
+            });
+            window_samples = 0;
             st.window_loss = 0.0;
             st.window_steps = 0;
             st.bytes_window = 0;
@@ -226,6 +252,10 @@ pub async fn train<W: Write>(
             ev.insert("step".into(), json!(global_step));
             write(metrics, &ev)?;
             st.best_accuracy = Some(st.best_accuracy.map_or(r.accuracy, |b: f64| b.max(r.accuracy)));
+            obs.update(|s| {
+                s.eval_loss = Some(r.loss);
+                s.eval_accuracy = Some(r.accuracy);
+            });
             last_eval = Some(r);
             row_eval = Some(r);
         }

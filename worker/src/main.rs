@@ -16,6 +16,9 @@ use peftrain_worker::run::{run_worker, WorkerOptions};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log lines (stderr) as text or JSON; RUST_LOG filters them.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "PEFTRAIN_LOG_FORMAT")]
+    log_format: String,
     #[command(flatten)]
     worker: WorkerArgs,
 }
@@ -57,6 +60,9 @@ struct WorkerArgs {
     /// CA (PEM) that peers' and the coordinator's certificates chain to (mutual TLS).
     #[arg(long, env = "PEFTRAIN_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics) and a JSON status (/status) over HTTP here.
+    #[arg(long, env = "PEFTRAIN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Seconds a ring peer may stay silent inside an all-reduce.
     #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
     worker_timeout: f64,
@@ -115,7 +121,7 @@ fn params(a: ParamsArgs) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    peftrain_worker::run::init_tracing();
+    peftrain_worker::run::init_tracing(cli.log_format == "json");
     let result = match cli.command {
         Some(Command::Params(a)) => params(a),
         None => {
@@ -138,6 +144,7 @@ fn main() {
                         coordinator_timeout: Duration::from_secs_f64(w.coordinator_timeout),
                         collective_timeout: Duration::from_secs_f64(w.worker_timeout),
                         security: peftrain_net::Security::default(),
+                        metrics_listen: w.metrics_listen,
                     };
                     let security = peftrain_net::Security::load(&peftrain_net::SecurityArgs {
                         token_file: w.token_file,

@@ -40,6 +40,8 @@ pub struct WorkerOptions {
     pub collective_timeout: Duration,
     /// The run's token and TLS files.
     pub security: peftrain_net::Security,
+    /// Serve Prometheus `/metrics` and JSON `/status` here.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Parses `cpu`, `cuda` or `cuda:I`, loading libtorch's CUDA library when needed.
@@ -170,6 +172,21 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     let fp = info.fingerprint.clone();
     tracing::debug!(trainable = fp.trainable_params, all = info.peft_all_params, "replica built");
     let engine = Arc::new(Engine::new(compute, &info, opts.security.clone(), opts.collective_timeout, 256 * 1024));
+    engine.stat(|s| {
+        s.worker_id = opts.id.clone();
+        s.device = opts.device.clone();
+    });
+    if let Some(addr) = opts.metrics_listen {
+        let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+        tracing::info!(metrics_address = %l.local_addr()?, "serving /metrics and /status");
+        let e = engine.clone();
+        let handler: peftrain_net::http::Handler = Arc::new(move |path: &str| match path {
+            "/metrics" => Some(("text/plain; version=0.0.4", e.stats().prometheus())),
+            "/status" => Some(("application/json", serde_json::to_string_pretty(&e.stats()).unwrap_or_default() + "\n")),
+            _ => None,
+        });
+        tokio::spawn(peftrain_net::http::serve_http(l, handler, std::future::pending::<()>()));
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::worker_server::WorkerServer<WorkerService>>().await;
@@ -292,11 +309,10 @@ pub fn to_pb_fingerprint(fp: &crate::replica::Fingerprint) -> pb::Fingerprint {
     }
 }
 
-/// tracing to stderr; `RUST_LOG` filters, `PEFTRAIN_LOG_FORMAT=json` switches to JSON lines.
-pub fn init_tracing() {
+/// tracing to stderr, as text or JSON lines; `RUST_LOG` filters.
+pub fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("PEFTRAIN_LOG_FORMAT").is_ok_and(|v| v == "json");
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -139,6 +139,40 @@ impl ReplicaInfo {
     }
 }
 
+/// What a worker reports on `/metrics` and `/status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerStats {
+    pub worker_id: String,
+    pub device: String,
+    pub fingerprint: String,
+    pub trainable_params: u64,
+    pub rank: u32,
+    pub world: u32,
+    pub generation: u64,
+    pub steps: u64,
+    pub examples: u64,
+    pub compute_seconds: f64,
+    pub allreduce_bytes: u64,
+    pub allreduce_seconds: f64,
+    pub evaluations: u64,
+}
+
+impl WorkerStats {
+    pub fn prometheus(&self) -> String {
+        let mut e = peftrain_net::http::Exposition::default();
+        e.metric("peftrain_worker_steps_total", "counter", "Steps this worker took part in.", self.steps as f64)
+            .metric("peftrain_worker_examples_total", "counter", "Training examples in this worker's shards.", self.examples as f64)
+            .metric("peftrain_worker_compute_seconds_total", "counter", "Forward/backward seconds.", self.compute_seconds)
+            .metric("peftrain_worker_allreduce_bytes_total", "counter", "Bytes sent in all-reduces.", self.allreduce_bytes as f64)
+            .metric("peftrain_worker_allreduce_seconds_total", "counter", "Seconds in all-reduces.", self.allreduce_seconds)
+            .metric("peftrain_worker_evaluations_total", "counter", "Evaluation shards served.", self.evaluations as f64)
+            .metric("peftrain_worker_rank", "gauge", "Rank in the current group.", self.rank as f64)
+            .metric("peftrain_worker_world_size", "gauge", "Workers in the current group.", self.world as f64)
+            .metric("peftrain_worker_trainable_params", "gauge", "Trainable parameters of the replica.", self.trainable_params as f64);
+        e.finish()
+    }
+}
+
 /// The replica's thread, its place in the ring and the chunks waiting for it.
 pub struct Engine {
     pub compute: ComputeThread,
@@ -156,6 +190,7 @@ pub struct Engine {
     /// Test failpoint (`PEFTRAIN_FAILPOINT_NAN_STEP`): poison this step's gradient with a NaN,
     /// to exercise the non-finite skip end to end.
     pub nan_at_step: Option<u64>,
+    pub stats: std::sync::Mutex<WorkerStats>,
 }
 
 impl Engine {
@@ -177,6 +212,11 @@ impl Engine {
             abort: tokio::sync::watch::channel(0).0,
             security,
             nan_at_step: std::env::var("PEFTRAIN_FAILPOINT_NAN_STEP").ok().and_then(|v| v.parse().ok()),
+            stats: std::sync::Mutex::new(WorkerStats {
+                fingerprint: info.fingerprint.digest.clone(),
+                trainable_params: info.fingerprint.trainable_params,
+                ..Default::default()
+            }),
         }
     }
 
@@ -190,6 +230,11 @@ impl Engine {
     pub async fn setup(&self, req: pb::SetupRequest) -> Result<(), WorkerError> {
         // Abandon a step of the old group still waiting on a lost peer, then take the ring.
         self.abort.send_replace(req.generation);
+        self.stat(|s| {
+            s.rank = req.rank;
+            s.world = req.world_size;
+            s.generation = req.generation;
+        });
         let next = if req.world_size > 1 {
             let addr = req
                 .peers
@@ -261,6 +306,13 @@ impl Engine {
         let t1 = Instant::now();
         let (lr, step) = (req.learning_rate, req.step);
         let norm = self.blocking(move |r| Ok(r.hold(step, &buf, lr))).await?;
+        self.stat(|s| {
+            s.steps += 1;
+            s.examples += stats.examples as u64;
+            s.compute_seconds += compute_ms / 1000.0;
+            s.allreduce_bytes += reduce.bytes_sent;
+            s.allreduce_seconds += reduce.millis / 1000.0;
+        });
         Ok(pb::StepReply {
             step: req.step,
             loss_sum: stats.loss_sum,
@@ -370,7 +422,16 @@ impl Engine {
         .await
     }
 
+    pub fn stat(&self, f: impl FnOnce(&mut WorkerStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub async fn evaluate(&self, req: pb::EvalRequest) -> Result<pb::EvalReply, WorkerError> {
+        self.stat(|s| s.evaluations += 1);
         let shard = shard_from(req.shard.unwrap_or_default());
         let want = req.return_logits;
         self.blocking(move |r| {

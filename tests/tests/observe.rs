@@ -1,0 +1,118 @@
+//! Observability: the coordinator and the workers serve Prometheus metrics and a JSON status
+//! over HTTP, logs are JSON lines with --log-format json, and --keep-serving keeps a finished
+//! coordinator answering (as a Kubernetes Deployment needs) until SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use peftrain_tests::{bin, glue_dir, roberta_dir, tiny_roberta};
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split("\r\n\r\n").nth(1).unwrap().to_string()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap_or_else(|| panic!("{name} missing")).parse().unwrap()
+}
+
+/// JSON log lines from a child's stderr; every line must parse.
+fn json_lines(stderr: std::process::ChildStderr) -> Receiver<serde_json::Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+            let _ = tx.send(v);
+        }
+    });
+    rx
+}
+
+fn field(rx: &Receiver<serde_json::Value>, key: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("no log with {key}"));
+        if let Some(x) = v["fields"].get(key).and_then(|x| x.as_str()) {
+            return x.to_string();
+        }
+    }
+}
+
+fn message(rx: &Receiver<serde_json::Value>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("no log saying {needle}"));
+        if v["fields"]["message"].as_str().is_some_and(|m| m.contains(needle)) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn metrics_status_json_logs_and_keep_serving() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 6);
+    let out = d.path().join("out");
+    let (tok, glue) = (roberta_dir(), glue_dir());
+    let mut coord = Command::new(bin("peftrain"))
+        .args(["--log-format", "json", "coordinator", "--listen", "127.0.0.1:0", "--workers", "1", "--metrics-listen", "127.0.0.1:0", "--keep-serving"])
+        .args(["--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap()])
+        .args(["--method", "lora", "--train-limit", "640", "--eval-limit", "32", "--batch-size", "8", "--max-steps", "300"])
+        .args(["--logging-steps", "10", "--output-dir", out.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("PEFTRAIN_TOKEN", "observe")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let clog = json_lines(coord.stderr.take().unwrap());
+    let metrics_addr = field(&clog, "metrics_address");
+    let grpc = field(&clog, "address");
+    let status: serde_json::Value = serde_json::from_str(&get(&metrics_addr, "/status")).unwrap();
+    assert_eq!(status["phase"], "waiting_for_workers");
+
+    let mut worker = Command::new(bin("peftrain"))
+        .args(["--log-format", "json", "worker", "--coordinator", &format!("http://{grpc}"), "--id", "w0", "--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env("PEFTRAIN_TOKEN", "observe")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wlog = json_lines(worker.stderr.take().unwrap());
+    let wmetrics = field(&wlog, "metrics_address");
+    // While training: the worker counts its steps.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = get(&wmetrics, "/metrics");
+        if metric(&m, "peftrain_worker_steps_total") >= 5.0 {
+            assert_eq!(metric(&m, "peftrain_worker_world_size"), 1.0);
+            assert!(metric(&m, "peftrain_worker_compute_seconds_total") > 0.0);
+            let s: serde_json::Value = serde_json::from_str(&get(&wmetrics, "/status")).unwrap();
+            assert_eq!(s["worker_id"], "w0");
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker never trained");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    message(&clog, "serving health, metrics and status until terminated");
+    assert!(worker.wait().unwrap().success(), "the worker exits when the run is over");
+    // The finished coordinator still answers.
+    let m = get(&metrics_addr, "/metrics");
+    assert_eq!(metric(&m, "peftrain_steps_total"), 300.0);
+    assert_eq!(metric(&m, "peftrain_phase_finished"), 1.0);
+    assert_eq!(metric(&m, "peftrain_workers_alive"), 1.0);
+    assert!(metric(&m, "peftrain_eval_accuracy") >= 0.0);
+    assert!(metric(&m, "peftrain_samples_per_second") > 0.0);
+    let status: serde_json::Value = serde_json::from_str(&get(&metrics_addr, "/status")).unwrap();
+    assert_eq!(status["phase"], "finished");
+    assert_eq!(status["step"], 300);
+    assert!(coord.try_wait().unwrap().is_none(), "--keep-serving keeps the coordinator up");
+    Command::new("kill").args(["-TERM", &coord.id().to_string()]).status().unwrap();
+    assert!(coord.wait().unwrap().success(), "SIGTERM ends it cleanly");
+}
