@@ -57,6 +57,8 @@ pub struct StepOutcome {
     pub skipped: bool,
     /// How many times this step was redone after losing workers.
     pub redone: u32,
+    /// The largest peak resident memory among the workers.
+    pub peak_rss_bytes: u64,
 }
 
 /// Aggregate of an evaluation batch.
@@ -413,6 +415,7 @@ impl Cluster {
             out.allreduce_ms = out.allreduce_ms.max(reply.allreduce_ms);
             out.compute_ms = out.compute_ms.max(reply.compute_ms);
             out.skipped |= reply.nonfinite;
+            out.peak_rss_bytes = out.peak_rss_bytes.max(reply.peak_rss_bytes);
             norms.push(reply.grad_norm);
         }
         // Every worker clipped the same reduced gradient: their norms agree bit for bit.

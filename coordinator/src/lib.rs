@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod data;
+pub mod hub;
 pub mod local;
 pub mod observe;
 pub mod registry;

@@ -41,9 +41,21 @@ fn main() {
         let t0 = Instant::now();
         let _ = r.forward_backward(&shard, b, s as u64);
         let t1 = Instant::now();
-        let g = r.flat_grads();
-        r.set_flat_grads(&g);
-        let _ = r.apply(1e-4);
+        let t2 = Instant::now();
+        let local = std::env::var("LOCAL").is_ok();
+        let g = if local { Vec::new() } else { r.flat_grads() };
+        let t3 = Instant::now();
+        let norm = if local { r.hold_local(s as u64, 1e-4, false) } else { r.hold(s as u64, g, 1e-4) };
+        let t4 = Instant::now();
+        let _ = r.commit(s as u64);
+        if s == steps + 2 {
+            println!(
+                "  flatten {:.1} ms, clip {:.1} ms, adamw {:.1} ms (norm {norm:.3})",
+                1e3 * (t3 - t2).as_secs_f64(),
+                1e3 * (t4 - t3).as_secs_f64(),
+                1e3 * t4.elapsed().as_secs_f64()
+            );
+        }
         if s >= 3 {
             t_fb += (t1 - t0).as_secs_f64();
             t_rest += t1.elapsed().as_secs_f64();

@@ -91,6 +91,129 @@ impl AdamW {
     }
 }
 
+/// A CPU fp32 tensor's values as a mutable slice. The caller guarantees the tensor is a
+/// contiguous fp32 tensor on the CPU that nothing else touches for the slice's lifetime.
+unsafe fn cpu_slice<'a>(t: &'a Tensor) -> &'a mut [f32] {
+    std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
+}
+
+/// Whether the fused CPU path applies: every parameter and moment a contiguous fp32 CPU
+/// tensor.
+pub fn fusable(params: &BTreeMap<String, Tensor>, opt: &AdamW) -> bool {
+    params.values().chain(opt.state.values().flat_map(|m| [&m.exp_avg, &m.exp_avg_sq])).all(|t| {
+        t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
+    })
+}
+
+impl AdamW {
+    /// The same update as `step`, fused into one pass over each parameter on the CPU, reading
+    /// the gradients from the flat (reduced) buffer in sorted-name order and scaling them by
+    /// the clip coefficient on the way: one read of grads and one read-write of weights and
+    /// moments instead of a dozen tensor passes. The arithmetic is torch's, operation for
+    /// operation, in fp32.
+    pub fn step_flat(&mut self, params: &BTreeMap<String, Tensor>, grads: &[f32], clip_coef: f32, lr: f64, threads: usize) {
+        let mut off = 0usize;
+        let slices: Vec<&[f32]> = params
+            .values()
+            .map(|p| {
+                let s = &grads[off..off + p.numel()];
+                off += p.numel();
+                s
+            })
+            .collect();
+        self.step_fused(params, &slices, clip_coef, lr, threads);
+    }
+
+    /// The fused update reading each parameter's own `.grad` (a group of one: nothing was
+    /// exchanged, so nothing is copied).
+    pub fn step_grads(&mut self, params: &BTreeMap<String, Tensor>, clip_coef: f32, lr: f64, threads: usize) {
+        let grads: Vec<Tensor> = params.values().map(|p| p.grad()).collect();
+        // SAFETY: `grads_fusable` checked contiguous fp32 CPU gradients; they are read only.
+        let slices: Vec<&[f32]> = grads.iter().map(|g| unsafe { &*cpu_slice(g) }).collect();
+        self.step_fused(params, &slices, clip_coef, lr, threads);
+    }
+
+    fn step_fused(&mut self, params: &BTreeMap<String, Tensor>, grads: &[&[f32]], clip_coef: f32, lr: f64, threads: usize) {
+        self.step += 1;
+        let c = self.config;
+        let bias_correction1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bias_correction2 = 1.0 - c.beta2.powi(self.step as i32);
+        let step_size = (lr / bias_correction1) as f32;
+        let bc2_sqrt = bias_correction2.sqrt() as f32;
+        let (b1w, b2, b2c, eps) = ((1.0 - c.beta1) as f32, c.beta2 as f32, (1.0 - c.beta2) as f32, c.eps as f32);
+        for ((name, p), g) in params.iter().zip(grads) {
+            let Some(m) = self.state.get(name) else { continue };
+            let n = p.numel();
+            let g = *g;
+            let decay = if c.weight_decay != 0.0 && decays(name) { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
+            // SAFETY: `fusable` checked contiguous fp32 CPU tensors; the optimizer owns the
+            // moments and the replica's thread owns the parameters during the step.
+            let (p, ea, es) = unsafe { (cpu_slice(p), cpu_slice(&m.exp_avg), cpu_slice(&m.exp_avg_sq)) };
+            let update = |p: &mut [f32], ea: &mut [f32], es: &mut [f32], g: &[f32]| {
+                for i in 0..p.len() {
+                    let gi = g[i] * clip_coef;
+                    if decay != 1.0 {
+                        p[i] *= decay;
+                    }
+                    ea[i] += b1w * (gi - ea[i]);
+                    es[i] = es[i] * b2 + b2c * gi * gi;
+                    let denom = es[i].sqrt() / bc2_sqrt + eps;
+                    p[i] -= step_size * (ea[i] / denom);
+                }
+            };
+            let parts = threads.max(1).min(n / (1 << 16)).max(1);
+            if parts == 1 {
+                update(p, ea, es, g);
+            } else {
+                let chunk = n.div_ceil(parts);
+                std::thread::scope(|s| {
+                    for (((p, ea), es), g) in p.chunks_mut(chunk).zip(ea.chunks_mut(chunk)).zip(es.chunks_mut(chunk)).zip(g.chunks(chunk)) {
+                        s.spawn(move || update(p, ea, es, g));
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Whether every trainable parameter has a contiguous fp32 CPU gradient.
+pub fn grads_fusable(params: &BTreeMap<String, Tensor>) -> bool {
+    params.values().all(|p| {
+        let g = p.grad();
+        g.defined() && g.device() == tch::Device::Cpu && g.kind() == Kind::Float && g.is_contiguous()
+    })
+}
+
+/// The norm of the gradients and the clip coefficient, without scaling them (the fused
+/// update applies the coefficient as it reads each gradient).
+pub fn grad_norm_coef(params: &BTreeMap<String, Tensor>, max_norm: f64) -> (f64, f32) {
+    tch::no_grad(|| {
+        let norms: Vec<Tensor> = params.values().map(|p| p.grad()).filter(|g| g.defined()).map(|g| g.norm().to_kind(Kind::Float)).collect();
+        if norms.is_empty() {
+            return (0.0, 1.0);
+        }
+        let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+        let coef = if max_norm > 0.0 && total.is_finite() { (max_norm / (total + 1e-6)).min(1.0) } else { 1.0 };
+        (total, coef as f32)
+    })
+}
+
+/// The clip coefficient and norm for a flat gradient buffer laid out as `params` (norm of the
+/// per-tensor norms, as clip_grad_norm_ computes it).
+pub fn flat_clip(params: &BTreeMap<String, Tensor>, grads: &[f32], max_norm: f64) -> (f64, f32) {
+    let mut off = 0usize;
+    let mut sq = 0f64;
+    for p in params.values() {
+        let n = p.numel();
+        let t: f64 = grads[off..off + n].iter().map(|&x| (x as f64) * (x as f64)).sum();
+        sq += t;
+        off += n;
+    }
+    let total = sq.sqrt();
+    let coef = if max_norm > 0.0 && total.is_finite() { (max_norm / (total + 1e-6)).min(1.0) } else { 1.0 };
+    (total, coef as f32)
+}
+
 /// Global L2 norm of the gradients (as `clip_grad_norm_` computes it: the norm of per-tensor
 /// norms), then every gradient scaled by min(1, max_norm / (norm + 1e-6)). Returns the norm
 /// before clipping.

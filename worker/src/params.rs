@@ -171,6 +171,11 @@ impl<'a> Builder<'a> {
         self.device
     }
 
+    /// dtype of the base model's matmuls: the frozen weights' storage dtype.
+    pub fn compute_kind(&self) -> Kind {
+        self.base_kind
+    }
+
     /// Whether `name` may be missing from a base checkpoint and be initialised afresh, as
     /// transformers does for a task head (roberta-base ships only its MLM head).
     fn may_be_new(&self, name: &str) -> bool {

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::error::ModelError;
 use crate::model::{self, Inputs, LoadOptions, Loaded};
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::optim::{self, clip_grad_norm, AdamW, AdamWConfig};
 use crate::peft::{BitFitScope, LoraConfig, Method};
 
 /// Everything that defines a replica (the plain-data form of the wire `RunSpec`).
@@ -117,11 +117,16 @@ pub struct Replica {
 }
 
 /// Phase one's result, waiting for phase two.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     step: u64,
     lr: f64,
     finite: bool,
+    /// CPU fast path: the reduced gradient itself and its clip coefficient (the `.grad`
+    /// tensors are not written back; the fused update reads this buffer).
+    flat: Option<(Vec<f32>, f32)>,
+    /// CPU fast path for a group of one: the clip coefficient; the update reads `.grad`.
+    own_grads: Option<f32>,
 }
 
 impl Replica {
@@ -244,6 +249,16 @@ impl Replica {
     /// The gradients as one fp32 buffer in sorted-name order (zeros where a gradient is
     /// undefined, e.g. on an empty shard).
     pub fn flat_grads(&self) -> Vec<f32> {
+        if optim::grads_fusable(self.trainable()) {
+            // CPU: one copy straight from each gradient into the buffer.
+            let mut out = Vec::with_capacity(self.flat_len);
+            for p in self.trainable().values() {
+                let g = p.grad();
+                // SAFETY: grads_fusable checked a contiguous fp32 CPU tensor; read only.
+                out.extend_from_slice(unsafe { std::slice::from_raw_parts(g.data_ptr() as *const f32, g.numel()) });
+            }
+            return out;
+        }
         let parts: Vec<Tensor> = self
             .trainable()
             .values()
@@ -279,10 +294,36 @@ impl Replica {
 
     /// Phase one's end: writes the reduced buffer into the gradients and clips them; the step is
     /// then held until `commit`. Returns the norm before clipping (non-finite: commit skips).
-    pub fn hold(&mut self, step: u64, buf: &[f32], lr: f64) -> f64 {
-        self.set_flat_grads(buf);
+    pub fn hold(&mut self, step: u64, buf: Vec<f32>, lr: f64) -> f64 {
+        if optim::fusable(&self.loaded.params.trainable, &self.optimizer) {
+            let (norm, coef) = optim::flat_clip(&self.loaded.params.trainable, &buf, self.spec.max_grad_norm);
+            self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: Some((buf, coef)), own_grads: None });
+            return norm;
+        }
+        self.set_flat_grads(&buf);
         let norm = clip_grad_norm(&self.loaded.params.trainable, self.spec.max_grad_norm);
-        self.held = Some(Held { step, lr, finite: norm.is_finite() });
+        self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: None });
+        norm
+    }
+
+    /// Phase one's end for a group of one: the gradients are already the global ones and stay
+    /// where they are (no trip through host memory).
+    pub fn hold_local(&mut self, step: u64, lr: f64, poison: bool) -> f64 {
+        if poison {
+            if let Some(p) = self.loaded.params.trainable.values().next() {
+                let g = p.grad();
+                if g.defined() {
+                    let _ = g.reshape([-1]).get(0).fill_(f64::NAN);
+                }
+            }
+        }
+        if optim::fusable(&self.loaded.params.trainable, &self.optimizer) && optim::grads_fusable(&self.loaded.params.trainable) {
+            let (norm, coef) = optim::grad_norm_coef(&self.loaded.params.trainable, self.spec.max_grad_norm);
+            self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: Some(coef) });
+            return norm;
+        }
+        let norm = clip_grad_norm(&self.loaded.params.trainable, self.spec.max_grad_norm);
+        self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: None });
         norm
     }
 
@@ -292,7 +333,12 @@ impl Replica {
     pub fn commit(&mut self, step: u64) -> Option<bool> {
         let held = self.held.take().filter(|h| h.step == step)?;
         if held.finite {
-            self.optimizer.step(&self.loaded.params.trainable, held.lr);
+            let threads = tch::get_num_threads().max(1) as usize;
+            match (&held.flat, held.own_grads) {
+                (Some((buf, coef)), _) => self.optimizer.step_flat(&self.loaded.params.trainable, buf, *coef, held.lr, threads),
+                (None, Some(coef)) => self.optimizer.step_grads(&self.loaded.params.trainable, coef, held.lr, threads),
+                (None, None) => self.optimizer.step(&self.loaded.params.trainable, held.lr),
+            }
         }
         Some(held.finite)
     }
@@ -300,7 +346,7 @@ impl Replica {
     /// Clip then AdamW in one go (single-process use: benchmarks, examples).
     pub fn apply(&mut self, lr: f64) -> (f64, bool) {
         let g = self.flat_grads();
-        let norm = self.hold(u64::MAX, &g, lr);
+        let norm = self.hold(u64::MAX, g, lr);
         let applied = self.commit(u64::MAX).unwrap_or(false);
         (norm, !applied)
     }

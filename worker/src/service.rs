@@ -283,7 +283,9 @@ impl Engine {
         }
         let t0 = Instant::now();
         let seed = req.dropout_seed;
-        let (stats, mut buf) = self
+        let single = ring.world <= 1;
+        let poison = self.nan_at_step == Some(req.step);
+        let (stats, buf) = self
             .blocking(move |r| {
                 shard
                     .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.max_tokens())
@@ -292,20 +294,31 @@ impl Engine {
                     return Err(WorkerError::BadShard("training shards need a label per example".into()));
                 }
                 let stats = r.forward_backward(&shard, global, seed);
-                Ok((stats, r.flat_grads()))
+                // A group of one keeps its gradients on the device: nothing to exchange.
+                Ok((stats, (!single).then(|| r.flat_grads())))
             })
             .await?;
         let compute_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        if self.nan_at_step == Some(req.step) {
-            if let Some(v) = buf.first_mut() {
-                *v = f32::NAN;
-            }
-        }
-        let mut abort = self.abort.subscribe();
-        let reduce = ring.all_reduce(&self.inbox, &mut buf, req.step, &mut abort).await?;
-        let t1 = Instant::now();
         let (lr, step) = (req.learning_rate, req.step);
-        let norm = self.blocking(move |r| Ok(r.hold(step, &buf, lr))).await?;
+        let (norm, reduce, t1) = match buf {
+            None => {
+                let t1 = Instant::now();
+                let norm = self.blocking(move |r| Ok(r.hold_local(step, lr, poison))).await?;
+                (norm, crate::collective::ReduceStats::default(), t1)
+            }
+            Some(mut buf) => {
+                if poison {
+                    if let Some(v) = buf.first_mut() {
+                        *v = f32::NAN;
+                    }
+                }
+                let mut abort = self.abort.subscribe();
+                let reduce = ring.all_reduce(&self.inbox, &mut buf, req.step, &mut abort).await?;
+                let t1 = Instant::now();
+                let norm = self.blocking(move |r| Ok(r.hold(step, buf, lr))).await?;
+                (norm, reduce, t1)
+            }
+        };
         self.stat(|s| {
             s.steps += 1;
             s.examples += stats.examples as u64;
@@ -324,6 +337,7 @@ impl Engine {
             compute_ms,
             optimizer_ms: t1.elapsed().as_secs_f64() * 1000.0,
             nonfinite: !norm.is_finite(),
+            peak_rss_bytes: peak_rss_bytes(),
         })
     }
 
@@ -507,6 +521,15 @@ pub async fn receive_state(stream: &mut Streaming<pb::StateChunk>, expected: usi
         st.push(&c, expected)?;
     }
     state.ok_or_else(|| WorkerError::BadState("empty state stream".into()))?.finish(expected)
+}
+
+/// This process's peak resident set (VmHWM), 0 where /proc is unavailable.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
+        .flatten()
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn short(d: &str) -> String {

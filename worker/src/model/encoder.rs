@@ -42,7 +42,9 @@ impl SelfAttention {
     /// `mask`: boolean [batch, 1, 1, seq], true where a key may be attended to.
     fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
         let (bsz, seq, _) = x.size3().unwrap_or((0, 0, 0));
-        let heads = |t: Tensor| t.view([bsz, seq, self.num_heads, self.head_dim]).transpose(1, 2);
+        // Attention runs in the compute dtype (a LoRA-adapted projection comes back in fp32).
+        let c = self.key.compute;
+        let heads = |t: Tensor| t.to_kind(c).view([bsz, seq, self.num_heads, self.head_dim]).transpose(1, 2);
         let q = heads(self.query.forward(x, train));
         let k = heads(self.key.forward(x, train));
         let v = heads(self.value.forward(x, train));
@@ -72,6 +74,8 @@ impl ResidualOutput {
     }
 
     fn forward(&self, x: &Tensor, residual: &Tensor, train: bool) -> Tensor {
+        // The residual stream stays fp32 (LayerNorm's output); a bf16 sublayer output is
+        // promoted by the addition.
         let h = self.dense.forward(x, train).dropout(self.dropout, train);
         self.LayerNorm.forward(&(h + residual))
     }

@@ -20,6 +20,18 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraAdapter>,
+    /// dtype the matmul runs in: the base dtype (bf16 or fp32). A trainable fp32 weight is cast
+    /// for the op and its gradient flows back to the fp32 master, as under autocast.
+    pub compute: Kind,
+}
+
+/// `t` in `kind`, without a copy when it already is.
+fn as_kind(t: &Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind {
+        t.shallow_clone()
+    } else {
+        t.to_kind(kind)
+    }
 }
 
 impl Linear {
@@ -37,26 +49,26 @@ impl Linear {
             }),
             None => None,
         };
-        Ok(Linear { weight, bias, lora })
+        Ok(Linear {
+            weight,
+            bias,
+            lora,
+            compute: b.compute_kind(),
+        })
     }
 
+    /// The output is in the compute dtype (fp32 where a LoRA adapter adds its fp32 update).
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let kind = self.weight.kind();
-        // Frozen weights may be kept in bf16 while activations arrive in fp32: compute in the
-        // weight's dtype (as autocast would) and hand back the caller's dtype.
-        let x_in = if x.kind() != kind { x.to_kind(kind) } else { x.shallow_clone() };
-        let bias = self.bias.as_ref().map(|b| if b.kind() != kind { b.to_kind(kind) } else { b.shallow_clone() });
-        let mut y = x_in.linear(&self.weight, bias.as_ref());
-        if y.kind() != x.kind() {
-            y = y.to_kind(x.kind());
-        }
+        let c = self.compute;
+        let bias = self.bias.as_ref().map(|b| as_kind(b, c));
+        let y = as_kind(x, c).linear(&as_kind(&self.weight, c), bias.as_ref());
         match &self.lora {
             None => y,
             Some(l) => {
-                // peft: result + lora_B(lora_A(dropout(x))) * scaling, in the adapter's fp32.
-                let h = x.to_kind(l.a.kind()).dropout(l.dropout, train);
+                // peft: result + lora_B(lora_A(dropout(x))) * scaling, the adapter in fp32.
+                let h = as_kind(x, l.a.kind()).dropout(l.dropout, train);
                 let delta = h.linear::<Tensor>(&l.a, None).linear::<Tensor>(&l.b, None) * l.scaling;
-                y + delta.to_kind(x.kind())
+                y.to_kind(Kind::Float) + delta
             }
         }
     }
@@ -78,20 +90,17 @@ impl LayerNorm {
         })
     }
 
+    /// Always fp32 out: normalisation statistics in fp32 whatever the storage dtype (autocast
+    /// keeps layer_norm in fp32 too), and the residual stream it feeds stays fp32.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        // Normalisation statistics in fp32 whatever the storage dtype (autocast keeps
-        // layer_norm in fp32 too).
-        let kind = x.kind();
         let dim = *self.weight.size().last().unwrap_or(&0);
-        x.to_kind(Kind::Float)
-            .layer_norm(
-                [dim],
-                Some(&self.weight.to_kind(Kind::Float)),
-                Some(&self.bias.to_kind(Kind::Float)),
-                self.eps,
-                true,
-            )
-            .to_kind(kind)
+        as_kind(x, Kind::Float).layer_norm(
+            [dim],
+            Some(&as_kind(&self.weight, Kind::Float)),
+            Some(&as_kind(&self.bias, Kind::Float)),
+            self.eps,
+            true,
+        )
     }
 }
 

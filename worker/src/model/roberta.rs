@@ -55,10 +55,11 @@ impl RobertaEmbeddings {
             Some(t) => t.shallow_clone(),
             None => inputs.input_ids.zeros_like(),
         };
-        let e = self.word_embeddings.forward(&inputs.input_ids)
-            + self.token_type_embeddings.forward(&types)
-            + self.position_embeddings.forward(&positions);
-        self.LayerNorm.forward(&e.to_kind(Kind::Float)).dropout(self.dropout, train)
+        // Summed in fp32 whatever the tables' storage dtype.
+        let e = self.word_embeddings.forward(&inputs.input_ids).to_kind(Kind::Float)
+            + self.token_type_embeddings.forward(&types).to_kind(Kind::Float)
+            + self.position_embeddings.forward(&positions).to_kind(Kind::Float);
+        self.LayerNorm.forward(&e).dropout(self.dropout, train)
     }
 }
 
