@@ -164,7 +164,8 @@ fn now_millis() -> u128 {
 /// Reads and tokenizes a split, applying `limit` (first N rows); also returns how many rows
 /// were truncated to `--max-length`.
 pub fn prepare_split(cfg: &TrainConfig, tok: &TextTokenizer, split: Split, limit: Option<usize>) -> anyhow::Result<(Vec<Encoded>, usize)> {
-    let mut rows = load_split(&cfg.glue_dir, cfg.task, split)?;
+    let glue = cfg.glue_dir.as_deref().ok_or_else(|| anyhow!("no GLUE directory: pass --glue-dir or set GLUE_DIR"))?;
+    let mut rows = load_split(glue, cfg.task, split)?;
     if let Some(n) = limit {
         rows.truncate(n);
     }
@@ -197,6 +198,9 @@ fn send_type_ids(model: &Path, max_length: usize) -> anyhow::Result<bool> {
 
 /// `peftrain train` / `peftrain coordinator`: the whole run, outputs included.
 pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -> anyhow::Result<RunSummary> {
+    let mut resolved = cfg.clone();
+    resolve_inputs(&mut resolved)?;
+    let cfg = &resolved;
     cfg.validate().map_err(|e| anyhow!(e))?;
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
@@ -265,6 +269,29 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         tracing::info!("trainable weights written to {} ({})", cfg.output_dir.display(), human_bytes(bytes));
         std::fs::write(cfg.output_dir.join("train_output.json"), serde_json::to_vec_pretty(&summary.output)?)?;
         println!("{}", summary.output);
+        let record = crate::compare::RunSummaryFile {
+            method: cfg.method.clone(),
+            task: cfg.task.name().into(),
+            model: cfg.model.display().to_string(),
+            trainable_params: fp.trainable_params,
+            all_params: lead.peft_all_params,
+            train_runtime: summary.output.metrics.train_runtime,
+            train_samples_per_second: summary.output.metrics.train_samples_per_second,
+            best_accuracy: summary.best_accuracy,
+            final_accuracy: summary.last_eval.map(|e| e.accuracy),
+            final_eval_loss: summary.last_eval.map(|e| e.loss),
+            workers: session.cluster.world(),
+        };
+        std::fs::write(cfg.output_dir.join("run_summary.json"), serde_json::to_vec_pretty(&record)?)?;
+        let run = crate::compare::RunRecord::read(&cfg.output_dir).map_err(|e| anyhow!(e))?;
+        let title = format!("peftrain {} on {}", cfg.method, cfg.task);
+        let (md, png) = crate::compare::write_report(&cfg.output_dir, &title, &[run]).map_err(|e| anyhow!(e))?;
+        println!(
+            "trainable weights: {} | report: {} | plot: {}",
+            cfg.output_dir.join(if cfg.method == "lora" { "adapter_model.safetensors" } else { "trainable.safetensors" }).display(),
+            md.display(),
+            png.display()
+        );
         anyhow::Ok(summary)
     }
     .await;
@@ -300,7 +327,9 @@ pub struct PredictConfig {
 /// `peftrain predict`: logits of a split through one or more workers, written as GLUE's
 /// submission form `index<TAB>prediction` (plus the logits on request).
 pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) -> anyhow::Result<usize> {
-    let cfg = &p.train;
+    let mut resolved = p.train.clone();
+    resolve_inputs(&mut resolved)?;
+    let cfg = &resolved;
     cfg.validate().map_err(|e| anyhow!(e))?;
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
@@ -333,6 +362,40 @@ pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) ->
     .await;
     session.finish(false).await;
     result
+}
+
+/// `peftrain eval`: validation loss and accuracy of trained weights on a labelled split.
+pub async fn run_eval(cfg: &TrainConfig, split: Split, workers: &Workers, net: &NetArgs) -> anyhow::Result<trainer::EvalResult> {
+    let mut resolved = cfg.clone();
+    resolve_inputs(&mut resolved)?;
+    let cfg = &resolved;
+    cfg.validate().map_err(|e| anyhow!(e))?;
+    if split == Split::Test {
+        anyhow::bail!("--split test has no labels: use `peftrain predict` for it");
+    }
+    let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
+    let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
+    let (rows, _) = prepare_split(cfg, &tok, split, cfg.eval_limit)?;
+    let mut session = Session::start(cfg, workers, type_ids, net).await?;
+    let result = trainer::evaluate(&mut session.cluster, &rows, cfg.eval_batch_size).await.map_err(anyhow::Error::from);
+    session.finish(false).await;
+    result
+}
+
+/// `peftrain compare`: each method under the same settings, one after the other, then
+/// `report.md` and `curves.png` in the output directory.
+pub async fn run_compare(cfg: &TrainConfig, methods: &[String], workers: &Workers, net: &NetArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mut records = Vec::new();
+    for m in methods {
+        let mut c = cfg.clone();
+        c.method = m.clone();
+        c.output_dir = cfg.output_dir.join(m);
+        println!("\n== {m} ==");
+        run_training(&c, workers, net).await.with_context(|| format!("training {m}"))?;
+        records.push(crate::compare::RunRecord::read(&c.output_dir).map_err(|e| anyhow!(e))?);
+    }
+    let title = format!("peftrain compare: {} on {}", methods.join(", "), cfg.task);
+    crate::compare::write_report(&cfg.output_dir, &title, &records).map_err(|e| anyhow!(e))
 }
 
 pub fn human_bytes(b: u64) -> String {
@@ -376,9 +439,30 @@ pub fn newly_initialized_message(class: &str, dir: &Path, names: &[String]) -> O
     ))
 }
 
-/// The task's default GLUE directory: `$GLUE_DIR`, else `../shared/data/glue` if it exists.
-pub fn default_glue_dir() -> PathBuf {
-    std::env::var_os("GLUE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared/data/glue"))
+/// The GLUE directory when neither --glue-dir nor GLUE_DIR names one: `../shared/data/glue`
+/// where it exists; else None, and the data comes from the Hugging Face Hub.
+pub fn default_glue_dir() -> Option<PathBuf> {
+    let p = PathBuf::from("../shared/data/glue");
+    p.is_dir().then_some(p)
+}
+
+/// Resolves hub names: a `--model` that is not a directory is a Hugging Face repo id (local
+/// cache first, else downloaded), and GLUE without a directory comes from the hub's `glue`.
+pub fn resolve_inputs(cfg: &mut TrainConfig) -> anyhow::Result<()> {
+    let opts = crate::hub::HubOptions::from_env();
+    let spec = cfg.model.display().to_string();
+    if !cfg.model.is_dir() {
+        cfg.model = crate::hub::resolve_model(&spec, &opts)?;
+    }
+    if let Some(t) = &cfg.tokenizer {
+        if !t.is_dir() {
+            cfg.tokenizer = Some(crate::hub::resolve_model(&t.display().to_string(), &opts)?);
+        }
+    }
+    if cfg.glue_dir.is_none() {
+        cfg.glue_dir = Some(crate::hub::resolve_glue(cfg.task.name(), &opts)?);
+    }
+    Ok(())
 }
 
 pub fn parse_task(s: &str) -> Result<Task, String> {

@@ -18,6 +18,9 @@ pub struct Cli {
     /// Log lines (stderr) as text or JSON; RUST_LOG filters them.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "PEFTRAIN_LOG_FORMAT")]
     pub log_format: String,
+    /// No progress bars or progress lines, and only warnings in the log.
+    #[arg(long, global = true, env = "PEFTRAIN_QUIET")]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,6 +39,53 @@ pub enum Command {
     Params(ParamsCmd),
     /// Predict a split with trained weights: `index<TAB>prediction` per row.
     Predict(PredictCmd),
+    /// Evaluate trained weights on a labelled split: validation loss and accuracy.
+    Eval(EvalCmd),
+    /// Train several methods under the same settings and write report.md with plots.
+    Compare(CompareCmd),
+    /// Write a merged Hugging Face checkpoint (LoRA folded in, BitFit biases written in).
+    Merge(MergeCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalCmd {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub local: LocalArgs,
+    #[command(flatten)]
+    pub net: NetFlags,
+    /// Trained weights: a peftrain output directory or a peft adapter directory.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// dev (or train).
+    #[arg(long, default_value = "dev")]
+    pub split: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareCmd {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub local: LocalArgs,
+    #[command(flatten)]
+    pub net: NetFlags,
+    /// Methods to train, one run each, under the same settings (each with its default
+    /// learning rate unless --lr is given).
+    #[arg(long, value_delimiter = ',', default_value = "full,bitfit,lora")]
+    pub methods: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeCmd {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A peftrain output directory or a peft adapter directory.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    #[arg(long)]
+    pub output: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -57,8 +107,9 @@ pub struct TrainArgs {
     #[arg(long, default_value = "sst2", value_parser = parse_task, env = "PEFTRAIN_TASK")]
     pub task: Task,
     /// Directory with the GLUE layout (SST-2/, RTE/) or the HF parquet layout (sst2/, rte/).
-    #[arg(long, env = "GLUE_DIR", default_value_os_t = default_glue_dir())]
-    pub glue_dir: PathBuf,
+    /// Default: ../shared/data/glue where it exists, else the Hugging Face Hub's `glue` dataset.
+    #[arg(long, env = "GLUE_DIR")]
+    pub glue_dir: Option<PathBuf>,
     /// full, bitfit or lora.
     #[arg(long, default_value = "lora", env = "PEFTRAIN_METHOD")]
     pub method: String,
@@ -162,7 +213,7 @@ impl TrainArgs {
             model: self.model.clone(),
             tokenizer: self.tokenizer.clone(),
             task: self.task,
-            glue_dir: self.glue_dir.clone(),
+            glue_dir: self.glue_dir.clone().or_else(default_glue_dir),
             method: self.method.clone(),
             bitfit_scope: self.bitfit_scope.clone(),
             lora_r: self.lora_r,
@@ -198,6 +249,7 @@ impl TrainArgs {
             save_steps: self.save_steps,
             save_total_limit: self.save_total_limit,
             resume: self.resume.clone(),
+            quiet: false,
         }
     }
 }

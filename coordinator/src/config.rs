@@ -15,7 +15,8 @@ pub struct TrainConfig {
     /// Tokenizer directory (default: the model directory).
     pub tokenizer: Option<PathBuf>,
     pub task: Task,
-    pub glue_dir: PathBuf,
+    /// GLUE directory; None: the Hugging Face Hub's `glue` dataset (cached like a model).
+    pub glue_dir: Option<PathBuf>,
     pub method: String,
     pub bitfit_scope: String,
     pub lora_r: u32,
@@ -63,6 +64,9 @@ pub struct TrainConfig {
     pub save_total_limit: Option<usize>,
     /// Resume: Some(dir) from that checkpoint; Some("latest") from the newest in the output dir.
     pub resume: Option<PathBuf>,
+    /// No progress display.
+    #[serde(default)]
+    pub quiet: bool,
 }
 
 /// Learning rates that suit each method (full fine-tuning wants a small one; adapters and
@@ -76,6 +80,22 @@ pub fn default_lr(method: &str) -> f64 {
 }
 
 impl TrainConfig {
+    /// The defaults of `peftrain train` for `model` (the flags' defaults and PEFTRAIN_* values).
+    pub fn for_model(model: PathBuf) -> Result<TrainConfig, String> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            train: crate::cli::TrainArgs,
+        }
+        // Parsing an empty command line gives exactly the documented defaults.
+        let mut c = Only::try_parse_from(["peftrain", "--model", &model.display().to_string()])
+            .map(|o| o.train.to_config())
+            .map_err(|e| e.to_string().lines().next().unwrap_or("").to_string())?;
+        c.model = model;
+        Ok(c)
+    }
+
     pub fn lr(&self) -> f64 {
         self.lr.unwrap_or_else(|| default_lr(&self.method))
     }
@@ -154,6 +174,11 @@ impl TrainConfig {
         }
         if !self.model.join("config.json").is_file() {
             return Err(format!("--model {}: config.json not found", self.model.display()));
+        }
+        if let Some(d) = &self.glue_dir {
+            if !d.is_dir() {
+                return Err(format!("--glue-dir {}: not a directory (GLUE_DIR)", d.display()));
+            }
         }
         Ok(())
     }

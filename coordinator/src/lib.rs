@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod checkpoint;
+pub mod compare;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -11,6 +12,8 @@ pub mod data;
 pub mod hub;
 pub mod local;
 pub mod observe;
+pub mod plot;
+pub mod progress;
 pub mod registry;
 pub mod report;
 pub mod sampler;

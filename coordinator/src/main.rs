@@ -8,9 +8,9 @@ use peftrain::app::{self, PredictConfig, Workers};
 use peftrain::cli::{Cli, Command, LocalArgs};
 use peftrain::data::Split;
 
-fn init_tracing(json: bool) {
+fn init_tracing(json: bool, quiet: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" }));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -56,6 +56,43 @@ fn params(p: &peftrain::cli::ParamsCmd) -> anyhow::Result<()> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let (t, a) = (v["trainable"].as_u64().unwrap_or(0), v["all"].as_u64().unwrap_or(0));
     println!("{}", app::peft_line(t, a));
+    Ok(())
+}
+
+fn eval(cmd: &peftrain::cli::EvalCmd, mut cfg: peftrain::config::TrainConfig) -> anyhow::Result<()> {
+    if let Some(dir) = &cmd.adapter {
+        app::apply_adapter_method(&mut cfg, dir)?;
+        cfg.init_adapter = Some(dir.clone());
+    }
+    let split = Split::parse(&cmd.split).ok_or_else(|| anyhow::anyhow!("--split {:?}: expected dev or train", cmd.split))?;
+    let r = runtime()?.block_on(app::run_eval(&cfg, split, &local(&cmd.local), &cmd.net.to_args()))?;
+    println!("{}", serde_json::json!({ "eval_loss": r.loss, "eval_accuracy": r.accuracy, "eval_samples": r.examples, "eval_runtime": r.runtime }));
+    Ok(())
+}
+
+/// Hands over to `peftrain-worker merge`, with the method read from the adapter.
+fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
+    let model = if m.model.is_dir() { m.model.clone() } else { peftrain::hub::resolve_model(&m.model.display().to_string(), &peftrain::hub::HubOptions::from_env())? };
+    let mut cfg = peftrain::config::TrainConfig::for_model(model.clone()).map_err(|e| anyhow::anyhow!(e))?;
+    app::apply_adapter_method(&mut cfg, &m.adapter)?;
+    let bin = peftrain::local::worker_binary().map_err(|e| anyhow::anyhow!(e))?;
+    let out = std::process::Command::new(&bin)
+        .arg("merge")
+        .arg("--model")
+        .arg(&model)
+        .arg("--adapter")
+        .arg(&m.adapter)
+        .arg("--output")
+        .arg(&m.output)
+        .args(["--method", &cfg.method, "--bitfit-scope", &cfg.bitfit_scope])
+        .args(["--lora-r", &cfg.lora_r.to_string(), "--lora-alpha", &cfg.lora_alpha.to_string()])
+        .args(["--lora-targets", &cfg.lora_targets.join(",")])
+        .output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!("{}", err.lines().last().unwrap_or("").trim_start_matches("peftrain-worker: error: "));
+    }
+    println!("merged checkpoint written to {}", m.output.display());
     Ok(())
 }
 
@@ -133,7 +170,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    init_tracing(cli.log_format == "json");
+    init_tracing(cli.log_format == "json", cli.quiet);
+    let quiet = cli.quiet;
+    let config = |t: &peftrain::cli::TrainArgs| {
+        let mut c = t.to_config();
+        c.quiet = quiet;
+        c
+    };
     let print = match &cli.command {
         Command::Train(t) if t.train.print_config => Some(&t.train),
         Command::Coordinator(c) if c.train.print_config => Some(&c.train),
@@ -144,11 +187,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = match &cli.command {
-        Command::Train(t) => runtime().and_then(|rt| rt.block_on(app::run_training(&t.train.to_config(), &local(&t.local), &t.net.to_args())).map(|_| ())),
+        Command::Train(t) => runtime().and_then(|rt| rt.block_on(app::run_training(&config(&t.train), &local(&t.local), &t.net.to_args())).map(|_| ())),
         Command::Coordinator(c) => runtime().and_then(|rt| {
-            rt.block_on(app::run_training(&c.train.to_config(), &Workers::Remote { listen: c.listen }, &c.net.to_args()))
+            rt.block_on(app::run_training(&config(&c.train), &Workers::Remote { listen: c.listen }, &c.net.to_args()))
                 .map(|_| ())
         }),
+        Command::Eval(e) => eval(e, config(&e.train)),
+        Command::Compare(c) => runtime().and_then(|rt| {
+            let (md, png) = rt.block_on(app::run_compare(&config(&c.train), &c.methods, &local(&c.local), &c.net.to_args()))?;
+            println!("report: {} | plot: {}", md.display(), png.display());
+            Ok(())
+        }),
+        Command::Merge(m) => merge(m),
         Command::Worker { args } => exec_worker(args, &cli.log_format),
         Command::Params(p) => params(p),
         Command::Predict(p) => predict(p),

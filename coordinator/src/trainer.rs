@@ -13,6 +13,7 @@ use crate::checkpoint::{self, ReplicaState};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::TrainConfig;
 use crate::observe::{Observer, Phase};
+use crate::progress::Progress;
 use crate::report::{MetricsLog, StepTable, TrainOutput};
 use crate::sampler::{epoch_order, group_by_length};
 use crate::schedule::{linear_lr, warmup_steps};
@@ -64,15 +65,23 @@ pub struct LoopState {
 
 /// Evaluates `examples` in batches of `batch_size`, sharded across the workers.
 pub async fn evaluate(cluster: &mut Cluster, examples: &[Encoded], batch_size: usize) -> Result<EvalResult, ClusterError> {
+    evaluate_with(cluster, examples, batch_size, true).await
+}
+
+/// `evaluate`, with a progress display unless `quiet`.
+pub async fn evaluate_with(cluster: &mut Cluster, examples: &[Encoded], batch_size: usize, quiet: bool) -> Result<EvalResult, ClusterError> {
     let started = Instant::now();
     let (mut loss_sum, mut correct, mut n) = (0.0, 0u64, 0u64);
+    let mut progress = Progress::new("eval", examples.len() as u64, 0, quiet);
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let out = cluster.evaluate(&refs, false).await?;
         loss_sum += out.loss_sum;
         correct += out.correct;
         n += out.examples;
+        progress.set(n, n as f64 / started.elapsed().as_secs_f64().max(1e-9));
     }
+    progress.finish();
     let n_f = n.max(1) as f64;
     Ok(EvalResult {
         loss: loss_sum / n_f,
@@ -137,6 +146,8 @@ pub async fn train<W: Write>(
     let mut order: Vec<usize> = Vec::new();
     let mut last_eval = None;
     let mut window_samples = 0u64;
+    let mut progress = Progress::new("train", total, st.global_step, cfg.quiet);
+    let mut last_rate = 0.0f64;
     obs.update(|s| {
         s.phase = Phase::Training;
         s.total_steps = total;
@@ -228,6 +239,7 @@ pub async fn train<W: Write>(
             row_loss = Some(mean);
             st.last_logged_loss = Some(mean);
             let rate = window_samples as f64 / (st.step_ms_window / 1000.0).max(1e-9);
+            last_rate = rate;
             obs.update(|s| {
                 s.loss = Some(mean);
                 s.samples_per_second = rate;
@@ -241,9 +253,12 @@ pub async fn train<W: Write>(
         } else if out.skipped {
             write(metrics, &Map::from_iter([("step".into(), json!(global_step)), ("skipped".into(), json!(true))]))?;
         }
+        progress.set(global_step, if last_rate > 0.0 { last_rate } else { batch.len() as f64 / (step_ms / 1000.0).max(1e-9) });
         let mut row_eval = None;
         if eval_now && !dev.is_empty() {
-            let r = evaluate(cluster, dev, cfg.eval_batch_size).await?;
+            // Evaluation progress only when the training display is plain lines or off: two
+            // bars at once would fight over the terminal.
+            let r = evaluate_with(cluster, dev, cfg.eval_batch_size, true).await?;
             let mut ev = Map::new();
             ev.insert("eval_loss".into(), json!(r.loss));
             ev.insert("eval_accuracy".into(), json!(r.accuracy));
@@ -264,8 +279,8 @@ pub async fn train<W: Write>(
             // An evaluation between logging steps shows the last logged loss, as the notebook
             // table does, or "No log" before the first one.
             let shown = row_loss.or(if row_eval.is_some() { st.last_logged_loss } else { None });
-            table
-                .row(global_step, shown, row_eval.map(|r| r.loss), row_eval.map(|r| r.accuracy))
+            progress
+                .above(|| table.row(global_step, shown, row_eval.map(|r| r.loss), row_eval.map(|r| r.accuracy)))
                 .map_err(out_err("stdout"))?;
         }
         if cfg.save_steps.is_some_and(|s| global_step % s == 0) && global_step < total {
@@ -275,6 +290,7 @@ pub async fn train<W: Write>(
         }
     }
 
+    progress.finish();
     let runtime = st.runtime_before + started.elapsed().as_secs_f64();
     let epoch_f = total as f64 / steps_per_epoch.max(1) as f64;
     let output = TrainOutput::new(total, st.loss_total, runtime, st.samples as f64, st.total_flos, epoch_f);

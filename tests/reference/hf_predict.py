@@ -14,14 +14,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--tokenizer", required=True)
-    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--adapter")
     ap.add_argument("--tsv", required=True)
     ap.add_argument("--limit", type=int, default=50)
-    ap.add_argument("--via", choices=["peft", "state-dict"], default="peft")
+    ap.add_argument("--via", choices=["peft", "state-dict", "merged"], default="peft")
     a = ap.parse_args()
     torch.set_num_threads(2)
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
-    if a.via == "peft":
+    if a.via == "merged":
+        pass  # --model is a merged checkpoint: plain transformers, nothing else.
+    elif a.via == "peft":
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, a.adapter)

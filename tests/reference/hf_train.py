@@ -89,6 +89,8 @@ def train(a):
     for n, p in params:
         key = n.replace("base_model.model.", "").replace(".modules_to_save.default", "").replace(".default.", ".")
         final[key] = p.detach().flatten().tolist()
+    if a.save_adapter:
+        model.save_pretrained(a.save_adapter)
     print(json.dumps({"losses": losses, "grad_norms": norms, "total_flos": total_flos, "final": final}))
 
 
@@ -102,6 +104,7 @@ def main():
     ap.add_argument("--scope", default="all")
     ap.add_argument("--adapter")
     ap.add_argument("--out")
+    ap.add_argument("--save-adapter", help="after training, save the peft adapter here (lora)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=8)

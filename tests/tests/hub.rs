@@ -212,3 +212,61 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn train_resolves_model_and_glue_through_the_hub() {
+    let srv = tempfile::tempdir().unwrap();
+    // A real (tiny) checkpoint with the roberta-base tokenizer, served as org/tiny-roberta.
+    let made = peftrain_tests::tiny_roberta(srv.path(), 3);
+    let repo = srv.path().join("org/tiny-roberta/resolve/main");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::copy(made.join("model.safetensors"), repo.join("model.safetensors")).unwrap();
+    std::fs::copy(made.join("config.json"), repo.join("config.json")).unwrap();
+    for f in ["tokenizer.json", "vocab.json", "merges.txt"] {
+        std::fs::copy(roberta_dir().join(f), repo.join(f)).unwrap();
+    }
+    let glue = srv.path().join("datasets/nyu-mll/glue/resolve/main/sst2");
+    for (split, tsv) in [("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv")] {
+        let out = glue.join(format!("{split}-00000-of-00001.parquet"));
+        let tsv = glue_dir().join("SST-2").join(tsv);
+        run_reference("make_parquet.py", &["--tsv", tsv.to_str().unwrap(), "--task", "sst2", "--out", out.to_str().unwrap(), "--limit", "64"]);
+    }
+    let hub = serve(srv.path().to_path_buf());
+    let cache = tempfile::tempdir().unwrap();
+    // Run from a directory without ../shared and without GLUE_DIR: GLUE comes from the hub.
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |offline: &str, out: &str| {
+        std::process::Command::new(peftrain_tests::bin("peftrain"))
+            .args(["train", "--model", "org/tiny-roberta", "--task", "sst2", "--method", "lora", "--max-steps", "4", "--batch-size", "8"])
+            .args(["--logging-steps", "2", "--output-dir", out])
+            .current_dir(cwd.path())
+            .env_remove("GLUE_DIR")
+            .env("HF_ENDPOINT", &hub.endpoint)
+            .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", offline)
+            .env("RUST_LOG", "error")
+            .env("PEFTRAIN_WORKER_BIN", peftrain_tests::bin("peftrain-worker"))
+            .output()
+            .unwrap()
+    };
+    let o = run("0", "first");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("TrainOutput(global_step=4"));
+    // Everything is cached now: offline works, and asks the hub nothing.
+    let before = hub.requests.load(Ordering::SeqCst);
+    let o = run("1", "second");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(hub.requests.load(Ordering::SeqCst), before);
+    // Offline with nothing cached: one line saying what to do.
+    let empty = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(peftrain_tests::bin("peftrain"))
+        .args(["train", "--model", "org/not-cached", "--task", "sst2", "--output-dir", "x"])
+        .current_dir(cwd.path())
+        .env("HF_HUB_CACHE", empty.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    peftrain_tests::assert_one_clear_line(&String::from_utf8_lossy(&o.stderr), &["org/not-cached", "HF_HUB_OFFLINE", "--model"]);
+}

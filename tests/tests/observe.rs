@@ -72,6 +72,7 @@ fn metrics_status_json_logs_and_keep_serving() {
         .spawn()
         .unwrap();
     let clog = json_lines(coord.stderr.take().unwrap());
+    let mut coord = peftrain_tests::KillOnDrop(coord);
     let metrics_addr = field(&clog, "metrics_address");
     let grpc = field(&clog, "address");
     let status: serde_json::Value = serde_json::from_str(&get(&metrics_addr, "/status")).unwrap();
@@ -85,6 +86,7 @@ fn metrics_status_json_logs_and_keep_serving() {
         .spawn()
         .unwrap();
     let wlog = json_lines(worker.stderr.take().unwrap());
+    let mut worker = peftrain_tests::KillOnDrop(worker);
     let wmetrics = field(&wlog, "metrics_address");
     // While training: the worker counts its steps.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -101,7 +103,7 @@ fn metrics_status_json_logs_and_keep_serving() {
         std::thread::sleep(Duration::from_millis(50));
     }
     message(&clog, "serving health, metrics and status until terminated");
-    assert!(worker.wait().unwrap().success(), "the worker exits when the run is over");
+    assert!(worker.0.wait().unwrap().success(), "the worker exits when the run is over");
     // The finished coordinator still answers.
     let m = get(&metrics_addr, "/metrics");
     assert_eq!(metric(&m, "peftrain_steps_total"), 300.0);
@@ -112,7 +114,7 @@ fn metrics_status_json_logs_and_keep_serving() {
     let status: serde_json::Value = serde_json::from_str(&get(&metrics_addr, "/status")).unwrap();
     assert_eq!(status["phase"], "finished");
     assert_eq!(status["step"], 300);
-    assert!(coord.try_wait().unwrap().is_none(), "--keep-serving keeps the coordinator up");
-    Command::new("kill").args(["-TERM", &coord.id().to_string()]).status().unwrap();
-    assert!(coord.wait().unwrap().success(), "SIGTERM ends it cleanly");
+    assert!(coord.0.try_wait().unwrap().is_none(), "--keep-serving keeps the coordinator up");
+    Command::new("kill").args(["-TERM", &coord.0.id().to_string()]).status().unwrap();
+    assert!(coord.0.wait().unwrap().success(), "SIGTERM ends it cleanly");
 }

@@ -29,10 +29,13 @@ fn table_metrics_and_train_output() {
     assert_eq!(steps, ["4", "6", "8", "12"], "rows at logging and evaluation steps:\n{stdout}");
     let row6 = lines[h + 2];
     assert_eq!(row6.split_whitespace().count(), 4, "step 6 shows the last training loss and the evaluation: {row6}");
-    assert!(lines.last().unwrap().starts_with("TrainOutput(global_step=12, training_loss="), "{stdout}");
+    let to_line = lines.iter().find(|l| l.starts_with("TrainOutput(")).expect("TrainOutput printed");
+    assert!(to_line.starts_with("TrainOutput(global_step=12, training_loss="), "{stdout}");
     for key in ["'train_runtime': ", "'train_samples_per_second': ", "'train_steps_per_second': ", "'total_flos': ", "'train_loss': ", "'epoch': 1.0"] {
-        assert!(lines.last().unwrap().contains(key), "TrainOutput lacks {key}");
+        assert!(to_line.contains(key), "TrainOutput lacks {key}");
     }
+    // And where the results are.
+    assert!(lines.last().unwrap().contains("adapter_model.safetensors") && lines.last().unwrap().contains("report.md") && lines.last().unwrap().contains("curves.png"));
 
     let events = metrics(&out);
     let train_events: Vec<_> = events.iter().filter(|e| e.get("loss").is_some()).collect();
@@ -107,4 +110,103 @@ fn predict_lora_matches_peft_from_the_saved_adapter() {
 #[test]
 fn predict_bitfit_matches_transformers_with_the_saved_weights() {
     predict_and_compare("bitfit", "state-dict");
+}
+
+/// `peftrain predict`'s logits (first 50 SST-2 test rows) for `model` + `adapter`.
+fn predicted_logits(model: &Path, adapter: &Path, dir: &Path) -> Vec<f32> {
+    let preds = dir.join("p.tsv");
+    let (tok, glue) = (roberta_dir(), glue_dir());
+    peftrain(&[
+        "predict", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
+        "--task", "sst2", "--adapter", adapter.to_str().unwrap(), "--split", "test", "--eval-limit", "50", "--with-logits",
+        "--output", preds.to_str().unwrap(),
+    ]);
+    std::fs::read_to_string(&preds).unwrap().lines().skip(1).flat_map(|l| l.split('\t').nth(2).unwrap().split(',').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>()).collect()
+}
+
+fn reference_logits(args: &[&str]) -> Vec<f32> {
+    let glue = glue_dir();
+    let tok = roberta_dir();
+    let mut a = vec!["--tokenizer", tok.to_str().unwrap(), "--tsv"];
+    let tsv = glue.join("SST-2/test.tsv");
+    a.push(tsv.to_str().unwrap());
+    a.extend(["--limit", "50"]);
+    a.extend_from_slice(args);
+    let v: serde_json::Value = serde_json::from_str(run_reference("hf_predict.py", &a).trim()).unwrap();
+    v["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32)).collect()
+}
+
+#[test]
+fn peftrain_loads_an_adapter_that_peft_trained() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 12);
+    let (init, trained) = (d.path().join("init"), d.path().join("peft-trained"));
+    run_reference("hf_train.py", &["lora-init", "--model", model.to_str().unwrap(), "--out", init.to_str().unwrap(), "--seed", "2"]);
+    let tsv = glue_dir().join("SST-2/train.tsv");
+    let tok = roberta_dir();
+    run_reference(
+        "hf_train.py",
+        &["train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--tsv", tsv.to_str().unwrap(), "--method", "lora",
+          "--adapter", init.to_str().unwrap(), "--steps", "10", "--save-adapter", trained.to_str().unwrap()],
+    );
+    let ours = predicted_logits(&model, &trained, d.path());
+    let theirs = reference_logits(&["--model", model.to_str().unwrap(), "--adapter", trained.to_str().unwrap(), "--via", "peft"]);
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(diff <= 1e-4, "logits of a peft-trained adapter differ by {diff}");
+}
+
+fn merged_matches(method: &str) {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 14);
+    let out = d.path().join("out");
+    train(&model, &out, method);
+    let merged = d.path().join("merged");
+    peftrain(&["merge", "--model", model.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--output", merged.to_str().unwrap()]);
+    let ours = predicted_logits(&model, &out, d.path());
+    let theirs = reference_logits(&["--model", merged.to_str().unwrap(), "--via", "merged"]);
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(diff <= 1e-4, "{method}: AutoModelForSequenceClassification on the merged checkpoint differs by {diff}");
+}
+
+#[test]
+fn merged_lora_checkpoint_loads_in_transformers_with_the_same_logits() {
+    merged_matches("lora");
+}
+
+#[test]
+fn merged_bitfit_checkpoint_loads_in_transformers_with_the_same_logits() {
+    merged_matches("bitfit");
+}
+
+#[test]
+fn eval_and_compare_from_saved_outputs() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 15);
+    let out = d.path().join("cmp");
+    let (tok, glue) = (roberta_dir(), glue_dir());
+    let o = peftrain(&[
+        "compare", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
+        "--task", "sst2", "--methods", "full,bitfit,lora", "--train-limit", "96", "--eval-limit", "40", "--batch-size", "8",
+        "--max-steps", "12", "--logging-steps", "4", "--eval-steps", "6", "--output-dir", out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    assert!(stdout.contains("report: ") && stdout.contains("curves.png"), "{stdout}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for m in ["full", "bitfit", "lora"] {
+        assert!(md.lines().any(|l| l.starts_with(&format!("| {m} |"))), "report table row for {m}:\n{md}");
+        assert!(md.contains(&format!("## {m}")), "step table for {m}");
+        assert!(out.join(m).join("metrics.jsonl").is_file());
+    }
+    assert!(md.contains("Step  Training Loss  Validation Loss  Accuracy"));
+    let png = std::fs::read(out.join("curves.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "curves.png is a PNG");
+    // eval from the saved LoRA output: the run's own final evaluation, again.
+    let o = peftrain(&[
+        "eval", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
+        "--task", "sst2", "--adapter", out.join("lora").to_str().unwrap(), "--eval-limit", "40",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim().lines().last().unwrap()).unwrap();
+    let last = metrics(&out.join("lora")).into_iter().filter(|e| e.get("eval_loss").is_some()).last().unwrap();
+    assert!((v["eval_loss"].as_f64().unwrap() - last["eval_loss"].as_f64().unwrap()).abs() < 1e-6);
+    assert_eq!(v["eval_accuracy"], last["eval_accuracy"]);
 }

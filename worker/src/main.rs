@@ -70,6 +70,9 @@ struct WorkerArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Write a merged Hugging Face checkpoint: the base model with trained weights (LoRA
+    /// folded in, BitFit biases written in).
+    Merge(MergeArgs),
     /// Print trainable and total parameter counts (peft's convention) as JSON; config.json only.
     Params(ParamsArgs),
 }
@@ -92,6 +95,62 @@ struct ParamsArgs {
     lora_targets: String,
     #[arg(long, default_value_t = 2)]
     num_labels: i64,
+}
+
+#[derive(clap::Args, Debug)]
+struct MergeArgs {
+    #[command(flatten)]
+    method: ParamsArgs,
+    /// Trained weights: a peftrain output directory or a peft adapter.
+    #[arg(long)]
+    adapter: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+}
+
+fn merge(a: MergeArgs) -> anyhow::Result<()> {
+    use peftrain_worker::replica::{Replica, ReplicaSpec};
+    let p = &a.method;
+    let lora = LoraConfig {
+        r: p.lora_r,
+        alpha: p.lora_alpha,
+        dropout: 0.0,
+        target_modules: p.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+    };
+    let method = method_from_parts(&p.method, &p.bitfit_scope, Some(lora))?;
+    let spec = ReplicaSpec {
+        model_dir: p.model.clone(),
+        method,
+        num_labels: p.num_labels,
+        seed: 0,
+        init_adapter: Some(a.adapter.clone()),
+        optimizer: Default::default(),
+        max_grad_norm: 1.0,
+        base_kind: tch::Kind::Float,
+        random_init: false,
+    };
+    let r = Replica::build(&spec, tch::Device::Cpu)?;
+    std::fs::create_dir_all(&a.output).map_err(|e| anyhow::anyhow!("{}: {e}", a.output.display()))?;
+    let tensors = r.merged_tensors();
+    let out = a.output.join("model.safetensors");
+    tch::Tensor::write_safetensors(&tensors, &out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    // config.json as the base has it, named for the task head it now carries.
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&r.loaded.files.config)?)?;
+    if let Some(o) = cfg.as_object_mut() {
+        o.insert("architectures".into(), serde_json::json!([r.loaded.class_name()]));
+        let labels: serde_json::Map<String, serde_json::Value> = (0..p.num_labels).map(|i| (i.to_string(), serde_json::json!(format!("LABEL_{i}")))).collect();
+        o.insert("id2label".into(), serde_json::Value::Object(labels.clone()));
+        o.insert("label2id".into(), serde_json::Value::Object(labels.iter().map(|(k, v)| (v.as_str().unwrap_or_default().to_string(), serde_json::json!(k.parse::<i64>().unwrap_or(0)))).collect()));
+    }
+    std::fs::write(a.output.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt"] {
+        let src = p.model.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, a.output.join(f))?;
+        }
+    }
+    println!("{}", serde_json::json!({ "tensors": tensors.len(), "output": a.output }));
+    Ok(())
 }
 
 fn params(a: ParamsArgs) -> anyhow::Result<()> {
@@ -124,6 +183,7 @@ fn main() {
     peftrain_worker::run::init_tracing(cli.log_format == "json");
     let result = match cli.command {
         Some(Command::Params(a)) => params(a),
+        Some(Command::Merge(a)) => merge(a),
         None => {
             let w = cli.worker;
             match w.coordinator {

@@ -479,6 +479,34 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// A plain Hugging Face checkpoint of the trained model: LoRA folded into the weights it
+    /// adapts (W + B·A·alpha/r, as peft's merge_and_unload), every other parameter as trained.
+    /// Keys carry the family prefix, as `*ForSequenceClassification.save_pretrained` writes.
+    pub fn merged_tensors(&self) -> Vec<(String, Tensor)> {
+        let scaling = match &self.spec.method {
+            Method::Lora(c) => c.scaling(),
+            _ => 1.0,
+        };
+        let all: BTreeMap<&String, &Tensor> = self.loaded.params.trainable.iter().chain(self.loaded.params.frozen.iter()).collect();
+        tch::no_grad(|| {
+            all.iter()
+                .filter(|(n, _)| !n.contains(".lora_"))
+                .map(|(n, t)| {
+                    let mut w = t.detach().to_kind(Kind::Float).to_device(Device::Cpu);
+                    if let Some(module) = n.strip_suffix(".weight") {
+                        if let (Some(a), Some(b)) = (all.get(&format!("{module}.lora_A.weight")), all.get(&format!("{module}.lora_B.weight"))) {
+                            let delta = b.to_kind(Kind::Float).to_device(Device::Cpu).mm(&a.to_kind(Kind::Float).to_device(Device::Cpu)) * scaling;
+                            w = w + delta;
+                        }
+                    }
+                    ((*n).clone(), w.contiguous())
+                })
+                .collect()
+        })
+    }
+}
+
 /// peft's saved key to the model's parameter name:
 /// `base_model.model.classifier.modules_to_save.default.dense.weight` -> `classifier.dense.weight`,
 /// `...query.lora_A.default.weight` -> `...query.lora_A.weight`.
