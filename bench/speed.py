@@ -355,10 +355,11 @@ def main():
         print(f"\n{LABEL[model]} | {task} | {method} | {s} steps | dev rows {n_eval}")
         print(HEADER)
         for r in rows:
-            # peftrain's padded length from total_flos = 6 * padded tokens * non-embedding params (Trainer's rule)
-            if r["stack"] == "peftrain" and hf:
-                r["mean_padded_length"] = r["total_flos"] / (6.0 * hf["detail"]["non_embedding_params"]
-                                                             * s * a.batch_size)
+            # peftrain's padded length from total_flos = 6 * padded tokens * P (Trainer's rule, which both stacks
+            # follow), with P taken from the HF run of the same model and method, whose padded tokens were counted
+            if r["stack"] == "peftrain" and hf and hf.get("mean_padded_length"):
+                p_eff = hf["total_flos"] / (6.0 * hf["mean_padded_length"] * s * a.batch_size)
+                r["mean_padded_length"] = r["total_flos"] / (6.0 * p_eff * s * a.batch_size)
             print(fmt_row(r, hf_sps, ref_acc, random_model, peaks))
         plain = [r for r in rows if r["stack"] == "peftrain" and not r["group_by_length"]]
         if not hf or not plain:

@@ -175,11 +175,6 @@ impl TrainConfig {
         if !self.model.join("config.json").is_file() {
             return Err(format!("--model {}: config.json not found", self.model.display()));
         }
-        if let Some(d) = &self.glue_dir {
-            if !d.is_dir() {
-                return Err(format!("--glue-dir {}: not a directory (GLUE_DIR)", d.display()));
-            }
-        }
         Ok(())
     }
 }

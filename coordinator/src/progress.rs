@@ -1,6 +1,6 @@
 //! Progress of training and evaluation: an indicatif bar with samples/s and ETA when stdout is
-//! a terminal, plain lines on stderr (every tenth of the run, or half a minute) when it is not,
-//! nothing with --quiet.
+//! a terminal, plain log lines (every tenth of the run, or half a minute; JSON with
+//! --log-format json) when it is not, nothing with --quiet.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -70,7 +70,7 @@ impl Progress {
             let done = (pos - self.start_pos) as f64;
             let per = self.started.elapsed().as_secs_f64() / done.max(1.0);
             let eta = Duration::from_secs_f64(per * self.total.saturating_sub(pos) as f64);
-            eprintln!(
+            tracing::info!(
                 "{} {pos}/{} ({:.0}%), {rate:.1} samples/s, ETA {}",
                 self.label,
                 self.total,

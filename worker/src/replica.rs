@@ -9,7 +9,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::error::ModelError;
 use crate::model::{self, Inputs, LoadOptions, Loaded};
-use crate::optim::{self, clip_grad_norm, AdamW, AdamWConfig};
+use crate::optim::{self, AdamW, AdamWConfig};
 use crate::peft::{BitFitScope, LoraConfig, Method};
 
 /// Everything that defines a replica (the plain-data form of the wire `RunSpec`).
@@ -114,10 +114,43 @@ pub struct Replica {
     pub flat_len: usize,
     /// A reduced and clipped gradient waiting for its commit.
     held: Option<Held>,
+    /// One buffer holding every trainable parameter (each parameter's storage is a view of
+    /// it), in sorted-name order: the fused buffer the all-reduce and AdamW work on.
+    pub flat_params: Tensor,
+    /// 1 where weight decay applies, 0 for biases and LayerNorm weights (flat layout).
+    decay_mask: Option<Tensor>,
+}
+
+/// Moves every trainable parameter's storage into one flat buffer, keeping each parameter
+/// (a leaf with its identity: the model's modules hold it) as a view of its slice.
+fn flatten_storage(params: &BTreeMap<String, Tensor>, device: Device) -> Tensor {
+    let n: i64 = params.values().map(|p| p.numel() as i64).sum();
+    let flat = Tensor::zeros([n], (Kind::Float, device));
+    let mut off = 0i64;
+    tch::no_grad(|| {
+        for p in params.values() {
+            let k = p.numel() as i64;
+            let mut slice = flat.narrow(0, off, k);
+            slice.copy_(&p.reshape([-1]));
+            let mut leaf = p.shallow_clone();
+            leaf.set_data(&slice.view(p.size().as_slice()));
+            off += k;
+        }
+    });
+    flat
+}
+
+/// The 0/1 weight-decay mask in the flat layout (None when nothing decays).
+fn flat_decay_mask(params: &BTreeMap<String, Tensor>, device: Device) -> Option<Tensor> {
+    let parts: Vec<Tensor> = params
+        .iter()
+        .map(|(n, p)| Tensor::full([p.numel() as i64], if optim::decays(n) { 1.0 } else { 0.0 }, (Kind::Float, device)))
+        .collect();
+    (!parts.is_empty()).then(|| Tensor::cat(&parts, 0))
 }
 
 /// Phase one's result, waiting for phase two.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Held {
     step: u64,
     lr: f64,
@@ -127,6 +160,8 @@ struct Held {
     flat: Option<(Vec<f32>, f32)>,
     /// CPU fast path for a group of one: the clip coefficient; the update reads `.grad`.
     own_grads: Option<f32>,
+    /// Device path: the flat gradient on the device and its clip coefficient.
+    device_flat: Option<(Tensor, f64)>,
 }
 
 impl Replica {
@@ -141,9 +176,13 @@ impl Replica {
             random_init: spec.random_init,
         };
         let loaded = model::load(&spec.model_dir, &opts)?;
+        let flat_params = flatten_storage(&loaded.params.trainable, device);
+        let decay_mask = flat_decay_mask(&loaded.params.trainable, device);
         let mut replica = Replica {
             optimizer: AdamW::new(spec.optimizer, &loaded.params.trainable),
             flat_len: loaded.params.trainable.values().map(|t| t.numel()).sum(),
+            flat_params,
+            decay_mask,
             fingerprint: fingerprint(&loaded, &spec.method)?,
             loaded,
             device,
@@ -292,17 +331,24 @@ impl Replica {
         });
     }
 
-    /// Phase one's end: writes the reduced buffer into the gradients and clips them; the step is
-    /// then held until `commit`. Returns the norm before clipping (non-finite: commit skips).
+    /// Phase one's end: the reduced gradient and its clip coefficient are held until `commit`.
+    /// Returns the norm before clipping (non-finite: commit skips the update).
     pub fn hold(&mut self, step: u64, buf: Vec<f32>, lr: f64) -> f64 {
         if optim::fusable(&self.loaded.params.trainable, &self.optimizer) {
             let (norm, coef) = optim::flat_clip(&self.loaded.params.trainable, &buf, self.spec.max_grad_norm);
-            self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: Some((buf, coef)), own_grads: None });
+            self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: Some((buf, coef)), own_grads: None, device_flat: None });
             return norm;
         }
-        self.set_flat_grads(&buf);
-        let norm = clip_grad_norm(&self.loaded.params.trainable, self.spec.max_grad_norm);
-        self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: None });
+        let g = Tensor::from_slice(&buf).to_device(self.device);
+        self.hold_device(step, g, lr)
+    }
+
+    /// The device path: one flat gradient on the device, its norm computed there.
+    fn hold_device(&mut self, step: u64, g: Tensor, lr: f64) -> f64 {
+        let norm = tch::no_grad(|| g.norm().double_value(&[]));
+        let max = self.spec.max_grad_norm;
+        let coef = if max > 0.0 && norm.is_finite() { (max / (norm + 1e-6)).min(1.0) } else { 1.0 };
+        self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: None, device_flat: Some((g, coef)) });
         norm
     }
 
@@ -319,12 +365,14 @@ impl Replica {
         }
         if optim::fusable(&self.loaded.params.trainable, &self.optimizer) && optim::grads_fusable(&self.loaded.params.trainable) {
             let (norm, coef) = optim::grad_norm_coef(&self.loaded.params.trainable, self.spec.max_grad_norm);
-            self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: Some(coef) });
+            self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: Some(coef), device_flat: None });
             return norm;
         }
-        let norm = clip_grad_norm(&self.loaded.params.trainable, self.spec.max_grad_norm);
-        self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: None });
-        norm
+        let g = tch::no_grad(|| {
+            let parts: Vec<Tensor> = self.trainable().values().map(|p| p.grad().reshape([-1]).to_kind(Kind::Float)).collect();
+            Tensor::cat(&parts, 0)
+        });
+        self.hold_device(step, g, lr)
     }
 
     /// Phase two: AdamW with the held gradient. A non-finite gradient skips the update (as
@@ -334,10 +382,12 @@ impl Replica {
         let held = self.held.take().filter(|h| h.step == step)?;
         if held.finite {
             let threads = tch::get_num_threads().max(1) as usize;
-            match (&held.flat, held.own_grads) {
-                (Some((buf, coef)), _) => self.optimizer.step_flat(&self.loaded.params.trainable, buf, *coef, held.lr, threads),
-                (None, Some(coef)) => self.optimizer.step_grads(&self.loaded.params.trainable, coef, held.lr, threads),
-                (None, None) => self.optimizer.step(&self.loaded.params.trainable, held.lr),
+            let params = &self.loaded.params.trainable;
+            match (&held.flat, held.own_grads, &held.device_flat) {
+                (Some((buf, coef)), _, _) => self.optimizer.step_flat(params, buf, *coef, held.lr, threads),
+                (None, Some(coef), _) => self.optimizer.step_grads(params, coef, held.lr, threads),
+                (None, None, Some((g, coef))) => self.optimizer.step_device(&self.flat_params, g, self.decay_mask.as_ref(), *coef, held.lr),
+                (None, None, None) => {}
             }
         }
         Some(held.finite)
