@@ -14,6 +14,7 @@ def main():
     ap.add_argument("--roberta", required=True)
     ap.add_argument("--tsv", required=True)
     ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     a = ap.parse_args()
     try:
         from peft import LoraConfig, TaskType, get_peft_model
@@ -28,11 +29,11 @@ def main():
     model = RobertaForSequenceClassification(RobertaConfig.from_pretrained(a.roberta, num_labels=2))
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"]))
     args = TrainingArguments(output_dir="/tmp/hf-gpu", per_device_train_batch_size=16, max_steps=a.steps, learning_rate=5e-4,
-                             warmup_ratio=0.06, logging_steps=a.steps, eval_strategy="no", save_strategy="no", report_to=[], bf16=True,
+                             warmup_ratio=0.06, logging_steps=a.steps, eval_strategy="no", save_strategy="no", report_to=[], bf16=a.precision == "bf16",
                              dataloader_num_workers=0, seed=42)
     tr = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok))
     m = tr.train().metrics
-    print(json.dumps({"stack": "HF Trainer + peft (bf16 autocast)", "samples_per_second": 16 * a.steps / m["train_runtime"],
+    print(json.dumps({"stack": f"HF Trainer + peft ({a.precision})", "samples_per_second": 16 * a.steps / m["train_runtime"],
                       "train_runtime": m["train_runtime"], "device": torch.cuda.get_device_name(0)}))
 
 
