@@ -29,7 +29,7 @@ def main():
     model = RobertaForSequenceClassification(RobertaConfig.from_pretrained(a.roberta, num_labels=2))
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"]))
     args = TrainingArguments(output_dir="/tmp/hf-gpu", per_device_train_batch_size=16, max_steps=a.steps, learning_rate=5e-4,
-                             warmup_ratio=0.06, logging_steps=a.steps, eval_strategy="no", save_strategy="no", report_to=[], bf16=a.precision == "bf16",
+                             warmup_steps=max(1, int(0.06 * a.steps)), logging_steps=a.steps, eval_strategy="no", save_strategy="no", report_to=[], bf16=a.precision == "bf16",
                              dataloader_num_workers=0, seed=42)
     tr = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok))
     m = tr.train().metrics

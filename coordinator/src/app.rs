@@ -415,7 +415,8 @@ pub fn peft_line(trainable: u64, all: u64) -> String {
     format!("trainable params: {} || all params: {} || trainable%: {pct:.4}", thousands(trainable), thousands(all))
 }
 
-fn thousands(n: u64) -> String {
+/// `1234567` as `1,234,567`, as peft prints counts.
+pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

@@ -48,7 +48,7 @@ impl ReplicaState {
             if c.offset as usize != values.len() || c.total != first.total || c.data.len() % 4 != 0 {
                 return Err(format!("state chunk at offset {} is out of order", c.offset));
             }
-            values.extend(c.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            values.extend(peftrain_net::wire::le_bytes_to_f32(&c.data));
         }
         if values.len() as u64 != first.total {
             return Err(format!("state of {} values ended after {}", first.total, values.len()));
@@ -68,10 +68,7 @@ impl ReplicaState {
             .chunks(chunk.max(1))
             .enumerate()
             .map(|(k, part)| {
-                let mut data = Vec::with_capacity(part.len() * 4);
-                for v in part {
-                    data.extend_from_slice(&v.to_le_bytes());
-                }
+                let data = peftrain_net::wire::f32_to_le_bytes(part);
                 pb::StateChunk {
                     fingerprint: self.fingerprint.clone(),
                     optimizer_step: self.optimizer_step,
@@ -112,17 +109,9 @@ fn numel(t: &pb::TensorInfo) -> usize {
     t.shape.iter().product::<i64>().max(0) as usize
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
-}
-
 /// Writes named fp32 tensors as safetensors, to a temporary name then renamed into place.
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], meta: Option<HashMap<String, String>>) -> Result<u64, CheckpointError> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), f32_bytes(v))).collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), peftrain_net::wire::f32_to_le_bytes(v))).collect();
     let views = bytes
         .iter()
         .map(|(n, s, b)| {
@@ -303,7 +292,7 @@ pub fn read_checkpoint<T: for<'de> Deserialize<'de>>(dir: &Path, layout: &[pb::T
             if view.shape() != want.as_slice() || view.dtype() != Dtype::F32 {
                 return Err(fmt(path, format!("tensor `{key}` is {:?} {:?}, expected F32 {want:?}", view.dtype(), view.shape())));
             }
-            values.extend(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            values.extend(peftrain_net::wire::le_bytes_to_f32(view.data()));
         }
     }
     let spath = dir.join("trainer_state.json");

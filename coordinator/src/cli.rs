@@ -171,8 +171,11 @@ pub struct TrainArgs {
     /// Start from these trainable weights (a peftrain output directory or a peft adapter).
     #[arg(long, env = "PEFTRAIN_INIT_ADAPTER")]
     pub init_adapter: Option<PathBuf>,
-    /// dtype of the frozen base weights: fp32 or bf16.
-    #[arg(long, env = "PEFTRAIN_BASE_DTYPE", default_value = "fp32")]
+    /// dtype of the frozen base weights and the base model's matmuls (trainable weights,
+    /// gradients and AdamW state stay fp32): bf16, fp32, or auto — bf16 on a CPU with
+    /// AMX-BF16, fp32 elsewhere, as measured (docs/performance.md). fp32 reproduces Hugging
+    /// Face's numbers to the digit.
+    #[arg(long, env = "PEFTRAIN_BASE_DTYPE", default_value = "auto")]
     pub base_dtype: String,
     /// Random weights of the config's shape instead of a checkpoint (speed measurements).
     #[arg(long, env = "PEFTRAIN_RANDOM_WEIGHTS")]

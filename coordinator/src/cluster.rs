@@ -498,7 +498,7 @@ impl Cluster {
             let nl = out.num_labels;
             let mut logits = vec![0f32; examples.len() * nl];
             for (k, bytes) in parts {
-                let vals: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let vals = peftrain_net::wire::le_bytes_to_f32(&bytes);
                 if vals.len() != shards[k].len() * nl {
                     return Err(ClusterError::Inconsistent(format!("{} logits for a shard of {}", vals.len(), shards[k].len())));
                 }

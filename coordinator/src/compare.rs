@@ -82,18 +82,6 @@ impl RunRecord {
     }
 }
 
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn f(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "–".into())
 }
@@ -116,7 +104,7 @@ pub fn write_report(out: &Path, title: &str, runs: &[RunRecord]) -> Result<(Path
         md.push_str(&format!(
             "| {} | {} | {:.4} | {:.1} | {:.2} | {} | {} | {} |\n",
             s.method,
-            thousands(s.trainable_params),
+            crate::app::thousands(s.trainable_params),
             100.0 * s.trainable_params as f64 / s.all_params.max(1) as f64,
             s.train_runtime,
             s.train_samples_per_second,

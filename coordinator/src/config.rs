@@ -169,8 +169,8 @@ impl TrainConfig {
         if !(self.epochs > 0.0) && self.max_steps.is_none() {
             return Err("--epochs must be positive (or give --max-steps)".into());
         }
-        if !matches!(self.base_dtype.as_str(), "fp32" | "bf16") {
-            return Err(format!("--base-dtype {:?}: expected fp32 or bf16", self.base_dtype));
+        if !matches!(self.base_dtype.as_str(), "auto" | "fp32" | "bf16") {
+            return Err(format!("--base-dtype {:?}: expected auto, fp32 or bf16", self.base_dtype));
         }
         if !self.model.join("config.json").is_file() {
             return Err(format!("--model {}: config.json not found", self.model.display()));

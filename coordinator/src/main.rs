@@ -8,18 +8,6 @@ use peftrain::app::{self, PredictConfig, Workers};
 use peftrain::cli::{Cli, Command, LocalArgs};
 use peftrain::data::Split;
 
-fn init_tracing(json: bool, quiet: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" }));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi);
-    let _ = if json { b.json().try_init() } else { b.try_init() };
-}
-
 fn local(l: &LocalArgs) -> Workers {
     Workers::Local {
         device: l.device.clone(),
@@ -170,7 +158,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    init_tracing(cli.log_format == "json", cli.quiet);
+    peftrain_net::logging::init(cli.log_format == "json", cli.quiet);
     let quiet = cli.quiet;
     let config = |t: &peftrain::cli::TrainArgs| {
         let mut c = t.to_config();

@@ -66,7 +66,10 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CoordinatorServer<CoordinatorService>>().await;
-    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(peftrain_net::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(peftrain_net::HTTP2_CONNECTION_WINDOW);
     // Callers validated the TLS files (Session::start); a failure here cannot happen.
     if let Some(tls) = security.server_tls().ok().flatten() {
         builder = builder.tls_config(tls)?;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod http;
+pub mod logging;
+pub mod wire;
 
 use sha2::{Digest, Sha256};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -153,7 +155,11 @@ impl Security {
         let mut ep = Endpoint::from_shared(format!("{scheme}://{hostport}"))
             .map_err(|e| NetError::Config(format!("{addr}: {e}")))?
             .connect_timeout(connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Gradient and state streams are megabytes: HTTP/2's default 64 KiB windows would
+            // make every chunk wait for a window update.
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
         if let Some(tls) = &self.tls {
             let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).trim_matches(['[', ']']);
             let mut cfg = ClientTlsConfig::new().domain_name(host.to_string());
@@ -222,6 +228,10 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// A channel whose calls carry the token.
 pub type AuthChannel = InterceptedService<tonic::transport::Channel, ClientAuth>;
+
+/// HTTP/2 flow-control windows for every peftrain connection (servers use them too).
+pub const HTTP2_STREAM_WINDOW: u32 = 16 << 20;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 64 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -217,3 +217,31 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Starts `cmd` with stderr piped into a channel of lines (drained continuously, so the child
+/// never blocks on a full pipe).
+pub fn spawn_logged(mut cmd: Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// The value after `key=` in the first log line (within a minute) that has it.
+pub fn logged(log: &std::sync::mpsc::Receiver<String>, key: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let line = log
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("no {key} logged"));
+        if let Some(rest) = line.split(&format!("{key}=")).nth(1) {
+            return rest.split_whitespace().next().unwrap_or_default().to_string();
+        }
+    }
+}

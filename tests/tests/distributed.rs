@@ -14,7 +14,7 @@ fn run(model: &Path, out: &Path, method: &str, workers: usize) {
         "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
         "--task", "sst2", "--method", method, "--lora-dropout", "0", "--train-limit", "240", "--eval-limit", "48",
         "--batch-size", "8", "--eval-batch-size", "16", "--max-steps", "30", "--lr", "1e-3", "--weight-decay", "0.01",
-        "--warmup-steps", "3", "--logging-steps", "1", "--eval-steps", "10", "--workers", &w, "--threads", "1",
+        "--warmup-steps", "3", "--logging-steps", "1", "--eval-steps", "10", "--workers", &w, "--threads", "1", "--base-dtype", "fp32",
         "--output-dir", out.to_str().unwrap(),
     ]);
 }

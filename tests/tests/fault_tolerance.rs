@@ -2,13 +2,12 @@
 //! one that didn't, a replacement joins with a live peer's state, a resumed run continues the
 //! uninterrupted one's per-step losses, and workers outlive a coordinator restart.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use peftrain_tests::{bin, glue_dir, max_abs_diff, metrics, peftrain, roberta_dir, run_reference, step_losses, trainable_weights, values};
+use peftrain_tests::{bin, glue_dir, logged, max_abs_diff, metrics, peftrain, roberta_dir, run_reference, spawn_logged, step_losses, trainable_weights, values};
 
 /// Flags of the runs compared here: tiny RoBERTa, 120 steps of 16, dropout in the model.
 fn common(model: &Path, out: &Path) -> Vec<String> {
@@ -17,6 +16,7 @@ fn common(model: &Path, out: &Path) -> Vec<String> {
         "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
         "--task", "sst2", "--method", "lora", "--train-limit", "640", "--eval-limit", "32", "--batch-size", "16",
         "--max-steps", "120", "--lr", "1e-3", "--logging-steps", "1", "--eval-steps", "60", "--output-dir", out.to_str().unwrap(),
+        "--base-dtype", "fp32",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -31,33 +31,17 @@ fn tiny(dir: &Path, dropout: &str) -> PathBuf {
 
 /// A `peftrain` process whose stderr lines arrive on a channel.
 fn spawn(args: &[String]) -> (Child, Receiver<String>) {
-    let mut child = Command::new(bin("peftrain"))
-        .args(args)
+    let mut cmd = Command::new(bin("peftrain"));
+    cmd.args(args)
         .env("RUST_LOG", "info")
         .env("PEFTRAIN_TOKEN", "fault-tolerance-test")
         .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
+        .stdout(Stdio::null());
+    spawn_logged(cmd)
 }
 
 fn address(log: &Receiver<String>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = log.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("coordinator address");
-        if let Some(rest) = line.split("address=").nth(1) {
-            return rest.split_whitespace().next().unwrap().to_string();
-        }
-    }
+    logged(log, "address")
 }
 
 /// Waits until the run has logged step `step`; on failure, shows the end of the run's log.

@@ -3,7 +3,6 @@
 //! `peftrain worker` processes) trains; losing more workers than --min-workers allows ends the
 //! run with a clear error and a final checkpoint in bounded time instead of a hang.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,24 +102,14 @@ async fn coordinator_service_refuses_mismatched_extra_and_stale_workers() {
 /// Starts `peftrain coordinator` on 127.0.0.1:0; returns it, the address it bound, and its
 /// stderr lines as they come.
 fn start_coordinator(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(bin("peftrain"))
-        .arg("coordinator")
+    let mut cmd = Command::new(bin("peftrain"));
+    cmd.arg("coordinator")
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
         .env("PEFTRAIN_TOKEN", "membership-test")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Drains stderr (so the coordinator never blocks on a full pipe) into a channel.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+        .stdout(Stdio::piped());
+    let (child, rx) = peftrain_tests::spawn_logged(cmd);
     let addr = wait_for(&rx, "address=");
     let addr = addr.split("address=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     (child, addr, rx)

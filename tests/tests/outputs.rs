@@ -12,7 +12,7 @@ fn train(model: &Path, out: &Path, method: &str) -> String {
         "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
         "--task", "sst2", "--method", method, "--train-limit", "96", "--eval-limit", "40", "--batch-size", "8",
         "--max-steps", "12", "--warmup-steps", "2", "--lr", "1e-3", "--logging-steps", "4", "--eval-steps", "6",
-        "--output-dir", out.to_str().unwrap(),
+        "--output-dir", out.to_str().unwrap(), "--base-dtype", "fp32",
     ]);
     String::from_utf8(o.stdout).unwrap()
 }
@@ -73,7 +73,7 @@ fn predict_and_compare(method: &str, via: &str) {
     peftrain(&[
         "predict", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
         "--task", "sst2", "--adapter", out.to_str().unwrap(), "--split", "test", "--eval-limit", "50", "--with-logits",
-        "--output", preds.to_str().unwrap(),
+        "--output", preds.to_str().unwrap(), "--base-dtype", "fp32",
     ]);
     let text = std::fs::read_to_string(&preds).unwrap();
     let mut lines = text.lines();
@@ -119,7 +119,7 @@ fn predicted_logits(model: &Path, adapter: &Path, dir: &Path) -> Vec<f32> {
     peftrain(&[
         "predict", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
         "--task", "sst2", "--adapter", adapter.to_str().unwrap(), "--split", "test", "--eval-limit", "50", "--with-logits",
-        "--output", preds.to_str().unwrap(),
+        "--output", preds.to_str().unwrap(), "--base-dtype", "fp32",
     ]);
     std::fs::read_to_string(&preds).unwrap().lines().skip(1).flat_map(|l| l.split('\t').nth(2).unwrap().split(',').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>()).collect()
 }
@@ -187,7 +187,7 @@ fn eval_and_compare_from_saved_outputs() {
     let o = peftrain(&[
         "compare", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
         "--task", "sst2", "--methods", "full,bitfit,lora", "--train-limit", "96", "--eval-limit", "40", "--batch-size", "8",
-        "--max-steps", "12", "--logging-steps", "4", "--eval-steps", "6", "--output-dir", out.to_str().unwrap(),
+        "--max-steps", "12", "--logging-steps", "4", "--eval-steps", "6", "--output-dir", out.to_str().unwrap(), "--base-dtype", "fp32",
     ]);
     let stdout = String::from_utf8(o.stdout).unwrap();
     assert!(stdout.contains("report: ") && stdout.contains("curves.png"), "{stdout}");
@@ -203,7 +203,7 @@ fn eval_and_compare_from_saved_outputs() {
     // eval from the saved LoRA output: the run's own final evaluation, again.
     let o = peftrain(&[
         "eval", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--adapter", out.join("lora").to_str().unwrap(), "--eval-limit", "40",
+        "--task", "sst2", "--adapter", out.join("lora").to_str().unwrap(), "--eval-limit", "40", "--base-dtype", "fp32",
     ]);
     let v: serde_json::Value = serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim().lines().last().unwrap()).unwrap();
     let last = metrics(&out.join("lora")).into_iter().filter(|e| e.get("eval_loss").is_some()).last().unwrap();

@@ -3,14 +3,13 @@
 //! and the run's numbers do not change; mutual TLS works and refuses clients without a
 //! certificate of the run's CA.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use peftrain_proto::v1 as pb;
-use peftrain_tests::{bin, glue_dir, peftrain, roberta_dir, step_losses, tiny_roberta};
+use peftrain_tests::{bin, glue_dir, logged, peftrain, roberta_dir, spawn_logged, step_losses, tiny_roberta};
 use tonic::Code;
 
 const TOKEN: &str = "security-test-token";
@@ -29,30 +28,11 @@ fn args(model: &Path, out: &Path, steps: &str) -> Vec<String> {
 
 fn spawn(args: &[String], envs: &[(&str, &str)]) -> (Child, Receiver<String>) {
     let mut cmd = Command::new(bin("peftrain"));
-    cmd.args(args).env("RUST_LOG", "info").env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker")).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(args).env("RUST_LOG", "info").env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker")).stdout(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
-}
-
-/// The value after `key=` in the first log line that has it.
-fn logged(log: &Receiver<String>, key: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = log.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("no {key} logged"));
-        if let Some(rest) = line.split(&format!("{key}=")).nth(1) {
-            return rest.split_whitespace().next().unwrap().to_string();
-        }
-    }
+    spawn_logged(cmd)
 }
 
 fn chunk(total: u64, bytes: usize) -> pb::GradChunk {

@@ -33,6 +33,8 @@ fn ours(model: &Path, out: &Path, method: &str, scope: &str, adapter: Option<&Pa
         "--lora-dropout", "0", "--train-limit", &limit, "--eval-limit", "16", "--batch-size", "8", "--epochs", "1",
         "--lr", "1e-3", "--weight-decay", "0.01", "--warmup-steps", "3", "--no-shuffle", "--logging-steps", "1",
         "--workers", &workers, "--threads", "1", "--output-dir", out.to_str().unwrap(),
+        // fp32: the numbers are compared with Hugging Face's to the digit.
+        "--base-dtype", "fp32",
     ];
     if let Some(a) = adapter {
         args.extend(["--init-adapter", a.to_str().unwrap()]);

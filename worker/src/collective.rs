@@ -74,11 +74,7 @@ fn segment(len: usize, n: usize, i: usize) -> (usize, usize) {
 }
 
 pub fn to_le_bytes(v: &[f32]) -> Bytes {
-    let mut out = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    Bytes::from(out)
+    Bytes::from(peftrain_net::wire::f32_to_le_bytes(v))
 }
 
 impl Ring {
@@ -184,11 +180,10 @@ impl Ring {
                     )));
                 }
                 let dst = &mut buf[start..start + len];
-                let values = msg.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
                 if reduce {
-                    dst.iter_mut().zip(values).for_each(|(d, v)| *d += v);
+                    peftrain_net::wire::add_le_bytes(dst, &msg.data);
                 } else {
-                    dst.iter_mut().zip(values).for_each(|(d, v)| *d = v);
+                    peftrain_net::wire::copy_le_bytes(dst, &msg.data);
                 }
                 received += len;
             }

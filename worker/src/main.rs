@@ -180,7 +180,7 @@ fn params(a: ParamsArgs) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    peftrain_worker::run::init_tracing(cli.log_format == "json");
+    peftrain_net::logging::init(cli.log_format == "json", false);
     let result = match cli.command {
         Some(Command::Params(a)) => params(a),
         Some(Command::Merge(a)) => merge(a),

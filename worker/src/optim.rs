@@ -1,5 +1,6 @@
 //! AdamW over the trainable set only, written step by step as `torch.optim.AdamW` computes it
-//! (single-tensor path), and gradient clipping as `clip_grad_norm_`.
+//! (single-tensor path, operation for operation), with `clip_grad_norm_`'s coefficient applied
+//! as the gradient is read: a fused loop on the CPU, flat-buffer tensor ops on a device.
 
 use std::collections::BTreeMap;
 
@@ -104,34 +105,6 @@ impl AdamW {
             let _ = p.g_sub_(&(&self.flat_exp_avg / denom * step_size));
         });
     }
-
-    /// One update with learning rate `lr`, reading each parameter's `.grad()`.
-    pub fn step(&mut self, params: &BTreeMap<String, Tensor>, lr: f64) {
-        self.step += 1;
-        let c = self.config;
-        let bias_correction1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias_correction2 = 1.0 - c.beta2.powi(self.step as i32);
-        let step_size = lr / bias_correction1;
-        let bc2_sqrt = bias_correction2.sqrt();
-        tch::no_grad(|| {
-            for (name, p) in params {
-                let grad = p.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let Some(m) = self.state.get_mut(name) else { continue };
-                let mut p = p.shallow_clone();
-                if c.weight_decay != 0.0 && decays(name) {
-                    let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
-                }
-                let _ = m.exp_avg.lerp_(&grad, 1.0 - c.beta1);
-                let _ = m.exp_avg_sq.g_mul_scalar_(c.beta2);
-                let _ = m.exp_avg_sq.g_add_(&(&grad * &grad * (1.0 - c.beta2)));
-                let denom = m.exp_avg_sq.sqrt() / bc2_sqrt + c.eps;
-                let _ = p.g_sub_(&(&m.exp_avg / denom * step_size));
-            }
-        });
-    }
 }
 
 /// A CPU fp32 tensor's values as a mutable slice. The caller guarantees the tensor is a
@@ -149,7 +122,7 @@ pub fn fusable(params: &BTreeMap<String, Tensor>, opt: &AdamW) -> bool {
 }
 
 impl AdamW {
-    /// The same update as `step`, fused into one pass over each parameter on the CPU, reading
+    /// The update fused into one pass over each parameter on the CPU, reading
     /// the gradients from the flat (reduced) buffer in sorted-name order and scaling them by
     /// the clip coefficient on the way: one read of grads and one read-write of weights and
     /// moments instead of a dozen tensor passes. The arithmetic is torch's, operation for
@@ -255,29 +228,6 @@ pub fn flat_clip(params: &BTreeMap<String, Tensor>, grads: &[f32], max_norm: f64
     let total = sq.sqrt();
     let coef = if max_norm > 0.0 && total.is_finite() { (max_norm / (total + 1e-6)).min(1.0) } else { 1.0 };
     (total, coef as f32)
-}
-
-/// Global L2 norm of the gradients (as `clip_grad_norm_` computes it: the norm of per-tensor
-/// norms), then every gradient scaled by min(1, max_norm / (norm + 1e-6)). Returns the norm
-/// before clipping.
-pub fn clip_grad_norm(params: &BTreeMap<String, Tensor>, max_norm: f64) -> f64 {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = params.values().map(|p| p.grad()).filter(|g| g.defined()).collect();
-        if grads.is_empty() {
-            return 0.0;
-        }
-        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_kind(Kind::Float)).collect();
-        let total = Tensor::stack(&norms, 0).norm();
-        let total_f = total.double_value(&[]);
-        if max_norm > 0.0 && total_f.is_finite() {
-            let coef = (max_norm / (total_f + 1e-6)).min(1.0);
-            for g in &grads {
-                let mut g = g.shallow_clone();
-                let _ = g.g_mul_scalar_(coef);
-            }
-        }
-        total_f
-    })
 }
 
 #[cfg(test)]

@@ -316,21 +316,6 @@ impl Replica {
         out
     }
 
-    /// Writes the reduced buffer back into the gradients.
-    pub fn set_flat_grads(&mut self, buf: &[f32]) {
-        let flat = Tensor::from_slice(buf).to_device(self.device);
-        let mut off = 0i64;
-        tch::no_grad(|| {
-            for p in self.loaded.params.trainable.values() {
-                let n = p.numel() as i64;
-                let v = flat.narrow(0, off, n).view(p.size().as_slice());
-                let mut g = p.grad();
-                g.copy_(&v);
-                off += n;
-            }
-        });
-    }
-
     /// Phase one's end: the reduced gradient and its clip coefficient are held until `commit`.
     /// Returns the norm before clipping (non-finite: commit skips the update).
     pub fn hold(&mut self, step: u64, buf: Vec<f32>, lr: f64) -> f64 {

@@ -67,8 +67,20 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     }
 }
 
-/// The replica a wire `RunSpec` describes.
-pub fn replica_spec(spec: &pb::RunSpec) -> anyhow::Result<ReplicaSpec> {
+/// `--base-dtype auto`, as measured (docs/performance.md): bf16 on a CPU with AMX-BF16, whose
+/// bf16 matmuls run several times faster than fp32; fp32 elsewhere — on a GPU at these batch
+/// sizes the step is bound by kernel launches, and bf16's casts made it slower, not faster.
+pub fn auto_base_kind(device: Device) -> Kind {
+    let amx = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.split_whitespace().any(|f| f == "amx_bf16"));
+    if device == Device::Cpu && amx {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    }
+}
+
+/// The replica a wire `RunSpec` describes, on `device`.
+pub fn replica_spec(spec: &pb::RunSpec, device: Device) -> anyhow::Result<ReplicaSpec> {
     let m = spec.method.clone().unwrap_or_default();
     let lora = (m.kind == "lora").then(|| LoraConfig {
         r: m.lora_r as i64,
@@ -81,7 +93,8 @@ pub fn replica_spec(spec: &pb::RunSpec) -> anyhow::Result<ReplicaSpec> {
     let base_kind = match spec.base_dtype.as_str() {
         "" | "fp32" => Kind::Float,
         "bf16" => Kind::BFloat16,
-        other => anyhow::bail!("base dtype {other:?}: expected fp32 or bf16"),
+        "auto" => auto_base_kind(device),
+        other => anyhow::bail!("base dtype {other:?}: expected auto, fp32 or bf16"),
     };
     let (model_dir, random_init) = match spec.model_dir.strip_prefix("random:") {
         Some(dir) => (dir.to_string(), true),
@@ -137,6 +150,21 @@ where
     }
 }
 
+type CoordinatorClient = pb::coordinator_client::CoordinatorClient<peftrain_net::AuthChannel>;
+
+/// Hello to the coordinator, retried with backoff while it is unreachable.
+async fn say_hello(coord: &CoordinatorClient, opts: &WorkerOptions) -> anyhow::Result<pb::HelloReply> {
+    with_backoff("hello", opts.coordinator_timeout, || {
+        let mut c = coord.clone();
+        let req = pb::HelloRequest {
+            protocol_version: pb::PROTOCOL_VERSION,
+            worker_id: opts.id.clone(),
+        };
+        async move { c.hello(req).await.map(|r| r.into_inner()) }
+    })
+    .await
+}
+
 pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     let device = parse_device(&opts.device)?;
     opts.security.require_token("a worker")?;
@@ -153,17 +181,9 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
         coordinator_channel(&opts.coordinator, &opts.security)?,
         opts.security.client_auth(),
     );
-    let hello = with_backoff("hello", opts.coordinator_timeout, || {
-        let mut c = coord.clone();
-        let req = pb::HelloRequest {
-            protocol_version: pb::PROTOCOL_VERSION,
-            worker_id: opts.id.clone(),
-        };
-        async move { c.hello(req).await.map(|r| r.into_inner()) }
-    })
-    .await?;
+    let hello = say_hello(&coord, &opts).await?;
     let spec_pb = hello.spec.ok_or_else(|| anyhow::anyhow!("coordinator sent no run spec"))?;
-    let mut spec = replica_spec(&spec_pb)?;
+    let mut spec = replica_spec(&spec_pb, device)?;
     if let Some(dir) = &opts.model_override {
         spec.model_dir = dir.clone();
     }
@@ -192,7 +212,10 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     health_reporter.set_serving::<pb::worker_server::WorkerServer<WorkerService>>().await;
     let serve_engine = engine.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = Server::builder().tcp_nodelay(true);
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(peftrain_net::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(peftrain_net::HTTP2_CONNECTION_WINDOW);
     if let Some(tls) = opts.security.server_tls()? {
         builder = builder.tls_config(tls)?;
     }
@@ -273,15 +296,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
                 Err(_) => {}
             }
         }
-        let again = with_backoff("hello", opts.coordinator_timeout, || {
-            let mut c = coord.clone();
-            let req = pb::HelloRequest {
-                protocol_version: pb::PROTOCOL_VERSION,
-                worker_id: opts.id.clone(),
-            };
-            async move { c.hello(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
+        let again = say_hello(&coord, &opts).await?;
         if again.spec != Some(spec_pb.clone()) {
             engine.shutdown.notify_one();
             anyhow::bail!("the coordinator now runs a different model or method; start a new worker for it");
@@ -307,17 +322,4 @@ pub fn to_pb_fingerprint(fp: &crate::replica::Fingerprint) -> pb::Fingerprint {
             })
             .collect(),
     }
-}
-
-/// tracing to stderr, as text or JSON lines; `RUST_LOG` filters.
-pub fn init_tracing(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi);
-    let _ = if json { b.json().try_init() } else { b.try_init() };
 }

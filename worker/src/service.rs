@@ -453,10 +453,7 @@ impl Engine {
                 .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.max_tokens())
                 .map_err(WorkerError::BadShard)?;
             let s = r.evaluate(&shard, want);
-            let mut logits = Vec::with_capacity(s.logits.len() * 4);
-            for x in &s.logits {
-                logits.extend_from_slice(&x.to_le_bytes());
-            }
+            let logits = peftrain_net::wire::f32_to_le_bytes(&s.logits);
             Ok(pb::EvalReply {
                 loss_sum: s.loss_sum,
                 correct: s.correct,
@@ -498,7 +495,7 @@ impl AssembledState {
         if c.offset as usize != self.values.len() || c.data.len() % 4 != 0 || self.values.len() + c.data.len() / 4 > expected {
             return Err(WorkerError::BadState(format!("chunk at offset {} out of order or too long", c.offset)));
         }
-        self.values.extend(c.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        self.values.extend(peftrain_net::wire::le_bytes_to_f32(&c.data));
         Ok(())
     }
 
