@@ -45,6 +45,20 @@ pub enum Command {
     Compare(CompareCmd),
     /// Write a merged Hugging Face checkpoint (LoRA folded in, BitFit biases written in).
     Merge(MergeCmd),
+    /// Write report.md and curves.png for finished runs (e.g. one per method, each run on a
+    /// cluster with `peftrain coordinator`).
+    Report(ReportCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct ReportCmd {
+    /// Output directories of finished runs, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub runs: Vec<PathBuf>,
+    #[arg(long)]
+    pub output_dir: PathBuf,
+    #[arg(long, default_value = "peftrain report")]
+    pub title: String,
 }
 
 #[derive(Args, Debug)]

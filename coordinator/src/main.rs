@@ -84,6 +84,18 @@ fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn report(r: &peftrain::cli::ReportCmd) -> anyhow::Result<()> {
+    let runs = r
+        .runs
+        .iter()
+        .map(|d| peftrain::compare::RunRecord::read(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let (md, png) = peftrain::compare::write_report(&r.output_dir, &r.title, &runs).map_err(|e| anyhow::anyhow!(e))?;
+    println!("report: {} | plot: {}", md.display(), png.display());
+    Ok(())
+}
+
 fn predict(cmd: &peftrain::cli::PredictCmd) -> anyhow::Result<()> {
     let mut cfg = cmd.train.to_config();
     if let Some(dir) = &cmd.adapter {
@@ -187,6 +199,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Merge(m) => merge(m),
+        Command::Report(r) => report(r),
         Command::Worker { args } => exec_worker(args, &cli.log_format),
         Command::Params(p) => params(p),
         Command::Predict(p) => predict(p),

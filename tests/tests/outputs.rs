@@ -200,6 +200,12 @@ fn eval_and_compare_from_saved_outputs() {
     assert!(md.contains("Step  Training Loss  Validation Loss  Accuracy"));
     let png = std::fs::read(out.join("curves.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "curves.png is a PNG");
+    // The same report from the finished runs' directories (how cluster runs are compared).
+    let again = d.path().join("again");
+    let runs = ["full", "bitfit", "lora"].map(|m| out.join(m).display().to_string()).join(",");
+    peftrain(&["report", "--runs", &runs, "--output-dir", again.to_str().unwrap(), "--title", "peftrain compare: full, bitfit, lora on sst2"]);
+    let md_again = std::fs::read_to_string(again.join("report.md")).unwrap();
+    assert_eq!(md_again.lines().take(6).collect::<Vec<_>>(), md.lines().take(6).collect::<Vec<_>>(), "same table");
     // eval from the saved LoRA output: the run's own final evaluation, again.
     let o = peftrain(&[
         "eval", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
