@@ -45,7 +45,7 @@ def ddp(model, glue, steps, procs, lr, out):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=5e-4)
     a = ap.parse_args()
     glue = os.environ.get("GLUE_DIR", os.path.join(ROOT, "../shared/data/glue"))
