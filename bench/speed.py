@@ -148,9 +148,11 @@ def run_peftrain(spec, work, binary, dtype, workers, threads, group):
            "--method", spec["method"], "--workers", str(workers), "--threads", str(threads),
            "--batch-size", str(spec["batch"]), "--eval-batch-size", "64", "--max-steps", str(s),
            "--lr", str(spec["lr"]), "--warmup-ratio", "0.06", "--max-length", str(spec["max_length"]),
-           "--train-limit", str(spec["train_limit"]), "--eval-limit", str(spec["eval_limit"]),
+           "--train-limit", str(spec["train_limit"]),
            "--logging-steps", str(s), "--eval-steps", str(s), "--seed", "42", "--base-dtype", dtype,
            "--output-dir", out]
+    if spec["eval_limit"]:  # 0: the whole dev set (peftrain refuses --eval-limit 0)
+        cmd += ["--eval-limit", str(spec["eval_limit"])]
     if spec["model"] == "roberta-base":
         cmd.append("--random-weights")
     if group:
@@ -163,6 +165,8 @@ def run_peftrain(spec, work, binary, dtype, workers, threads, group):
     if len(train_ev) != 1 or log["step"] != s:
         raise RuntimeError(f"expected one training event at step {s}, got {[e.get('step') for e in train_ev]}")
     evals = [e for e in events if "eval_accuracy" in e]
+    if not evals:
+        raise RuntimeError("no evaluation event in metrics.jsonl")
     final = events[-1]
     train_s = log["step_ms_window"] / 1000.0  # the training steps only: no start-up, no evaluation
     samples = s * spec["batch"]
@@ -170,7 +174,7 @@ def run_peftrain(spec, work, binary, dtype, workers, threads, group):
     config = f"{dtype} {workers}x{threads}" + (" +group" if group else "")
     return {"stack": "peftrain", "config": config, "dtype": dtype, "workers": workers, "threads": threads,
             "group_by_length": group, "samples_per_second": samples / train_s, "train_seconds": train_s,
-            "eval_accuracy": evals[-1]["eval_accuracy"] if evals else None,
+            "eval_accuracy": evals[-1]["eval_accuracy"],
             "peak_rss_bytes": log.get("worker_peak_rss_bytes"), "total_flos": flos,
             "flops_per_second": flos / train_s, "mean_padded_length": None, "wall_seconds": wall,
             "foreign_cpu_share": foreign,

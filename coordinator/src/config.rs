@@ -160,6 +160,10 @@ impl TrainConfig {
         if self.save_steps == Some(0) || self.save_total_limit == Some(0) {
             return Err("--save-steps and --save-total-limit must be positive".into());
         }
+        if self.train_limit == Some(0) || self.eval_limit == Some(0) {
+            // Zero rows would train or evaluate nothing and still report success.
+            return Err("--train-limit and --eval-limit must be positive (leave them out for the whole split)".into());
+        }
         if self.logging_steps == 0 || self.eval_steps == Some(0) {
             return Err("--logging-steps and --eval-steps must be positive".into());
         }

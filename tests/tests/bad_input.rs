@@ -84,6 +84,18 @@ fn malformed_glue_rows_name_file_and_line() {
 
     let err = train_fails(&model, &glue_dir(), &["--max-length", "4096"]);
     assert_one_clear_line(&err, &["--max-length 4096", "config.json"]);
+
+    // An empty evaluation set would train, evaluate nothing and report success.
+    let out = tempfile::tempdir().unwrap();
+    let tok = roberta_dir();
+    let glue = glue_dir();
+    let mut args = train_args(model.to_str().unwrap(), glue.to_str().unwrap(), out.path().to_str().unwrap());
+    args[4] = tok.to_str().unwrap();
+    let at = args.iter().position(|a| *a == "--eval-limit").unwrap();
+    args[at + 1] = "0";
+    let (code, err) = peftrain_fails(&args);
+    assert_ne!(code, 0);
+    assert_one_clear_line(&err, &["--eval-limit must be positive"]);
 }
 
 #[test]
