@@ -7,6 +7,7 @@ this machine, with the same model, data, batch, learning rate, steps and max len
     peftrain bf16, 1 worker x T threads               --base-dtype bf16
     peftrain bf16, T workers x 1 thread
     peftrain bf16, the faster of the two + --group-by-length   (measured separately, on top)
+    peftrain bf16, the faster of the two, --padding padded  (the padding-free lever off)
 
 and reports train samples/s (training steps only), the ratio to HF, dev accuracy after the same
 steps and its delta to peftrain's fp32 run, peak RSS (per worker for peftrain), the mean padded
@@ -141,7 +142,7 @@ def run_hf(spec, work, threads, bf16=False):
             "wall_seconds": wall, "foreign_cpu_share": foreign, "detail": r}
 
 
-def run_peftrain(spec, work, binary, dtype, workers, threads, group):
+def run_peftrain(spec, work, binary, dtype, workers, threads, group, padded=False):
     out = os.path.join(work, "out")
     s = spec["steps"]
     cmd = [binary, "train", "--model", spec["model_dir"], "--glue-dir", spec["glue"], "--task", spec["task"],
@@ -157,6 +158,7 @@ def run_peftrain(spec, work, binary, dtype, workers, threads, group):
         cmd.append("--random-weights")
     if group:
         cmd.append("--group-by-length")
+    cmd += ["--padding", "padded" if padded else "free"]
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")}
     wall, foreign = timed(cmd, env, os.path.join(work, "peftrain.log"))
     events = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
@@ -171,9 +173,9 @@ def run_peftrain(spec, work, binary, dtype, workers, threads, group):
     train_s = log["step_ms_window"] / 1000.0  # the training steps only: no start-up, no evaluation
     samples = s * spec["batch"]
     flos = final.get("total_flos") or json.load(open(os.path.join(out, "train_output.json")))["metrics"]["total_flos"]
-    config = f"{dtype} {workers}x{threads}" + (" +group" if group else "")
+    config = f"{dtype} {workers}x{threads}" + (" +group" if group else "") + (" padded" if padded else "")
     return {"stack": "peftrain", "config": config, "dtype": dtype, "workers": workers, "threads": threads,
-            "group_by_length": group, "samples_per_second": samples / train_s, "train_seconds": train_s,
+            "group_by_length": group, "padded": padded, "samples_per_second": samples / train_s, "train_seconds": train_s,
             "eval_accuracy": evals[-1]["eval_accuracy"],
             "peak_rss_bytes": log.get("worker_peak_rss_bytes"), "total_flos": flos,
             "flops_per_second": flos / train_s, "mean_padded_length": None, "wall_seconds": wall,
@@ -249,6 +251,7 @@ def main():
                          "many workers x 1 thread (default: all cores)")
     ap.add_argument("--hf-bf16", action="store_true", help="also run HF Trainer with bf16=True (CPU autocast)")
     ap.add_argument("--no-group", action="store_true", help="skip the --group-by-length run")
+    ap.add_argument("--no-padded", action="store_true", help="skip the --padding padded run (the padding-free lever off)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/peftrain"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/speed.json"))
     a = ap.parse_args()
@@ -342,6 +345,9 @@ def main():
                 if cands and not a.no_group:
                     best = max(cands, key=lambda r: r["samples_per_second"])
                     attempt(run_peftrain, binary, "bf16", best["workers"], best["threads"], True)
+                if cands and not a.no_padded:
+                    best = max(cands, key=lambda r: r["samples_per_second"])
+                    attempt(run_peftrain, binary, "bf16", best["workers"], best["threads"], False, True)
                 groups.append((model, task, method, s, hf, ref, rows))
 
     # ------------------------------------------------------------ table and verdicts

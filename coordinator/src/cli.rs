@@ -191,6 +191,11 @@ pub struct TrainArgs {
     /// Face's numbers to the digit.
     #[arg(long, env = "PEFTRAIN_BASE_DTYPE", default_value = "auto")]
     pub base_dtype: String,
+    /// free: workers compute on the real tokens alone, padding only around attention (the same
+    /// results with less work); padded: on the padded batch, as transformers does; auto: free
+    /// on CPUs, padded on GPUs, as measured (docs/performance.md).
+    #[arg(long, env = "PEFTRAIN_PADDING", default_value = "auto")]
+    pub padding: String,
     /// Random weights of the config's shape instead of a checkpoint (speed measurements).
     #[arg(long, env = "PEFTRAIN_RANDOM_WEIGHTS")]
     pub random_weights: bool,
@@ -257,6 +262,7 @@ impl TrainArgs {
             group_by_length: self.group_by_length,
             init_adapter: self.init_adapter.clone(),
             base_dtype: self.base_dtype.clone(),
+            padding: self.padding.clone(),
             random_weights: self.random_weights,
             workers: self.workers,
             rpc_timeout: self.rpc_timeout,

@@ -47,6 +47,9 @@ pub struct TrainConfig {
     pub init_adapter: Option<PathBuf>,
     /// dtype of the frozen base weights on workers: fp32 or bf16.
     pub base_dtype: String,
+    /// auto, free or padded: whether workers compute on the real tokens alone.
+    #[serde(default)]
+    pub padding: String,
     /// Initialise the model randomly from its config instead of loading weights (speed runs).
     pub random_weights: bool,
     pub workers: usize,
@@ -140,6 +143,7 @@ impl TrainConfig {
                 max_grad_norm: self.max_grad_norm as f32,
             }),
             base_dtype: self.base_dtype.clone(),
+            padding: self.padding.clone(),
         }
     }
 
@@ -172,6 +176,9 @@ impl TrainConfig {
         }
         if !(self.epochs > 0.0) && self.max_steps.is_none() {
             return Err("--epochs must be positive (or give --max-steps)".into());
+        }
+        if !matches!(self.padding.as_str(), "" | "auto" | "free" | "padded") {
+            return Err(format!("--padding {:?}: expected auto, free or padded", self.padding));
         }
         if !matches!(self.base_dtype.as_str(), "auto" | "fp32" | "bf16") {
             return Err(format!("--base-dtype {:?}: expected auto, fp32 or bf16", self.base_dtype));

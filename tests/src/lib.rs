@@ -131,6 +131,7 @@ impl PaddedBatch {
             input_ids: t(&self.input_ids),
             token_type_ids: self.token_type_ids.as_ref().map(t),
             attention_mask: t(&self.attention_mask),
+            packing: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The encoders against Hugging Face transformers: tiny RoBERTa and BERT with random weights
 //! written by the reference (logits within 1e-5, every gradient within 1e-4 relative), and the
-//! real all-MiniLM-L6-v2 checkpoint on SST-2 dev sentences (logits within 1e-4).
+//! real all-MiniLM-L6-v2 checkpoint on SST-2 dev sentences (logits within 1e-4); both on the
+//! padded layout and padding-free.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -93,8 +94,23 @@ fn check_tiny(family: &str, kind: Checkpoint) {
     run_reference("hf_model.py", &["forward", "--model", md, "--batch", batch_path.to_str().unwrap(), "--out", ref_path.to_str().unwrap()]);
     let reference = read_reference(&ref_path);
 
-    let inputs = b.inputs();
-    let logits = loaded.model.forward(&inputs, true);
+    // Both layouts against the same reference: padded as transformers computes, and
+    // padding-free (real tokens only), which must give the same numbers.
+    for packed in [false, true] {
+        let inputs = if packed { b.inputs().packed() } else { b.inputs() };
+        for p in loaded.params.trainable.values() {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        check_against(family, packed, &loaded, &inputs, &b, &reference);
+    }
+}
+
+fn check_against(family: &str, packed: bool, loaded: &model::Loaded, inputs: &model::Inputs, b: &PaddedBatch, reference: &std::collections::HashMap<String, Tensor>) {
+    let family = if packed { format!("{family} (padding-free)") } else { family.to_string() };
+    let logits = loaded.model.forward(inputs, true);
     let d = max_abs_diff(&values(&logits), &values(&reference["logits"]));
     assert!(d <= 1e-5, "{family}: logits differ from HF by {d}");
 
@@ -187,6 +203,7 @@ fn minilm_logits_match_transformers_on_sst2_dev() {
     let head_dir = dir.path().join("minilm-cls");
     let mut all_ref = Vec::new();
     let mut all_ours = Vec::new();
+    let mut all_packed = Vec::new();
     let method = Method::Full;
     let mut loaded = None;
     for (k, chunk) in seqs.chunks(256).enumerate() {
@@ -202,11 +219,14 @@ fn minilm_logits_match_transformers_on_sst2_dev() {
         let m = loaded.get_or_insert_with(|| model::load(&head_dir, &opts(&method)).expect("load MiniLM classifier"));
         let logits = tch::no_grad(|| m.model.forward(&b.inputs(), false));
         all_ours.extend(values(&logits));
+        all_packed.extend(values(&tch::no_grad(|| m.model.forward(&b.inputs().packed(), false))));
         all_ref.extend(values(&read_reference(&lp)["logits"]));
     }
     assert_eq!(all_ours.len(), dev.len() * 2);
     let d = max_abs_diff(&all_ours, &all_ref);
     assert!(d <= 1e-4, "MiniLM logits differ from HF by {d} over {} sentences", dev.len());
+    let d = max_abs_diff(&all_packed, &all_ref);
+    assert!(d <= 1e-4, "MiniLM logits computed padding-free differ from HF by {d} over {} sentences", dev.len());
 
     // The package's own checkpoint has no `bert.` prefix and no head: it loads, and the head is
     // reported as newly initialised.

@@ -1,6 +1,6 @@
 //! Times forward+backward+AdamW of a replica on random token batches (a profiling aid, not a
 //! benchmark of record: see bench/ for those).
-//! Usage: step_timing MODEL_DIR METHOD BATCH SEQ STEPS [bf16]
+//! Usage: step_timing MODEL_DIR METHOD BATCH SEQ STEPS [bf16] [random]   (PADDED=1: padded layout)
 
 use std::time::Instant;
 
@@ -13,7 +13,10 @@ fn main() {
     let method = match a[2].as_str() {
         "full" => Method::Full,
         "bitfit" => Method::BitFit(BitFitScope::All),
-        _ => Method::Lora(LoraConfig::default()),
+        _ => Method::Lora(LoraConfig {
+            dropout: std::env::var("LORA_DROPOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(0.1),
+            ..LoraConfig::default()
+        }),
     };
     let (b, l, steps): (usize, usize, usize) = (a[3].parse().unwrap(), a[4].parse().unwrap(), a[5].parse().unwrap());
     let spec = ReplicaSpec {
@@ -26,19 +29,31 @@ fn main() {
         max_grad_norm: 1.0,
         base_kind: if a.get(6).is_some_and(|s| s == "bf16") { tch::Kind::BFloat16 } else { tch::Kind::Float },
         random_init: a.get(7).is_some_and(|s| s == "random"),
+        padding_free: std::env::var("PADDED").is_err(),
     };
-    tch::set_num_threads(2);
+    tch::set_num_threads(std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2));
     let mut r = Replica::build(&spec, tch::Device::Cpu).unwrap();
-    let shard = Shard {
-        ids: (0..b * l).map(|i| 1000 + (i as u32 * 7919) % 20000).collect(),
-        type_ids: vec![],
-        lengths: vec![l as u32; b],
-        labels: (0..b as i64).map(|i| i % 2).collect(),
+    // LENGTHS=file of whitespace-separated example lengths: shards of those lengths in turn
+    // (real length mixes); otherwise every example is SEQ long.
+    let pool: Vec<u32> = std::env::var("LENGTHS")
+        .ok()
+        .map(|p| std::fs::read_to_string(p).unwrap().split_whitespace().map(|v| v.parse().unwrap()).collect())
+        .unwrap_or_else(|| vec![l as u32]);
+    let shard_at = |s: usize| {
+        let lengths: Vec<u32> = (0..b).map(|i| pool[(s * b + i) % pool.len()]).collect();
+        let n: u32 = lengths.iter().sum();
+        Shard {
+            ids: (0..n).map(|i| 1000 + (i * 7919) % 20000).collect(),
+            type_ids: vec![],
+            lengths,
+            labels: (0..b as i64).map(|i| i % 2).collect(),
+        }
     };
     let mut t_fb = 0.0;
     let mut t_rest = 0.0;
     for s in 0..steps + 3 {
         let t0 = Instant::now();
+        let shard = shard_at(s);
         let _ = r.forward_backward(&shard, b, s as u64);
         let t1 = Instant::now();
         let t2 = Instant::now();

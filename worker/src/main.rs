@@ -128,6 +128,7 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
         max_grad_norm: 1.0,
         base_kind: tch::Kind::Float,
         random_init: false,
+        padding_free: false,
     };
     let r = Replica::build(&spec, tch::Device::Cpu)?;
     std::fs::create_dir_all(&a.output).map_err(|e| anyhow::anyhow!("{}: {e}", a.output.display()))?;

@@ -25,6 +25,8 @@ pub struct ReplicaSpec {
     pub base_kind: Kind,
     /// No checkpoint: random weights of the config's shape (speed measurements only).
     pub random_init: bool,
+    /// Compute on the real tokens only ([`model::Packing`]) instead of the padded batch.
+    pub padding_free: bool,
 }
 
 /// A shard of token ids, unpadded (example i is `ids[offset_i .. offset_i + lengths[i]]`).
@@ -238,10 +240,16 @@ impl Replica {
         }
         let dims = [b as i64, l as i64];
         let t = |v: &[i64]| Tensor::from_slice(v).view(dims).to_device(self.device);
+        // Built on the host with the batch: a device-side nonzero() would stall a GPU's queue.
+        let packing = self.spec.padding_free.then(|| {
+            let lengths: Vec<usize> = shard.lengths.iter().map(|&n| n as usize).collect();
+            model::Packing::from_lengths(&lengths, l, self.device)
+        });
         Inputs {
             input_ids: t(&ids),
             token_type_ids: if types.is_empty() { None } else { Some(t(&types)) },
             attention_mask: t(&mask),
+            packing,
         }
     }
 
@@ -259,6 +267,7 @@ impl Replica {
             return PassStats::default();
         }
         tch::manual_seed(dropout_seed as i64);
+        model::dropout::seed(dropout_seed);
         let inputs = self.inputs(shard);
         let labels = Tensor::from_slice(&shard.labels).to_device(self.device);
         let logits = self.loaded.model.forward(&inputs, true);

@@ -2,6 +2,7 @@
 //! module names. Here because it is the encoder RoBERTa copies, and because the only real
 //! pretrained checkpoint reachable offline (all-MiniLM-L6-v2) is BERT-family.
 
+use super::dropout::dropout;
 use tch::{Kind, Tensor};
 
 use super::encoder::Encoder;
@@ -35,18 +36,23 @@ impl BertEmbeddings {
     }
 
     fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
-        let seq = inputs.input_ids.size().get(1).copied().unwrap_or(0);
+        let (bsz, seq) = inputs.input_ids.size2().unwrap_or((0, 0));
         // Absolute positions 0..seq, whatever the padding (BERT pads on the right).
         let positions = Tensor::arange(seq, (Kind::Int64, inputs.input_ids.device())).unsqueeze(0);
+        let positions = match inputs.packing {
+            Some(_) => inputs.tokens(&positions.expand([bsz, seq], false)),
+            None => positions,
+        };
+        let ids = inputs.tokens(&inputs.input_ids);
         let types = match &inputs.token_type_ids {
-            Some(t) => t.shallow_clone(),
-            None => inputs.input_ids.zeros_like(),
+            Some(t) => inputs.tokens(t),
+            None => ids.zeros_like(),
         };
         // Summed in fp32 whatever the tables' storage dtype.
-        let e = self.word_embeddings.forward(&inputs.input_ids).to_kind(Kind::Float)
+        let e = self.word_embeddings.forward(&ids).to_kind(Kind::Float)
             + self.token_type_embeddings.forward(&types).to_kind(Kind::Float)
             + self.position_embeddings.forward(&positions).to_kind(Kind::Float);
-        self.LayerNorm.forward(&e).dropout(self.dropout, train)
+        dropout(&self.LayerNorm.forward(&e), self.dropout, train)
     }
 }
 
@@ -76,8 +82,8 @@ impl BertModel {
     /// Pooled output [batch, hidden].
     pub fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
         let h = self.embeddings.forward(inputs, train);
-        let h = self.encoder.forward(h, &inputs.attention_mask, train);
-        self.pooler.dense.forward(&h.select(1, 0), train).tanh()
+        let h = self.encoder.forward(h, inputs, train);
+        self.pooler.dense.forward(&inputs.first_tokens(&h), train).tanh()
     }
 }
 
@@ -98,7 +104,7 @@ impl BertForSequenceClassification {
     }
 
     pub fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
-        let pooled = self.bert.forward(inputs, train).dropout(self.dropout, train);
+        let pooled = dropout(&self.bert.forward(inputs, train), self.dropout, train);
         self.classifier.forward(&pooled, train)
     }
 }

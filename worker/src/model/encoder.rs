@@ -1,9 +1,12 @@
 //! The Transformer encoder BERT and RoBERTa share (transformers copies `RobertaEncoder` from
 //! `BertEncoder` line for line), ported module by module with Hugging Face's names.
 
-use tch::Tensor;
+use super::dropout::dropout;
+use tch::{Device, Tensor};
 
 use super::layers::{activate, LayerNorm, Linear};
+use super::packing::Group;
+use super::Inputs;
 use crate::config::{Activation, Config};
 use crate::error::ModelError;
 use crate::params::Builder;
@@ -39,20 +42,70 @@ impl SelfAttention {
         })
     }
 
-    /// `mask`: boolean [batch, 1, 1, seq], true where a key may be attended to.
-    fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let (bsz, seq, _) = x.size3().unwrap_or((0, 0, 0));
+    fn forward(&self, x: &Tensor, layout: &Layout, train: bool) -> Tensor {
         // Attention runs in the compute dtype (a LoRA-adapted projection comes back in fp32).
         let c = self.key.compute;
-        let heads = |t: Tensor| t.to_kind(c).view([bsz, seq, self.num_heads, self.head_dim]).transpose(1, 2);
-        let q = heads(self.query.forward(x, train));
-        let k = heads(self.key.forward(x, train));
-        let v = heads(self.value.forward(x, train));
+        let q = self.query.forward(x, train).to_kind(c);
+        let k = self.key.forward(x, train).to_kind(c);
+        let v = self.value.forward(x, train).to_kind(c);
         let p = if train { self.dropout } else { 0.0 };
         // transformers passes scaling = head_dim ** -0.5 explicitly; so do we.
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, scale, false);
-        out.transpose(1, 2).contiguous().view([bsz, seq, self.num_heads * self.head_dim])
+        let (nh, hd) = (self.num_heads, self.head_dim);
+        let attend = |q: &Tensor, k: &Tensor, v: &Tensor, rows: i64, seq: i64, mask: &Tensor| {
+            let heads = |t: &Tensor| t.view([rows, seq, nh, hd]).transpose(1, 2);
+            let (q, k, v) = (heads(q), heads(k), heads(v));
+            // On the CPU, SDPA's math backend: with dropout SDPA picks it anyway; without (evaluation,
+            // or attention dropout 0) it would pick the fused CPU kernel, which at these head sizes
+            // ran 1.5x slower in fp32 and 5-7x slower in bf16 (forward + backward, measured).
+            let out = if q.device() == Device::Cpu {
+                // The backend takes the additive mask SDPA's front end would have made of ours:
+                // given a boolean one it would add 1.0 where true.
+                let additive = Tensor::zeros(mask.size().as_slice(), (q.kind(), q.device())).masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+                Tensor::internal_scaled_dot_product_attention_math(&q, &k, &v, Some(&additive), p, false, None::<&Tensor>, scale, false).0
+            } else {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, scale, false)
+            };
+            out.transpose(1, 2).contiguous().view([rows * seq, nh * hd])
+        };
+        match layout {
+            Layout::Padded { rows, seq, mask } => attend(&q, &k, &v, *rows, *seq, mask).view([*rows, *seq, nh * hd]),
+            Layout::Packed(groups) => {
+                let mut outs: Vec<Tensor> = groups
+                    .iter()
+                    .map(|g| g.unpad(&attend(&g.pad(&q), &g.pad(&k), &g.pad(&v), g.rows, g.seq, &g.mask)))
+                    .collect();
+                if outs.len() == 1 {
+                    outs.pop().unwrap_or(q)
+                } else {
+                    Tensor::cat(&outs, 0)
+                }
+            }
+        }
+    }
+}
+
+/// How attention sees the batch.
+pub enum Layout<'a> {
+    /// [rows, seq, hidden] as transformers computes; `mask`: boolean [rows, 1, 1, seq], true
+    /// where a key may be attended to.
+    Padded { rows: i64, seq: i64, mask: Tensor },
+    /// Packed [tokens, hidden], padded per group of similar lengths around attention.
+    Packed(&'a [Group]),
+}
+
+impl<'a> Layout<'a> {
+    fn new(inputs: &'a Inputs) -> Layout<'a> {
+        match &inputs.packing {
+            Some(p) => Layout::Packed(&p.groups),
+            None => {
+                let (rows, seq) = inputs.attention_mask.size2().unwrap_or((0, 0));
+                // transformers' sdpa path builds a boolean key-padding mask; a boolean mask makes
+                // SDPA skip padded keys exactly (probability 0), as the additive finfo.min does.
+                let mask = inputs.attention_mask.ne(0).view([rows, 1, 1, seq]);
+                Layout::Padded { rows, seq, mask }
+            }
+        }
     }
 }
 
@@ -76,7 +129,7 @@ impl ResidualOutput {
     fn forward(&self, x: &Tensor, residual: &Tensor, train: bool) -> Tensor {
         // The residual stream stays fp32 (LayerNorm's output); a bf16 sublayer output is
         // promoted by the addition.
-        let h = self.dense.forward(x, train).dropout(self.dropout, train);
+        let h = dropout(&self.dense.forward(x, train), self.dropout, train);
         self.LayerNorm.forward(&(h + residual))
     }
 }
@@ -121,8 +174,8 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let a = self.attention.self_.forward(x, mask, train);
+    fn forward(&self, x: &Tensor, layout: &Layout, train: bool) -> Tensor {
+        let a = self.attention.self_.forward(x, layout, train);
         let a = self.attention.output.forward(&a, x, train);
         let i = activate(&self.intermediate.dense.forward(&a, train), self.intermediate.act);
         self.output.forward(&i, &a, train)
@@ -143,12 +196,9 @@ impl Encoder {
         Ok(Encoder { layer })
     }
 
-    /// `attention_mask`: [batch, seq], 1 for real tokens and 0 for padding.
-    pub fn forward(&self, hidden: Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        let (bsz, seq) = attention_mask.size2().unwrap_or((0, 0));
-        // transformers' sdpa path builds a boolean key-padding mask; a boolean mask makes SDPA
-        // skip padded keys exactly (probability 0), as the additive finfo.min mask does.
-        let mask = attention_mask.ne(0).view([bsz, 1, 1, seq]);
-        self.layer.iter().fold(hidden, |h, l| l.forward(&h, &mask, train))
+    /// `hidden`: the embeddings, [batch, seq, hidden] or, packed, [tokens, hidden].
+    pub fn forward(&self, hidden: Tensor, inputs: &Inputs, train: bool) -> Tensor {
+        let layout = Layout::new(inputs);
+        self.layer.iter().fold(hidden, |h, l| l.forward(&h, &layout, train))
     }
 }

@@ -1,6 +1,7 @@
 //! The torch.nn building blocks the encoders use (Linear with an optional LoRA adapter,
 //! LayerNorm, Embedding, activations), holding parameters declared through the `Builder`.
 
+use super::dropout::dropout;
 use tch::{Kind, Tensor};
 
 use crate::config::Activation;
@@ -66,7 +67,7 @@ impl Linear {
             None => y,
             Some(l) => {
                 // peft: result + lora_B(lora_A(dropout(x))) * scaling, the adapter in fp32.
-                let h = as_kind(x, l.a.kind()).dropout(l.dropout, train);
+                let h = dropout(&as_kind(x, l.a.kind()), l.dropout, train);
                 let delta = h.linear::<Tensor>(&l.a, None).linear::<Tensor>(&l.b, None) * l.scaling;
                 y.to_kind(Kind::Float) + delta
             }

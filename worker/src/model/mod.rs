@@ -2,8 +2,10 @@
 //! directory, a method and a seed.
 
 pub mod bert;
+pub mod dropout;
 pub mod encoder;
 pub mod layers;
+pub mod packing;
 pub mod roberta;
 
 use std::path::Path;
@@ -15,9 +17,10 @@ use crate::error::ModelError;
 use crate::params::{Builder, Checkpoint, ParamStore, Source};
 use crate::peft::Method;
 use bert::BertForSequenceClassification;
+pub use packing::Packing;
 use roberta::RobertaForSequenceClassification;
 
-/// A padded batch on the model's device.
+/// A right-padded batch on the model's device.
 pub struct Inputs {
     /// [batch, seq] int64.
     pub input_ids: Tensor,
@@ -25,6 +28,34 @@ pub struct Inputs {
     pub token_type_ids: Option<Tensor>,
     /// [batch, seq] int64, 1 for real tokens.
     pub attention_mask: Tensor,
+    /// Set: compute padding-free (see [`Packing`]); None: on the padded [batch, seq] layout,
+    /// as transformers does.
+    pub packing: Option<Packing>,
+}
+
+impl Inputs {
+    /// The same batch, computed padding-free.
+    pub fn packed(mut self) -> Inputs {
+        self.packing = Some(Packing::from_mask(&self.attention_mask));
+        self
+    }
+
+    /// A per-token [batch, seq, ...] tensor in the layout the encoder computes on: unchanged
+    /// when padded, [tokens, ...] when packed.
+    pub(crate) fn tokens(&self, t: &Tensor) -> Tensor {
+        match &self.packing {
+            Some(p) => t.flatten(0, 1).index_select(0, &p.index),
+            None => t.shallow_clone(),
+        }
+    }
+
+    /// Each row's first token ([CLS] / <s>) of the encoder's output: [batch, hidden].
+    pub(crate) fn first_tokens(&self, h: &Tensor) -> Tensor {
+        match &self.packing {
+            Some(p) => h.index_select(0, &p.starts),
+            None => h.select(1, 0),
+        }
+    }
 }
 
 pub enum SequenceClassifier {

@@ -1,6 +1,7 @@
 //! RoBERTa: `RobertaModel` and `RobertaForSequenceClassification`, ported from transformers with
 //! its module names, so every parameter's path is its checkpoint key.
 
+use super::dropout::dropout;
 use tch::{Kind, Tensor};
 
 use super::encoder::Encoder;
@@ -50,16 +51,18 @@ impl RobertaEmbeddings {
     }
 
     fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
-        let positions = Self::position_ids(&inputs.input_ids, self.padding_idx);
+        // Positions count the padding, so they are taken on the padded layout.
+        let positions = inputs.tokens(&Self::position_ids(&inputs.input_ids, self.padding_idx));
+        let ids = inputs.tokens(&inputs.input_ids);
         let types = match &inputs.token_type_ids {
-            Some(t) => t.shallow_clone(),
-            None => inputs.input_ids.zeros_like(),
+            Some(t) => inputs.tokens(t),
+            None => ids.zeros_like(),
         };
         // Summed in fp32 whatever the tables' storage dtype.
-        let e = self.word_embeddings.forward(&inputs.input_ids).to_kind(Kind::Float)
+        let e = self.word_embeddings.forward(&ids).to_kind(Kind::Float)
             + self.token_type_embeddings.forward(&types).to_kind(Kind::Float)
             + self.position_embeddings.forward(&positions).to_kind(Kind::Float);
-        self.LayerNorm.forward(&e).dropout(self.dropout, train)
+        dropout(&self.LayerNorm.forward(&e), self.dropout, train)
     }
 }
 
@@ -80,7 +83,7 @@ impl RobertaModel {
     /// Last hidden state [batch, seq, hidden].
     pub fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
         let h = self.embeddings.forward(inputs, train);
-        self.encoder.forward(h, &inputs.attention_mask, train)
+        self.encoder.forward(h, inputs, train)
     }
 }
 
@@ -101,9 +104,10 @@ impl RobertaClassificationHead {
         })
     }
 
-    fn forward(&self, features: &Tensor, train: bool) -> Tensor {
-        let x = features.select(1, 0).dropout(self.dropout, train);
-        let x = self.dense.forward(&x, train).tanh().dropout(self.dropout, train);
+    /// `first`: the encoder's output at each row's first token, [batch, hidden].
+    fn forward(&self, first: &Tensor, train: bool) -> Tensor {
+        let x = dropout(first, self.dropout, train);
+        let x = dropout(&self.dense.forward(&x, train).tanh(), self.dropout, train);
         self.out_proj.forward(&x, train)
     }
 }
@@ -125,6 +129,6 @@ impl RobertaForSequenceClassification {
     /// Logits [batch, num_labels].
     pub fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
         let h = self.roberta.forward(inputs, train);
-        self.classifier.forward(&h, train)
+        self.classifier.forward(&inputs.first_tokens(&h), train)
     }
 }
