@@ -261,6 +261,59 @@ fn parse_label(task: Task, s: &str) -> Result<u32, String> {
 /// Hugging Face `glue` parquet: columns `sentence` or `sentence1`/`sentence2`, `label`, `idx`;
 /// test rows carry label -1.
 pub fn read_parquet(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, DataError> {
+    // The checks below turn damaged metadata into errors, but the parquet crate still panics
+    // (asserts, expect()s in its decoders) on some damaged pages. Such a panic is caught and
+    // reported as a damaged file, and its message is kept off the user's terminal.
+    let read = quiet_panics::catch(|| read_parquet_checked(path, task, split)).unwrap_or_else(|why| {
+        Err(DataError::File {
+            path: path.to_path_buf(),
+            why: format!("damaged parquet file: the reader failed on it ({why})"),
+        })
+    });
+    // The parquet crate's messages may span lines; the user gets one.
+    let flat = |why: String| why.split_whitespace().collect::<Vec<_>>().join(" ");
+    read.map_err(|e| match e {
+        DataError::File { path, why } => DataError::File { path, why: flat(why) },
+        DataError::Row { path, line, why } => DataError::Row { path, line, why: flat(why) },
+        other => other,
+    })
+}
+
+/// Catching a library's panic without its message reaching stderr: a process-wide hook,
+/// installed once around whatever hook was there, that stays silent only on a thread that is
+/// inside `catch`.
+mod quiet_panics {
+    use std::cell::Cell;
+    use std::panic::{self, AssertUnwindSafe};
+    use std::sync::Once;
+
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            let previous = panic::take_hook();
+            panic::set_hook(Box::new(move |info| {
+                if !QUIET.with(|q| q.get()) {
+                    previous(info);
+                }
+            }));
+        });
+        let was = QUIET.with(|q| q.replace(true));
+        let r = panic::catch_unwind(AssertUnwindSafe(f));
+        QUIET.with(|q| q.set(was));
+        r.map_err(|p| {
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into())
+        })
+    }
+}
+
+fn read_parquet_checked(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, DataError> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
 
@@ -272,7 +325,22 @@ pub fn read_parquet(path: &Path, task: Task, split: Split) -> Result<Vec<Example
         path: path.to_path_buf(),
         source: e,
     })?;
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
     let reader = SerializedFileReader::new(file).map_err(|e| file_err(format!("not a readable parquet file: {e}")))?;
+    // The parquet crate asserts (panics) on column chunks with negative offsets or sizes when
+    // it reads them; damaged metadata is checked here first and reported as such.
+    for (g, group) in reader.metadata().row_groups().iter().enumerate() {
+        for (c, col) in group.columns().iter().enumerate() {
+            let start = col.dictionary_page_offset().unwrap_or_else(|| col.data_page_offset());
+            let len = col.compressed_size();
+            let end = (start as i128) + (len as i128);
+            if start < 0 || len < 0 || end > file_len as i128 {
+                return Err(file_err(format!(
+                    "damaged parquet metadata: column chunk {c} of row group {g} claims bytes {start}..{end} of a {file_len}-byte file"
+                )));
+            }
+        }
+    }
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     let names: Vec<String> = schema.columns().iter().map(|c| c.name().to_string()).collect();
     for c in task.text_columns().iter().chain(["label"].iter()) {

@@ -189,6 +189,9 @@ proptest! {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.parquet");
         std::fs::write(&p, &b).unwrap();
-        let _ = read_parquet(&p, Task::Rte, Split::Dev);
+        if let Err(e) = read_parquet(&p, Task::Rte, Split::Dev) {
+            let line = e.to_string();
+            prop_assert!(line.contains("x.parquet") && !line.contains('\n'), "one line naming the file: {line}");
+        }
     }
 }

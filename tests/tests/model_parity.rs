@@ -204,6 +204,8 @@ fn minilm_logits_match_transformers_on_sst2_dev() {
     let mut all_ref = Vec::new();
     let mut all_ours = Vec::new();
     let mut all_packed = Vec::new();
+    let mut all_bf16 = Vec::new();
+    let mut loaded_bf16 = None;
     let method = Method::Full;
     let mut loaded = None;
     for (k, chunk) in seqs.chunks(256).enumerate() {
@@ -220,6 +222,10 @@ fn minilm_logits_match_transformers_on_sst2_dev() {
         let logits = tch::no_grad(|| m.model.forward(&b.inputs(), false));
         all_ours.extend(values(&logits));
         all_packed.extend(values(&tch::no_grad(|| m.model.forward(&b.inputs().packed(), false))));
+        let mb = loaded_bf16.get_or_insert_with(|| {
+            model::load(&head_dir, &LoadOptions { base_kind: Kind::BFloat16, ..opts(&method) }).expect("load MiniLM classifier in bf16")
+        });
+        all_bf16.extend(values(&tch::no_grad(|| mb.model.forward(&b.inputs().packed(), false))));
         all_ref.extend(values(&read_reference(&lp)["logits"]));
     }
     assert_eq!(all_ours.len(), dev.len() * 2);
@@ -227,6 +233,16 @@ fn minilm_logits_match_transformers_on_sst2_dev() {
     assert!(d <= 1e-4, "MiniLM logits differ from HF by {d} over {} sentences", dev.len());
     let d = max_abs_diff(&all_packed, &all_ref);
     assert!(d <= 1e-4, "MiniLM logits computed padding-free differ from HF by {d} over {} sentences", dev.len());
+    // A bf16 base (8-bit mantissa: ~0.4% per rounding) against HF's fp32: close, and the same
+    // predicted class wherever HF's margin is clear.
+    let d = max_abs_diff(&all_bf16, &all_ref);
+    eprintln!("bf16 base: logits within {d} of HF fp32");
+    assert!(d <= 0.05, "MiniLM logits with a bf16 base differ from HF fp32 by {d}");
+    for (ours, theirs) in all_bf16.chunks(2).zip(all_ref.chunks(2)) {
+        if (theirs[0] - theirs[1]).abs() > 0.1 {
+            assert_eq!(ours[0] > ours[1], theirs[0] > theirs[1], "bf16 base flips a clear prediction: {ours:?} vs {theirs:?}");
+        }
+    }
 
     // The package's own checkpoint has no `bert.` prefix and no head: it loads, and the head is
     // reported as newly initialised.

@@ -2,7 +2,7 @@
 //! `BertEncoder` line for line), ported module by module with Hugging Face's names.
 
 use super::dropout::dropout;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::layers::{activate, LayerNorm, Linear};
 use super::packing::Group;
@@ -55,10 +55,11 @@ impl SelfAttention {
         let attend = |q: &Tensor, k: &Tensor, v: &Tensor, rows: i64, seq: i64, mask: &Tensor| {
             let heads = |t: &Tensor| t.view([rows, seq, nh, hd]).transpose(1, 2);
             let (q, k, v) = (heads(q), heads(k), heads(v));
-            // On the CPU, SDPA's math backend: with dropout SDPA picks it anyway; without (evaluation,
-            // or attention dropout 0) it would pick the fused CPU kernel, which at these head sizes
-            // ran 1.5x slower in fp32 and 5-7x slower in bf16 (forward + backward, measured).
-            let out = if q.device() == Device::Cpu {
+            // bf16 on the CPU: SDPA's math backend. With dropout SDPA picks it anyway; without
+            // (evaluation, or attention dropout 0) it would pick the fused CPU kernel, which at
+            // these head sizes ran 3-7x slower than the math backend in bf16 (forward + backward,
+            // measured; in fp32 the two are within 1.5x either way, and SDPA keeps its choice).
+            let out = if q.device() == Device::Cpu && q.kind() == Kind::BFloat16 {
                 // The backend takes the additive mask SDPA's front end would have made of ours:
                 // given a boolean one it would add 1.0 where true.
                 let additive = Tensor::zeros(mask.size().as_slice(), (q.kind(), q.device())).masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
