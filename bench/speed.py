@@ -142,7 +142,7 @@ def run_hf(spec, work, threads, bf16=False):
             "wall_seconds": wall, "foreign_cpu_share": foreign, "detail": r}
 
 
-def run_peftrain(spec, work, binary, dtype, workers, threads, group, padded=False):
+def run_peftrain(spec, work, binary, dtype, workers, threads, group, padded=False, seed=42):
     out = os.path.join(work, "out")
     s = spec["steps"]
     cmd = [binary, "train", "--model", spec["model_dir"], "--glue-dir", spec["glue"], "--task", spec["task"],
@@ -150,7 +150,7 @@ def run_peftrain(spec, work, binary, dtype, workers, threads, group, padded=Fals
            "--batch-size", str(spec["batch"]), "--eval-batch-size", "64", "--max-steps", str(s),
            "--lr", str(spec["lr"]), "--warmup-ratio", "0.06", "--max-length", str(spec["max_length"]),
            "--train-limit", str(spec["train_limit"]),
-           "--logging-steps", str(s), "--eval-steps", str(s), "--seed", "42", "--base-dtype", dtype,
+           "--logging-steps", str(s), "--eval-steps", str(s), "--seed", str(seed), "--base-dtype", dtype,
            "--output-dir", out]
     if spec["eval_limit"]:  # 0: the whole dev set (peftrain refuses --eval-limit 0)
         cmd += ["--eval-limit", str(spec["eval_limit"])]
@@ -173,9 +173,10 @@ def run_peftrain(spec, work, binary, dtype, workers, threads, group, padded=Fals
     train_s = log["step_ms_window"] / 1000.0  # the training steps only: no start-up, no evaluation
     samples = s * spec["batch"]
     flos = final.get("total_flos") or json.load(open(os.path.join(out, "train_output.json")))["metrics"]["total_flos"]
-    config = f"{dtype} {workers}x{threads}" + (" +group" if group else "") + (" padded" if padded else "")
+    config = f"{dtype} {workers}x{threads}" + (" +group" if group else "") + (" padded" if padded else "") + (
+        f" seed {seed}" if seed != 42 else "")
     return {"stack": "peftrain", "config": config, "dtype": dtype, "workers": workers, "threads": threads,
-            "group_by_length": group, "padded": padded, "samples_per_second": samples / train_s, "train_seconds": train_s,
+            "group_by_length": group, "padded": padded, "seed": seed, "samples_per_second": samples / train_s, "train_seconds": train_s,
             "eval_accuracy": evals[-1]["eval_accuracy"],
             "peak_rss_bytes": log.get("worker_peak_rss_bytes"), "total_flos": flos,
             "flops_per_second": flos / train_s, "mean_padded_length": None, "wall_seconds": wall,
@@ -252,6 +253,10 @@ def main():
     ap.add_argument("--hf-bf16", action="store_true", help="also run HF Trainer with bf16=True (CPU autocast)")
     ap.add_argument("--no-group", action="store_true", help="skip the --group-by-length run")
     ap.add_argument("--no-padded", action="store_true", help="skip the --padding padded run (the padding-free lever off)")
+    ap.add_argument("--acc-seeds", type=int, default=1,
+                    help="judge the accuracy criterion on the mean of this many seeds (42, 43, ...) of peftrain fp32 "
+                         "and of the fastest configuration; one seed's dev accuracy has a standard error of ~1.4 "
+                         "points on SST-2's 872 sentences, more than the 0.5-point criterion (default 1)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/peftrain"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/speed.json"))
     a = ap.parse_args()
@@ -348,7 +353,20 @@ def main():
                 if cands and not a.no_padded:
                     best = max(cands, key=lambda r: r["samples_per_second"])
                     attempt(run_peftrain, binary, "bf16", best["workers"], best["threads"], False, True)
-                groups.append((model, task, method, s, hf, ref, rows))
+                seeds = {}
+                plain = [r for r in rows if r["stack"] == "peftrain" and not r["group_by_length"]]
+                if a.acc_seeds > 1 and model != "roberta-base" and ref and plain:
+                    best = max(plain, key=lambda r: r["samples_per_second"])
+                    for r0 in ([ref] if best is ref else [ref, best]):
+                        accs = [r0["eval_accuracy"]]
+                        for seed in range(43, 42 + a.acc_seeds):
+                            r = attempt(run_peftrain, binary, r0["dtype"], r0["workers"], r0["threads"], False,
+                                        r0.get("padded", False), seed)
+                            if r:
+                                rows.remove(r)  # seed repeats feed the mean, not the speed table
+                                accs.append(r["eval_accuracy"])
+                        seeds[r0["config"]] = accs
+                groups.append((model, task, method, s, hf, ref, rows, seeds))
 
     # ------------------------------------------------------------ table and verdicts
     print(f"\n{report['date']}  {report['machine']['cpu_model']}, {report['machine']['cores']} cores, "
@@ -357,7 +375,7 @@ def main():
           f"bf16 {peaks['bf16']['peak_flops'] / 1e9:.0f} GFLOP/s; %peak is against the peak of the run's compute dtype")
     print("samples/s: training steps only; RSS: the process for HF, the largest worker for peftrain; "
           "Δ fp32: accuracy points vs peftrain fp32 1x" + str(T) + "; * = other processes used >10% of the CPU")
-    for model, task, method, s, hf, ref, rows in groups:
+    for model, task, method, s, hf, ref, rows, seeds in groups:
         random_model = model == "roberta-base"
         hf_sps = hf["samples_per_second"] if hf else None
         ref_acc = ref["eval_accuracy"] if ref else None
@@ -380,21 +398,28 @@ def main():
             ratio = best["samples_per_second"] / hf_sps
             speed_ok = ratio >= TARGET[method]
             acc_ok = None
-            if not random_model and ref_acc is not None and best["eval_accuracy"] is not None:
-                acc_ok = abs(best["eval_accuracy"] - ref_acc) <= ACC_TOLERANCE + 1e-9
+            best_acc, base_acc, n_seeds = best["eval_accuracy"], ref_acc, 1
+            if ref and seeds.get(best["config"]) and seeds.get(ref["config"]):
+                best_acc = statistics.mean(seeds[best["config"]])
+                base_acc = statistics.mean(seeds[ref["config"]])
+                n_seeds = min(len(seeds[best["config"]]), len(seeds[ref["config"]]))
+            if not random_model and base_acc is not None and best_acc is not None:
+                acc_ok = abs(best_acc - base_acc) <= ACC_TOLERANCE + 1e-9
             grouped = [r for r in rows if r["stack"] == "peftrain" and r["group_by_length"]]
             g = f"; with --group-by-length {grouped[0]['samples_per_second'] / hf_sps:.2f}x" if grouped else ""
             met = speed_ok and acc_ok is not False
             acc_txt = "accuracy not judged (random weights)" if random_model else (
                 "accuracy n/a" if acc_ok is None else
-                f"accuracy {100 * (best['eval_accuracy'] - ref_acc):+.1f} pt vs fp32 "
-                f"({'within' if acc_ok else 'OUTSIDE'} 0.5)")
+                f"accuracy {100 * (best_acc - base_acc):+.1f} pt vs fp32"
+                + (f" (means of {n_seeds} seeds: {100 * best_acc:.2f} vs {100 * base_acc:.2f})" if n_seeds > 1 else "")
+                + f" ({'within' if acc_ok else 'OUTSIDE'} 0.5)")
             print(f"target >= {TARGET[method]:.0f}x HF: best peftrain ({best['config']}) {ratio:.2f}x -> "
                   f"{'speed MET' if speed_ok else 'speed MISSED'}; {acc_txt}{g}"
                   f" => {'MET' if met else 'NOT MET'}")
             verdict = {"model": model, "task": task, "method": method, "target_ratio": TARGET[method],
                        "best_config": best["config"], "ratio": ratio, "speed_met": speed_ok, "accuracy_met": acc_ok,
-                       "accuracy_delta": None if acc_ok is None else best["eval_accuracy"] - ref_acc,
+                       "accuracy_delta": None if acc_ok is None else best_acc - base_acc,
+                       "accuracy_seeds": seeds or None,
                        "group_by_length_ratio": grouped[0]["samples_per_second"] / hf_sps if grouped else None,
                        "met": met}
         report["verdicts"].append(verdict)
