@@ -85,6 +85,9 @@ fn malformed_glue_rows_name_file_and_line() {
     let err = train_fails(&model, &glue_dir(), &["--max-length", "4096"]);
     assert_one_clear_line(&err, &["--max-length 4096", "config.json"]);
 
+    let err = train_fails(&model, &glue_dir(), &["--padding", "tight"]);
+    assert_one_clear_line(&err, &["--padding \"tight\"", "auto, free or padded"]);
+
     // An empty evaluation set would train, evaluate nothing and report success.
     let out = tempfile::tempdir().unwrap();
     let tok = roberta_dir();

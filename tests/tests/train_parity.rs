@@ -1,7 +1,8 @@
 //! Trajectory parity: a tiny RoBERTa, the same initial weights and data order, dropout 0; the
 //! first 30 per-step training losses of `peftrain train` equal a reference loop written with
 //! HF transformers + peft + torch.optim.AdamW (tests/reference/hf_train.py) within 1e-4, for
-//! full fine-tuning, BitFit (both scopes) and LoRA.
+//! full fine-tuning, BitFit (both scopes) and LoRA, each computed padding-free (peftrain's CPU
+//! default) and on the padded layout transformers uses.
 
 use std::path::Path;
 
@@ -23,7 +24,7 @@ fn reference(model: &Path, method: &str, scope: &str, adapter: Option<&Path>) ->
     serde_json::from_str(run_reference("hf_train.py", &args).trim()).expect("reference JSON")
 }
 
-fn ours(model: &Path, out: &Path, method: &str, scope: &str, adapter: Option<&Path>, workers: usize) -> Vec<f64> {
+fn ours(model: &Path, out: &Path, method: &str, scope: &str, adapter: Option<&Path>, workers: usize, padding: &str) -> Vec<f64> {
     let limit = (STEPS * BATCH).to_string();
     let workers = workers.to_string();
     let (tokenizer, glue) = (roberta_dir(), glue_dir());
@@ -34,7 +35,7 @@ fn ours(model: &Path, out: &Path, method: &str, scope: &str, adapter: Option<&Pa
         "--lr", "1e-3", "--weight-decay", "0.01", "--warmup-steps", "3", "--no-shuffle", "--logging-steps", "1",
         "--workers", &workers, "--threads", "1", "--output-dir", out.to_str().unwrap(),
         // fp32: the numbers are compared with Hugging Face's to the digit.
-        "--base-dtype", "fp32",
+        "--base-dtype", "fp32", "--padding", padding,
     ];
     if let Some(a) = adapter {
         args.extend(["--init-adapter", a.to_str().unwrap()]);
@@ -53,10 +54,16 @@ fn check(method: &str, scope: &str) {
     });
     let reference = reference(&model, method, scope, adapter.as_deref());
     let want: Vec<f64> = reference["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    let out = dir.path().join("out");
-    let got = ours(&model, &out, method, scope, adapter.as_deref(), 1);
+    // Both layouts follow the reference: padding-free and padded as transformers computes.
+    for padding in ["free", "padded"] {
+        let out = dir.path().join(format!("out-{padding}"));
+        check_run(method, &format!("{scope}, --padding {padding}"), &reference, &want, &out, ours(&model, &out, method, scope, adapter.as_deref(), 1, padding));
+    }
+}
+
+fn check_run(method: &str, scope: &str, reference: &serde_json::Value, want: &[f64], out: &Path, got: Vec<f64>) {
     assert_eq!(got.len(), STEPS, "{method}: one loss per step");
-    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(worst <= 1e-4, "{method}/{scope}: losses differ from the reference by up to {worst}\nours {got:?}\nref  {want:?}");
     // The run must actually train: a trajectory that stays flat would match trivially.
     // total_flos as the Trainer defines it: 6 x padded input tokens x non-embedding parameters.
@@ -66,14 +73,13 @@ fn check(method: &str, scope: &str) {
     // The updates themselves: after 30 steps at lr 1e-3 the weights moved by ~1e-2, so an
     // optimizer that did nothing (or the wrong thing) cannot pass this.
     let finals = reference["final"].as_object().unwrap();
-    let trained = trainable_weights(&out);
+    let trained = trainable_weights(out);
     assert_eq!(trained.len(), finals.len(), "{method}/{scope}: trainable set differs from the reference's");
     for (name, t) in &trained {
         let r: Vec<f32> = finals[name].as_array().unwrap_or_else(|| panic!("reference lacks {name}")).iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let d = max_abs_diff(&values(t), &r);
         assert!(d <= 1e-4, "{method}/{scope}: final {name} differs by {d}");
     }
-
 }
 
 #[test]
