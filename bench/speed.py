@@ -347,12 +347,11 @@ def main():
                 b1 = attempt(run_peftrain, binary, "bf16", 1, T, False)
                 bw = attempt(run_peftrain, binary, "bf16", T, 1, False) if T > 1 else None
                 cands = [r for r in (b1, bw) if r]
-                if cands and not a.no_group:
-                    best = max(cands, key=lambda r: r["samples_per_second"])
-                    attempt(run_peftrain, binary, "bf16", best["workers"], best["threads"], True)
-                if cands and not a.no_padded:
-                    best = max(cands, key=lambda r: r["samples_per_second"])
-                    attempt(run_peftrain, binary, "bf16", best["workers"], best["threads"], False, True)
+                fastest = max(cands, key=lambda r: r["samples_per_second"]) if cands else None
+                if fastest and not a.no_group:
+                    attempt(run_peftrain, binary, "bf16", fastest["workers"], fastest["threads"], True)
+                if fastest and not a.no_padded:
+                    attempt(run_peftrain, binary, "bf16", fastest["workers"], fastest["threads"], False, True)
                 seeds = {}
                 plain = [r for r in rows if r["stack"] == "peftrain" and not r["group_by_length"]]
                 if a.acc_seeds > 1 and model != "roberta-base" and ref and plain:

@@ -36,22 +36,10 @@ impl BertEmbeddings {
     }
 
     fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
-        let (bsz, seq) = inputs.input_ids.size2().unwrap_or((0, 0));
+        let seq = inputs.input_ids.size().get(1).copied().unwrap_or(0);
         // Absolute positions 0..seq, whatever the padding (BERT pads on the right).
         let positions = Tensor::arange(seq, (Kind::Int64, inputs.input_ids.device())).unsqueeze(0);
-        let positions = match inputs.packing {
-            Some(_) => inputs.tokens(&positions.expand([bsz, seq], false)),
-            None => positions,
-        };
-        let ids = inputs.tokens(&inputs.input_ids);
-        let types = match &inputs.token_type_ids {
-            Some(t) => inputs.tokens(t),
-            None => ids.zeros_like(),
-        };
-        // Summed in fp32 whatever the tables' storage dtype.
-        let e = self.word_embeddings.forward(&ids).to_kind(Kind::Float)
-            + self.token_type_embeddings.forward(&types).to_kind(Kind::Float)
-            + self.position_embeddings.forward(&positions).to_kind(Kind::Float);
+        let e = inputs.embed(&self.word_embeddings, &self.token_type_embeddings, &self.position_embeddings, &positions);
         dropout(&self.LayerNorm.forward(&e), self.dropout, train)
     }
 }

@@ -52,61 +52,77 @@ impl SelfAttention {
         // transformers passes scaling = head_dim ** -0.5 explicitly; so do we.
         let scale = (self.head_dim as f64).powf(-0.5);
         let (nh, hd) = (self.num_heads, self.head_dim);
-        let attend = |q: &Tensor, k: &Tensor, v: &Tensor, rows: i64, seq: i64, mask: &Tensor| {
-            let heads = |t: &Tensor| t.view([rows, seq, nh, hd]).transpose(1, 2);
+        let attend = |part: &Part, q: &Tensor, k: &Tensor, v: &Tensor| {
+            let heads = |t: &Tensor| t.view([part.rows, part.seq, nh, hd]).transpose(1, 2);
             let (q, k, v) = (heads(q), heads(k), heads(v));
-            // bf16 on the CPU: SDPA's math backend. With dropout SDPA picks it anyway; without
-            // (evaluation, or attention dropout 0) it would pick the fused CPU kernel, which at
-            // these head sizes ran 3-7x slower than the math backend in bf16 (forward + backward,
-            // measured; in fp32 the two are within 1.5x either way, and SDPA keeps its choice).
-            let out = if q.device() == Device::Cpu && q.kind() == Kind::BFloat16 {
-                // The backend takes the additive mask SDPA's front end would have made of ours:
-                // given a boolean one it would add 1.0 where true.
-                let additive = Tensor::zeros(mask.size().as_slice(), (q.kind(), q.device())).masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
-                Tensor::internal_scaled_dot_product_attention_math(&q, &k, &v, Some(&additive), p, false, None::<&Tensor>, scale, false).0
-            } else {
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, scale, false)
-            };
-            out.transpose(1, 2).contiguous().view([rows * seq, nh * hd])
-        };
-        match layout {
-            Layout::Padded { rows, seq, mask } => attend(&q, &k, &v, *rows, *seq, mask).view([*rows, *seq, nh * hd]),
-            Layout::Packed(groups) => {
-                let mut outs: Vec<Tensor> = groups
-                    .iter()
-                    .map(|g| g.unpad(&attend(&g.pad(&q), &g.pad(&k), &g.pad(&v), g.rows, g.seq, &g.mask)))
-                    .collect();
-                if outs.len() == 1 {
-                    outs.pop().unwrap_or(q)
-                } else {
-                    Tensor::cat(&outs, 0)
+            let out = match &part.additive {
+                Some(additive) => {
+                    Tensor::internal_scaled_dot_product_attention_math(&q, &k, &v, Some(additive), p, false, None::<&Tensor>, scale, false).0
                 }
-            }
+                None => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&part.mask), p, false, scale, false),
+            };
+            out.transpose(1, 2).contiguous().view([part.rows * part.seq, nh * hd])
+        };
+        let mut outs: Vec<Tensor> = layout
+            .parts
+            .iter()
+            .map(|part| match part.group {
+                None => attend(part, &q, &k, &v).view([part.rows, part.seq, nh * hd]),
+                Some(g) => g.unpad(&attend(part, &g.pad(&q), &g.pad(&k), &g.pad(&v))),
+            })
+            .collect();
+        if outs.len() == 1 {
+            outs.pop().unwrap_or(q)
+        } else {
+            Tensor::cat(&outs, 0)
         }
     }
 }
 
-/// How attention sees the batch.
-pub enum Layout<'a> {
-    /// [rows, seq, hidden] as transformers computes; `mask`: boolean [rows, 1, 1, seq], true
-    /// where a key may be attended to.
-    Padded { rows: i64, seq: i64, mask: Tensor },
-    /// Packed [tokens, hidden], padded per group of similar lengths around attention.
-    Packed(&'a [Group]),
+/// How attention sees the batch, built once per forward: one part for the padded layout
+/// ([rows, seq, hidden] as transformers computes), or one per length group of a packed one
+/// ([tokens, hidden], padded per group around attention).
+pub struct Layout<'a> {
+    parts: Vec<Part<'a>>,
+}
+
+struct Part<'a> {
+    /// None: the padded batch itself.
+    group: Option<&'a Group>,
+    rows: i64,
+    seq: i64,
+    /// Boolean [rows, 1, 1, seq], true where a key may be attended to. transformers' sdpa path
+    /// builds such a key-padding mask; it makes SDPA skip padded keys exactly (probability 0),
+    /// as the additive finfo.min mask does.
+    mask: Tensor,
+    /// bf16 on the CPU: the same mask made additive (0 / -inf), for SDPA's math backend, which
+    /// is called directly. With dropout SDPA picks that backend anyway; without (evaluation, or
+    /// attention dropout 0) it would pick the fused CPU kernel, which at these head sizes ran
+    /// 3-7x slower in bf16 (forward + backward, measured; in fp32 the two are within 1.5x either
+    /// way, and SDPA keeps its choice). The backend takes the additive mask SDPA's front end
+    /// would have made of ours: given a boolean one it would add 1.0 where true.
+    additive: Option<Tensor>,
 }
 
 impl<'a> Layout<'a> {
-    fn new(inputs: &'a Inputs) -> Layout<'a> {
-        match &inputs.packing {
-            Some(p) => Layout::Packed(&p.groups),
+    /// `compute`: the dtype attention runs in.
+    fn new(inputs: &'a Inputs, compute: Kind) -> Layout<'a> {
+        let math = inputs.attention_mask.device() == Device::Cpu && compute == Kind::BFloat16;
+        let part = |group: Option<&'a Group>, rows: i64, seq: i64, mask: Tensor| Part {
+            group,
+            rows,
+            seq,
+            additive: math.then(|| Tensor::zeros(mask.size().as_slice(), (compute, mask.device())).masked_fill(&mask.logical_not(), f64::NEG_INFINITY)),
+            mask,
+        };
+        let parts = match &inputs.packing {
+            Some(p) => p.groups.iter().map(|g| part(Some(g), g.rows, g.seq, g.mask.shallow_clone())).collect(),
             None => {
                 let (rows, seq) = inputs.attention_mask.size2().unwrap_or((0, 0));
-                // transformers' sdpa path builds a boolean key-padding mask; a boolean mask makes
-                // SDPA skip padded keys exactly (probability 0), as the additive finfo.min does.
-                let mask = inputs.attention_mask.ne(0).view([rows, 1, 1, seq]);
-                Layout::Padded { rows, seq, mask }
+                vec![part(None, rows, seq, inputs.attention_mask.ne(0).view([rows, 1, 1, seq]))]
             }
-        }
+        };
+        Layout { parts }
     }
 }
 
@@ -199,7 +215,8 @@ impl Encoder {
 
     /// `hidden`: the embeddings, [batch, seq, hidden] or, packed, [tokens, hidden].
     pub fn forward(&self, hidden: Tensor, inputs: &Inputs, train: bool) -> Tensor {
-        let layout = Layout::new(inputs);
+        let compute = self.layer.first().map_or(Kind::Float, |l| l.attention.self_.key.compute);
+        let layout = Layout::new(inputs, compute);
         self.layer.iter().fold(hidden, |h, l| l.forward(&h, &layout, train))
     }
 }

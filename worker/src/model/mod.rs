@@ -17,6 +17,7 @@ use crate::error::ModelError;
 use crate::params::{Builder, Checkpoint, ParamStore, Source};
 use crate::peft::Method;
 use bert::BertForSequenceClassification;
+use layers::Embedding;
 pub use packing::Packing;
 use roberta::RobertaForSequenceClassification;
 
@@ -47,6 +48,24 @@ impl Inputs {
             Some(p) => t.flatten(0, 1).index_select(0, &p.index),
             None => t.shallow_clone(),
         }
+    }
+
+    /// Word + token type + position embeddings, summed in fp32 whatever the tables' storage
+    /// dtype, in the layout the encoder computes on. `positions` is [batch, seq] or broadcasts
+    /// to it; it is taken on the padded layout (RoBERTa's count the padding).
+    pub(crate) fn embed(&self, word: &Embedding, token_type: &Embedding, position: &Embedding, positions: &Tensor) -> Tensor {
+        let ids = self.tokens(&self.input_ids);
+        let types = match &self.token_type_ids {
+            Some(t) => self.tokens(t),
+            None => ids.zeros_like(),
+        };
+        let positions = match self.packing {
+            Some(_) => self.tokens(&positions.expand_as(&self.input_ids)),
+            None => positions.shallow_clone(),
+        };
+        word.forward(&ids).to_kind(Kind::Float)
+            + token_type.forward(&types).to_kind(Kind::Float)
+            + position.forward(&positions).to_kind(Kind::Float)
     }
 
     /// Each row's first token ([CLS] / <s>) of the encoder's output: [batch, hidden].

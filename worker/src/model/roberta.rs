@@ -51,17 +51,8 @@ impl RobertaEmbeddings {
     }
 
     fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
-        // Positions count the padding, so they are taken on the padded layout.
-        let positions = inputs.tokens(&Self::position_ids(&inputs.input_ids, self.padding_idx));
-        let ids = inputs.tokens(&inputs.input_ids);
-        let types = match &inputs.token_type_ids {
-            Some(t) => inputs.tokens(t),
-            None => ids.zeros_like(),
-        };
-        // Summed in fp32 whatever the tables' storage dtype.
-        let e = self.word_embeddings.forward(&ids).to_kind(Kind::Float)
-            + self.token_type_embeddings.forward(&types).to_kind(Kind::Float)
-            + self.position_embeddings.forward(&positions).to_kind(Kind::Float);
+        let positions = Self::position_ids(&inputs.input_ids, self.padding_idx);
+        let e = inputs.embed(&self.word_embeddings, &self.token_type_embeddings, &self.position_embeddings, &positions);
         dropout(&self.LayerNorm.forward(&e), self.dropout, train)
     }
 }
