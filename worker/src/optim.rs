@@ -173,7 +173,7 @@ impl AdamW {
             segments.push(Segment { p, ea, es, g, decay });
         }
         // One balanced share of all elements per thread, cutting tensors where needed: full
-        // fine-tuning is one 12 M-row embedding and a hundred small tensors, and either alone
+        // fine-tuning is one 11.7 M-element embedding and a hundred small tensors, and either alone
         // would leave a core idle.
         let total: usize = segments.iter().map(|s| s.p.len()).sum();
         let parts = threads.max(1).min(total / (1 << 15)).max(1);
