@@ -151,22 +151,11 @@ impl AdamW {
 
     fn step_fused(&mut self, params: &BTreeMap<String, Tensor>, grads: &[&[f32]], clip_coef: f32, lr: f64, threads: usize) {
         self.step += 1;
-        let c = self.config;
-        let bias_correction1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias_correction2 = 1.0 - c.beta2.powi(self.step as i32);
-        let k = Coeffs {
-            clip: clip_coef,
-            step_size: (lr / bias_correction1) as f32,
-            bc2_sqrt: bias_correction2.sqrt() as f32,
-            b1w: (1.0 - c.beta1) as f32,
-            b2: c.beta2 as f32,
-            b2c: (1.0 - c.beta2) as f32,
-            eps: c.eps as f32,
-        };
+        let k = Coeffs::at(&self.config, self.step, lr, clip_coef);
         let mut segments = Vec::with_capacity(params.len());
         for ((name, p), g) in params.iter().zip(grads) {
             let Some(m) = self.state.get(name) else { continue };
-            let decay = if c.weight_decay != 0.0 && decays(name) { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
+            let decay = decay_factor(&self.config, name, lr);
             // SAFETY: `fusable` checked contiguous fp32 CPU tensors; the optimizer owns the
             // moments and the replica's thread owns the parameters during the step.
             let (p, ea, es) = unsafe { (cpu_slice(p), cpu_slice(&m.exp_avg), cpu_slice(&m.exp_avg_sq)) };
@@ -215,6 +204,32 @@ struct Coeffs {
     b2: f32,
     b2c: f32,
     eps: f32,
+}
+
+impl Coeffs {
+    /// The constants of update number `step` (1-based, after the increment).
+    fn at(c: &AdamWConfig, step: u64, lr: f64, clip: f32) -> Coeffs {
+        let bias_correction1 = 1.0 - c.beta1.powi(step as i32);
+        let bias_correction2 = 1.0 - c.beta2.powi(step as i32);
+        Coeffs {
+            clip,
+            step_size: (lr / bias_correction1) as f32,
+            bc2_sqrt: bias_correction2.sqrt() as f32,
+            b1w: (1.0 - c.beta1) as f32,
+            b2: c.beta2 as f32,
+            b2c: (1.0 - c.beta2) as f32,
+            eps: c.eps as f32,
+        }
+    }
+}
+
+/// The decoupled weight-decay factor `1 - lr * weight_decay` for `name` (1 where it is exempt).
+fn decay_factor(c: &AdamWConfig, name: &str, lr: f64) -> f32 {
+    if c.weight_decay != 0.0 && decays(name) {
+        (1.0 - lr * c.weight_decay) as f32
+    } else {
+        1.0
+    }
 }
 
 /// A run of elements of one parameter with its moments and gradient.
@@ -302,6 +317,16 @@ pub fn grads_fusable(params: &BTreeMap<String, Tensor>) -> bool {
     })
 }
 
+/// `clip_grad_norm_`'s coefficient for a total norm: max_norm / (total + 1e-6), capped at 1; 1
+/// when clipping is off or the norm is not finite (the update is then skipped anyway).
+pub fn clip_coef(total: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && total.is_finite() {
+        (max_norm / (total + 1e-6)).min(1.0)
+    } else {
+        1.0
+    }
+}
+
 /// The norm of the gradients and the clip coefficient, without scaling them (the fused
 /// update applies the coefficient as it reads each gradient).
 pub fn grad_norm_coef(params: &BTreeMap<String, Tensor>, max_norm: f64) -> (f64, f32) {
@@ -311,8 +336,7 @@ pub fn grad_norm_coef(params: &BTreeMap<String, Tensor>, max_norm: f64) -> (f64,
             return (0.0, 1.0);
         }
         let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-        let coef = if max_norm > 0.0 && total.is_finite() { (max_norm / (total + 1e-6)).min(1.0) } else { 1.0 };
-        (total, coef as f32)
+        (total, clip_coef(total, max_norm) as f32)
     })
 }
 
@@ -327,8 +351,7 @@ pub fn flat_clip(params: &BTreeMap<String, Tensor>, grads: &[f32], max_norm: f64
         off += n;
     }
     let total = sq.sqrt();
-    let coef = if max_norm > 0.0 && total.is_finite() { (max_norm / (total + 1e-6)).min(1.0) } else { 1.0 };
-    (total, coef as f32)
+    (total, clip_coef(total, max_norm) as f32)
 }
 
 /// Σx² in f64 over eight running sums (a vector's lanes: one serial sum is bound by the
@@ -426,21 +449,11 @@ mod tests {
             oa.step_flat(&pa, &g, 0.9, 1e-3, 3);
             // The reference: one thread, the generic loop on every segment.
             ob.step += 1;
-            let bc1 = 1.0 - cfg.beta1.powi(ob.step as i32);
-            let bc2 = 1.0 - cfg.beta2.powi(ob.step as i32);
-            let k = Coeffs {
-                clip: 0.9,
-                step_size: (1e-3 / bc1) as f32,
-                bc2_sqrt: bc2.sqrt() as f32,
-                b1w: (1.0 - cfg.beta1) as f32,
-                b2: cfg.beta2 as f32,
-                b2c: (1.0 - cfg.beta2) as f32,
-                eps: cfg.eps as f32,
-            };
+            let k = Coeffs::at(&cfg, ob.step, 1e-3, 0.9);
             let mut off = 0;
             for (name, p) in &pb {
                 let m = &ob.state[name];
-                let decay = if decays(name) { (1.0 - 1e-3 * cfg.weight_decay) as f32 } else { 1.0 };
+                let decay = decay_factor(&cfg, name, 1e-3);
                 let len = p.numel();
                 let seg = unsafe {
                     Segment { p: cpu_slice(p), ea: cpu_slice(&m.exp_avg), es: cpu_slice(&m.exp_avg_sq), g: &g[off..off + len], decay }

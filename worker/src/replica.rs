@@ -345,8 +345,7 @@ impl Replica {
     /// The device path: one flat gradient on the device, its norm computed there.
     fn hold_device(&mut self, step: u64, g: Tensor, lr: f64) -> f64 {
         let norm = tch::no_grad(|| g.norm().double_value(&[]));
-        let max = self.spec.max_grad_norm;
-        let coef = if max > 0.0 && norm.is_finite() { (max / (norm + 1e-6)).min(1.0) } else { 1.0 };
+        let coef = optim::clip_coef(norm, self.spec.max_grad_norm);
         self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: None, device_flat: Some((g, coef)) });
         norm
     }

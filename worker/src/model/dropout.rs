@@ -31,13 +31,19 @@ fn splitmix64(state: &mut u64) -> u64 {
 
 /// `n` mask values: 0 with probability `p`, else 1/(1-p).
 pub fn mask(n: usize, p: f64) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    fill_mask(&mut out, p);
+    out
+}
+
+/// Fills `out` with the next mask values of this thread's stream.
+fn fill_mask(out: &mut [f32], p: f64) {
     let threshold = (p * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;
     let keep = (1.0 / (1.0 - p)) as f32;
     // Branch-free: a kept element is `keep * 1.0`, a dropped one `keep * 0.0`.
     let pick = |u: u32| keep * ((u >= threshold) as u32 as f32);
     STATE.with(|s| {
         let mut state = s.get();
-        let mut out = vec![0f32; n];
         let mut pairs = out.chunks_exact_mut(2);
         for pair in &mut pairs {
             let r = splitmix64(&mut state);
@@ -48,7 +54,6 @@ pub fn mask(n: usize, p: f64) -> Vec<f32> {
             *last = pick(splitmix64(&mut state) as u32);
         }
         s.set(state);
-        out
     })
 }
 
@@ -62,7 +67,10 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.device() != Device::Cpu || p >= 1.0 {
         return x.dropout(p, train);
     }
-    let m = Tensor::from_slice(&mask(x.numel(), p)).view(x.size().as_slice());
+    // Drawn straight into the tensor's storage: no intermediate vector to copy.
+    let m = Tensor::empty(x.size().as_slice(), (Kind::Float, Device::Cpu));
+    // SAFETY: a fresh contiguous fp32 CPU tensor of x.numel() elements, written only here.
+    fill_mask(unsafe { std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, x.numel()) }, p);
     if x.kind() == Kind::Float {
         x * m
     } else {
