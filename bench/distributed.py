@@ -25,7 +25,7 @@ def peftrain(model, glue, steps, workers, lr, out):
     cmd = [os.path.join(ROOT, "target/release/peftrain"), "train", "--model", model, "--glue-dir", glue, "--task", "sst2",
            "--method", "lora", "--batch-size", "16", "--max-steps", str(steps), "--lr", str(lr), "--no-shuffle",
            "--train-limit", str(16 * steps), "--eval-limit", "16", "--logging-steps", str(steps), "--workers", str(workers),
-           "--output-dir", out]
+           "--output-dir", out, "--overwrite-output-dir"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "error"})
     events = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     log = [e for e in events if "loss" in e][-1]
@@ -55,6 +55,8 @@ def main():
         for n in (1, 2):
             rows.append(("peftrain", n, peftrain(model, glue, a.steps, n, a.lr, os.path.join(d, f"p{n}"))))
             rows.append(("DDP gloo", n, ddp(model, glue, a.steps, n, a.lr, os.path.join(d, f"d{n}.json"))))
+    from speed import cpu_info, machine_line
+    print(machine_line(cpu_info()))
     print(f"all-MiniLM-L6-v2, LoRA r=8 (query,value), SST-2, global batch 16, {a.steps} steps, {os.cpu_count()} cores")
     print(f"{'stack':<10} {'workers':>7} {'samples/s':>10} {'all-reduce share':>17}")
     for name, n, r in rows:

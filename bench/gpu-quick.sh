@@ -12,7 +12,7 @@ if ls "$D"/whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name --format=csv,noheader
 ./"$D"/bin/peftrain train --model "$D/roberta" --random-weights --glue-dir "$D/glue" --task sst2 --device cuda --workers 1 \
-  --batch-size 16 --quiet --method lora --base-dtype fp32 --max-steps 300 --logging-steps 50 --eval-limit 64 --output-dir /tmp/q > /tmp/q.log 2>&1
+  --batch-size 16 --quiet --method lora --base-dtype fp32 --max-steps 300 --logging-steps 50 --eval-limit 64 --output-dir /tmp/q --overwrite-output-dir > /tmp/q.log 2>&1
 $PY - <<'PYEOF'
 import json
 ev = [json.loads(l) for l in open("/tmp/q/metrics.jsonl")]

@@ -20,7 +20,7 @@ common=(--model "$D/roberta" --random-weights --glue-dir "$D/glue" --task sst2 -
 for m in lora bitfit full; do
   for dt in bf16 fp32; do
     ./"$D"/bin/peftrain train "${common[@]}" --method "$m" --base-dtype "$dt" --max-steps 600 \
-      --logging-steps 100 --eval-limit 256 --output-dir "$OUT/$m-$dt" > "$OUT/$m-$dt.log" 2>&1 \
+      --logging-steps 100 --eval-limit 256 --output-dir "$OUT/$m-$dt" --overwrite-output-dir > "$OUT/$m-$dt.log" 2>&1 \
       || { echo "FAILED $m $dt"; tail -5 "$OUT/$m-$dt.log"; }
     $PY - "$OUT/$m-$dt" "$m" "$dt" <<'PYEOF'
 import json, sys
@@ -36,7 +36,7 @@ done | tee "$OUT/throughput.txt"
 #    each epoch; the seed's HF Trainer + peft took 1,923 s.
 start=$(date +%s.%N)
 ./"$D"/bin/peftrain train "${common[@]}" --method lora --base-dtype bf16 --epochs 3 --logging-steps 1000 \
-  --output-dir "$OUT/lora-3epochs" > "$OUT/lora-3epochs.log" 2>&1 || { echo "FAILED 3 epochs"; tail -5 "$OUT/lora-3epochs.log"; }
+  --output-dir "$OUT/lora-3epochs" --overwrite-output-dir > "$OUT/lora-3epochs.log" 2>&1 || { echo "FAILED 3 epochs"; tail -5 "$OUT/lora-3epochs.log"; }
 end=$(date +%s.%N)
 echo "LoRA SST-2 3 epochs: wall $(echo "$end - $start" | bc) s (process start to exit); $(grep -o "'train_runtime': [0-9.]*" "$OUT/lora-3epochs.log")" | tee "$OUT/epochs.txt"
 grep -E "^[0-9]+ " "$OUT/lora-3epochs.log" | tail -3 | tee -a "$OUT/epochs.txt"

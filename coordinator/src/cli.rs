@@ -220,6 +220,15 @@ pub struct TrainArgs {
     /// Keep only the newest N checkpoints.
     #[arg(long, env = "PEFTRAIN_SAVE_TOTAL_LIMIT")]
     pub save_total_limit: Option<usize>,
+    /// Train into an output directory that already holds another run's outputs (as
+    /// run_glue.py's --overwrite_output_dir: that run's checkpoints are removed first);
+    /// without it, or --resume, such a directory is refused.
+    #[arg(long, env = "PEFTRAIN_OVERWRITE_OUTPUT_DIR")]
+    pub overwrite_output_dir: bool,
+    /// Stop with an error after this many consecutive steps whose gradient was non-finite
+    /// (each one skipped on every worker).
+    #[arg(long, env = "PEFTRAIN_MAX_SKIPPED_STEPS", default_value_t = crate::config::default_max_skipped_steps())]
+    pub max_skipped_steps: u64,
     /// Resume from a checkpoint directory, or (no value, or `latest`) from the newest in --output-dir.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest", env = "PEFTRAIN_RESUME")]
     pub resume: Option<PathBuf>,
@@ -273,6 +282,8 @@ impl TrainArgs {
             save_total_limit: self.save_total_limit,
             resume: self.resume.clone(),
             quiet: false,
+            overwrite_output_dir: self.overwrite_output_dir,
+            max_skipped_steps: self.max_skipped_steps,
         }
     }
 }
@@ -325,6 +336,9 @@ pub struct LocalArgs {
     /// libtorch threads per local worker (default: cores / workers).
     #[arg(long, env = "PEFTRAIN_THREADS")]
     pub threads: Option<usize>,
+    /// Most worker processes single-node mode may start (default: 4 per core, at least 8).
+    #[arg(long, env = "PEFTRAIN_MAX_LOCAL_WORKERS")]
+    pub max_local_workers: Option<usize>,
 }
 
 #[derive(Args, Debug)]

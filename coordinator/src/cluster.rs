@@ -33,7 +33,14 @@ pub enum ClusterError {
     TooFewWorkers { have: usize, min: usize, lost: String },
     #[error("workers disagree: {0}")]
     Inconsistent(String),
+    /// The group could not be formed (registration timed out, a local worker died, a signal).
+    #[error("{0}")]
+    Setup(String),
 }
+
+/// How often in a row a step's all-reduce may be interrupted with every worker alive before
+/// the run gives up.
+const MAX_INTERRUPTED: u32 = 3;
 
 /// One worker as the coordinator sees it.
 #[derive(Clone)]
@@ -261,9 +268,9 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 g.lost = self.silent();
             }
-            if g.lost.is_empty() {
-                return Err(ClusterError::Inconsistent("an all-reduce failed and no worker is missing".into()));
-            }
+            // Every worker alive: the ring was only interrupted (the coordinator paused between
+            // sending two shards, a peer starved past the ring timeout). `peer_trouble` with no
+            // one lost tells the caller to redo the step on the same group.
         }
         Ok(g)
     }
@@ -289,12 +296,7 @@ impl Cluster {
     /// Workers whose heartbeats stopped for longer than the worker timeout.
     fn silent(&self) -> BTreeSet<String> {
         let ids: BTreeSet<&String> = self.conns.iter().map(|c| &c.member.worker_id).collect();
-        self.registry
-            .members()
-            .into_iter()
-            .filter(|m| ids.contains(&m.worker_id) && m.last_seen.elapsed() > self.tolerance.worker_timeout)
-            .map(|m| m.worker_id)
-            .collect()
+        self.registry.silent(self.tolerance.worker_timeout).into_iter().filter(|id| ids.contains(id)).collect()
     }
 
     /// At a step boundary: brings registered replacements into the group, each receiving the
@@ -360,12 +362,26 @@ impl Cluster {
     /// phase one are dropped and the same batch is redone, re-sharded among the survivors.
     pub async fn step(&mut self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<StepOutcome, ClusterError> {
         let mut redone = 0u32;
+        let mut interrupted = 0u32;
         loop {
             match self.try_step(step, examples, lr, seed).await? {
                 Ok(mut out) => {
                     self.commit(step).await?;
                     out.redone = redone;
                     return Ok(out);
+                }
+                Err(lost) if lost.is_empty() => {
+                    // An all-reduce abandoned with every worker alive: same group, new generation.
+                    interrupted += 1;
+                    if interrupted > MAX_INTERRUPTED {
+                        return Err(ClusterError::Inconsistent(format!(
+                            "the all-reduce of step {} failed {MAX_INTERRUPTED} times in a row with every worker alive",
+                            step + 1
+                        )));
+                    }
+                    self.setup().await?;
+                    redone += 1;
+                    tracing::warn!(step = step + 1, "an all-reduce was interrupted with every worker alive: redoing the step");
                 }
                 Err(lost) => {
                     self.remove(&lost)?;
@@ -377,7 +393,8 @@ impl Cluster {
         }
     }
 
-    /// Phase one. Ok(Err(lost)) when workers were lost (the step can be redone).
+    /// Phase one. Ok(Err(lost)) when workers were lost, or (lost empty) when the all-reduce was
+    /// interrupted with every worker alive: either way the step can be redone.
     async fn try_step(&self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<Result<StepOutcome, BTreeSet<String>>, ClusterError> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let shards = shard_by_tokens(&lengths, self.world());
@@ -401,7 +418,7 @@ impl Cluster {
             });
         }
         let g = self.gather(set).await?;
-        if !g.lost.is_empty() {
+        if !g.lost.is_empty() || g.peer_trouble {
             return Ok(Err(g.lost));
         }
         let replies = g.ok;

@@ -70,7 +70,25 @@ pub struct TrainConfig {
     /// No progress display.
     #[serde(default)]
     pub quiet: bool,
+    /// Train into an output directory that already holds another run's outputs (as
+    /// run_glue.py's `--overwrite_output_dir`); without it such a directory is refused.
+    #[serde(default)]
+    pub overwrite_output_dir: bool,
+    /// Stop with an error after this many consecutive steps skipped as non-finite.
+    #[serde(default = "default_max_skipped_steps")]
+    pub max_skipped_steps: u64,
 }
+
+pub fn default_max_skipped_steps() -> u64 {
+    10
+}
+
+/// Largest global batch, evaluation batch and token count a run may ask for: bounds what the
+/// coordinator allocates per step and what a worker is sent.
+pub const MAX_BATCH: usize = 1 << 16;
+pub const MAX_LENGTH: usize = 1 << 16;
+/// Most workers one run can have (ranks travel as u32; far beyond any ring this code drives).
+pub const MAX_WORKERS: usize = 4096;
 
 /// Learning rates that suit each method (full fine-tuning wants a small one; adapters and
 /// biases, having few parameters that start at or near zero, want larger ones).
@@ -101,6 +119,21 @@ impl TrainConfig {
 
     pub fn lr(&self) -> f64 {
         self.lr.unwrap_or_else(|| default_lr(&self.method))
+    }
+
+    /// Every path the run reads, with its flag: no output may overlap one of them.
+    pub fn inputs(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut v: Vec<(&'static str, &std::path::Path)> = vec![("--model", self.model.as_path())];
+        if let Some(t) = &self.tokenizer {
+            v.push(("--tokenizer", t));
+        }
+        if let Some(g) = &self.glue_dir {
+            v.push(("--glue-dir", g));
+        }
+        if let Some(a) = &self.init_adapter {
+            v.push(("--init-adapter", a));
+        }
+        v
     }
 
     pub fn tokenizer_dir(&self) -> PathBuf {
@@ -147,16 +180,41 @@ impl TrainConfig {
         }
     }
 
+    /// Every number of the run, checked for finiteness and range in one table before anything
+    /// reads a file or starts a worker; the message names the flag.
+    pub fn validate_values(&self) -> Result<(), String> {
+        use peftrain_spec::check::{float, int, Interval, MAX_SECONDS};
+        let seconds = Interval::above(0.0, MAX_SECONDS);
+        if let Some(lr) = self.lr {
+            float("--lr", lr, Interval::above(0.0, 10.0))?;
+        }
+        for (flag, v, range) in [
+            ("--lora-alpha", self.lora_alpha, Interval::above(0.0, 1e6)),
+            ("--lora-dropout", self.lora_dropout, Interval::below(0.0, 1.0)),
+            ("--epochs", self.epochs, Interval::above(0.0, 1e6)),
+            ("--weight-decay", self.weight_decay, Interval::closed(0.0, 10.0)),
+            ("--warmup-ratio", self.warmup_ratio, Interval::closed(0.0, 1.0)),
+            ("--max-grad-norm", self.max_grad_norm, Interval::above(0.0, 1e12)),
+            ("--rpc-timeout", self.rpc_timeout, seconds),
+            ("--register-timeout", self.register_timeout, seconds),
+            ("--worker-timeout", self.worker_timeout, seconds),
+        ] {
+            float(flag, v, range)?;
+        }
+        int("--lora-r", self.lora_r, 1..=4096)?;
+        int("--batch-size", self.batch_size, 1..=MAX_BATCH)?;
+        int("--eval-batch-size", self.eval_batch_size, 1..=MAX_BATCH)?;
+        int("--max-length", self.max_length, 8..=MAX_LENGTH)?;
+        int("--workers", self.workers, 1..=MAX_WORKERS)?;
+        int("--max-skipped-steps", self.max_skipped_steps, 1..=1_000_000)?;
+        Ok(())
+    }
+
     /// Checks what can be checked before any worker starts; one message per problem.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_values()?;
         if !matches!(self.method.as_str(), "full" | "bitfit" | "lora") {
             return Err(format!("--method {:?}: expected full, bitfit or lora", self.method));
-        }
-        if self.batch_size == 0 || self.eval_batch_size == 0 {
-            return Err("--batch-size and --eval-batch-size must be positive".into());
-        }
-        if self.workers == 0 {
-            return Err("--workers must be at least 1".into());
         }
         if self.min_workers > self.workers {
             return Err(format!("--min-workers {} exceeds --workers {}", self.min_workers, self.workers));
@@ -170,9 +228,6 @@ impl TrainConfig {
         }
         if self.logging_steps == 0 || self.eval_steps == Some(0) {
             return Err("--logging-steps and --eval-steps must be positive".into());
-        }
-        if self.max_length < 8 {
-            return Err(format!("--max-length {} is too small (at least 8)", self.max_length));
         }
         if !(self.epochs > 0.0) && self.max_steps.is_none() {
             return Err("--epochs must be positive (or give --max-steps)".into());
@@ -190,31 +245,8 @@ impl TrainConfig {
     }
 }
 
-/// The fields of the model's config.json the coordinator needs (it never loads weights).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ModelInfo {
-    pub model_type: String,
-    #[serde(default = "default_positions")]
-    pub max_position_embeddings: usize,
-    pub pad_token_id: Option<usize>,
-}
-
-fn default_positions() -> usize {
-    512
-}
-
-impl ModelInfo {
-    pub fn read(model_dir: &std::path::Path) -> Result<ModelInfo, String> {
-        let path = model_dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: malformed JSON: {e}", path.display()))
-    }
-
-    /// Longest input the position table allows (RoBERTa's positions start after the pad id).
-    pub fn max_tokens(&self) -> usize {
-        match self.model_type.as_str() {
-            "roberta" => self.max_position_embeddings.saturating_sub(self.pad_token_id.unwrap_or(1) + 1),
-            _ => self.max_position_embeddings,
-        }
-    }
+/// The model's config.json as the coordinator reads it: the same checked and bounded mirror
+/// the workers build from (it never loads weights).
+pub fn read_model_config(model_dir: &std::path::Path) -> Result<peftrain_spec::ModelConfig, String> {
+    peftrain_spec::ModelConfig::from_file(&model_dir.join("config.json")).map_err(|e| e.to_string())
 }

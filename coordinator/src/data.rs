@@ -180,6 +180,8 @@ pub fn read_tsv(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, D
         let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
         row_err(line, "not valid UTF-8".into())
     })?;
+    // GLUE's own MRPC files start with a UTF-8 byte-order mark; it is not part of a column name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut lines = text.lines().enumerate();
     let header: Vec<&str> = match lines.next() {
         Some((_, h)) if !h.trim().is_empty() => h.trim_end_matches('\r').split('\t').collect(),
@@ -190,6 +192,11 @@ pub fn read_tsv(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, D
             })
         }
     };
+    for (k, h) in header.iter().enumerate() {
+        if header[..k].contains(h) {
+            return Err(row_err(1, format!("column `{h}` appears twice in the header")));
+        }
+    }
     let col = |name: &str| header.iter().position(|h| *h == name);
     let text_cols: Vec<usize> = task
         .text_columns()

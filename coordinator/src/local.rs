@@ -55,7 +55,7 @@ impl LocalWorkers {
         tls: &[(&str, &std::path::Path)],
     ) -> Result<LocalWorkers, String> {
         let bin = worker_binary()?;
-        let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+        let cores = cores();
         let per_worker = threads.unwrap_or_else(|| (cores / n.max(1)).max(1));
         let mut children = Vec::new();
         for i in 0..n {
@@ -85,6 +85,9 @@ impl LocalWorkers {
             for (flag, path) in tls {
                 cmd.arg(flag).arg(path);
             }
+            // A process group of its own: Ctrl-C in a terminal reaches the coordinator alone,
+            // which stops at a step boundary and then shuts its workers down.
+            cmd.process_group(0);
             // Local workers belong to this coordinator: they go when it goes, even by SIGKILL.
             // SAFETY: prctl is async-signal-safe and touches only the child being spawned.
             unsafe {
@@ -134,18 +137,28 @@ impl LocalWorkers {
         None
     }
 
-    /// Waits for the workers to exit on their own, then kills what is left.
-    pub async fn finish(mut self, grace: Duration) {
-        for w in &mut self.children {
-            if tokio::time::timeout(grace, w.child.wait()).await.is_err() {
-                let _ = w.child.kill().await;
-            }
+    /// Waits for the workers to exit on their own, then kills what is left; all at once, so
+    /// many workers take one grace period, not one each.
+    pub async fn finish(self, grace: Duration) {
+        let mut set = tokio::task::JoinSet::new();
+        for mut w in self.children {
+            set.spawn(async move {
+                if tokio::time::timeout(grace, w.child.wait()).await.is_err() {
+                    let _ = w.child.kill().await;
+                }
+            });
         }
+        while set.join_next().await.is_some() {}
     }
 
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().filter_map(|w| w.child.id()).collect()
     }
+}
+
+/// Cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1)
 }
 
 /// `cuda` with several local workers spreads them over the visible GPUs.

@@ -12,6 +12,7 @@ fn local(l: &LocalArgs) -> Workers {
     Workers::Local {
         device: l.device.clone(),
         threads: l.threads,
+        max_local_workers: l.max_local_workers,
     }
 }
 
@@ -27,23 +28,37 @@ fn exec_worker(args: &[String], log_format: &str) -> anyhow::Result<()> {
     Err(anyhow::anyhow!("cannot run {}: {err}", bin.display()))
 }
 
+/// peft's trainable-parameter line from config.json alone: nothing is built or allocated.
 fn params(p: &peftrain::cli::ParamsCmd) -> anyhow::Result<()> {
-    let bin = peftrain::local::worker_binary().map_err(|e| anyhow::anyhow!(e))?;
-    let out = std::process::Command::new(&bin)
-        .arg("params")
-        .arg("--model")
-        .arg(&p.model)
-        .args(["--method", &p.method, "--bitfit-scope", &p.bitfit_scope])
-        .args(["--lora-r", &p.lora_r.to_string(), "--lora-targets", &p.lora_targets])
-        .args(["--num-labels", &p.num_labels.to_string()])
-        .output()?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        anyhow::bail!("{}", err.trim().trim_start_matches("peftrain-worker: error: "));
+    use peftrain_spec::check::int;
+    use peftrain_spec::counts::{counts, CountedMethod};
+    if !p.model.is_dir() {
+        return Err(app::usage(format!("{}: model directory not found", p.model.display())));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let (t, a) = (v["trainable"].as_u64().unwrap_or(0), v["all"].as_u64().unwrap_or(0));
-    println!("{}", app::peft_line(t, a));
+    if !p.model.join("config.json").is_file() {
+        return Err(app::usage(format!("{}: config.json not found", p.model.join("config.json").display())));
+    }
+    let cfg = peftrain::config::read_model_config(&p.model).map_err(app::usage)?;
+    int("--num-labels", p.num_labels, 1..=1 << 16).map_err(app::usage)?;
+    let targets: Vec<String> = p.lora_targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let method = match p.method.as_str() {
+        "full" => CountedMethod::Full,
+        "bitfit" => match p.bitfit_scope.as_str() {
+            "all" => CountedMethod::BitFit { bias_only: false },
+            "bias-only" => CountedMethod::BitFit { bias_only: true },
+            other => return Err(app::usage(format!("--bitfit-scope {other:?}: unknown bitfit scope (all, bias-only)"))),
+        },
+        "lora" => {
+            int("--lora-r", p.lora_r, 1..=4096).map_err(app::usage)?;
+            if targets.is_empty() {
+                return Err(app::usage("--lora-targets: lora needs at least one target module"));
+            }
+            CountedMethod::Lora { r: p.lora_r as u64, targets: &targets }
+        }
+        other => return Err(app::usage(format!("--method {other:?}: unknown method (full, bitfit, lora)"))),
+    };
+    let c = counts(&cfg, p.num_labels as i64, method);
+    println!("{}", app::peft_line(c.trainable as u64, c.all as u64));
     Ok(())
 }
 
@@ -61,6 +76,7 @@ fn eval(cmd: &peftrain::cli::EvalCmd, mut cfg: peftrain::config::TrainConfig) ->
 /// Hands over to `peftrain-worker merge`, with the method read from the adapter.
 fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
     let model = if m.model.is_dir() { m.model.clone() } else { peftrain::hub::resolve_model(&m.model.display().to_string(), &peftrain::hub::HubOptions::from_env())? };
+    peftrain::outdir::check_no_overlap("--output", &m.output, &[("--model", &model), ("--adapter", &m.adapter)]).map_err(app::usage)?;
     let mut cfg = peftrain::config::TrainConfig::for_model(model.clone()).map_err(|e| anyhow::anyhow!(e))?;
     app::apply_adapter_method(&mut cfg, &m.adapter)?;
     let bin = peftrain::local::worker_binary().map_err(|e| anyhow::anyhow!(e))?;
@@ -78,7 +94,8 @@ fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
         .output()?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        anyhow::bail!("{}", err.lines().last().unwrap_or("").trim_start_matches("peftrain-worker: error: "));
+        let line = err.lines().last().unwrap_or("").trim_start_matches("peftrain-worker: error: ").to_string();
+        return Err(if out.status.code() == Some(2) { app::usage(line) } else { anyhow::anyhow!(line) });
     }
     println!("merged checkpoint written to {}", m.output.display());
     Ok(())
@@ -136,8 +153,10 @@ fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--config needs a subcommand (train, coordinator, predict)"))?;
     for (key, value) in table {
         let id = key.replace('-', "_");
+        // A subcommand's flags, or the global ones (`quiet`, `log_format`) the root declares.
         let arg = sub
             .get_arguments()
+            .chain(cmd.get_arguments())
             .find(|a| a.get_id().as_str() == id)
             .ok_or_else(|| anyhow::anyhow!("{path}: unknown key `{key}` (keys are the flags of `peftrain {}`)", sub.get_name()))?;
         let env = arg.get_env().ok_or_else(|| anyhow::anyhow!("{path}: `{key}` cannot be set from a file"))?;
@@ -166,8 +185,8 @@ fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if let Err(e) = apply_config_file(&argv) {
-        eprintln!("peftrain: error: {e:#}");
-        return ExitCode::FAILURE;
+        eprintln!("peftrain: error: {}", peftrain_net::logging::error_line(e.as_ref()));
+        return ExitCode::from(2);
     }
     let cli = Cli::parse();
     peftrain_net::logging::init(cli.log_format == "json", cli.quiet);
@@ -207,8 +226,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("peftrain: error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("peftrain: error: {}", peftrain_net::logging::error_line(e.as_ref()));
+            // Refused input exits 2, as clap's usage errors do; a run that failed exits 1.
+            if e.downcast_ref::<app::Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

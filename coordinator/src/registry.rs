@@ -26,6 +26,11 @@ pub enum RegistryError {
         want: String,
         detail: String,
     },
+    #[error(
+        "worker {worker} refused: its model fingerprint {got} differs from the coordinator's --model {want} \
+         (another checkpoint, or another copy of config.json)"
+    )]
+    WrongModel { worker: String, got: String, want: String },
     #[error("worker {worker}: {why}")]
     BadRequest { worker: String, why: String },
 }
@@ -42,17 +47,33 @@ pub struct Member {
     pub model_class: String,
     pub non_embedding_params: u64,
     pub peft_all_params: u64,
+    /// The frozen base's dtype as the worker resolved it, and why.
+    pub base_dtype: String,
 }
 
 struct State {
     members: Vec<Member>,
+    /// The replica fingerprint of the group, fixed by its first member and forgotten when the
+    /// last one goes (so a wrong first comer that died locks nobody out).
     fingerprint: Option<pb::Fingerprint>,
+    /// When this process last looked at the clock (see `tick`).
+    clock: Instant,
 }
+
+/// A gap this long between two looks at the clock means this process was not running
+/// (SIGSTOP, a suspended VM, a starved host): heartbeats it could not receive meanwhile say
+/// nothing about the workers. The ticker looks every 250 ms.
+const PAUSE: Duration = Duration::from_secs(2);
 
 pub struct Registry {
     pub run_id: String,
     pub spec: pb::RunSpec,
     pub expected: u32,
+    /// The base model's digest as the coordinator computed it from its own `--model`
+    /// (`peftrain_spec::digest`); None when the coordinator has no weights to hash.
+    pub model_digest: Option<String>,
+    /// A registered worker silent this long is gone; its place goes to the next one to ask.
+    pub stale_after: Duration,
     state: Mutex<State>,
     changed: Notify,
 }
@@ -63,12 +84,48 @@ impl Registry {
             run_id,
             spec,
             expected,
+            model_digest: None,
+            stale_after: Duration::from_secs(30),
             state: Mutex::new(State {
                 members: Vec::new(),
                 fingerprint: None,
+                clock: Instant::now(),
             }),
             changed: Notify::new(),
         }
+    }
+
+    pub fn with_model_digest(mut self, digest: Option<String>, stale_after: Duration) -> Registry {
+        self.model_digest = digest;
+        self.stale_after = stale_after;
+        self
+    }
+
+    /// Looks at the clock; after a pause of this process (a gap over `PAUSE` since the last
+    /// look) every member's heartbeat clock restarts, since the silence was ours, not theirs.
+    /// Returns the pause's length when there was one.
+    pub fn tick(&self) -> Option<Duration> {
+        let mut st = self.state();
+        let now = Instant::now();
+        let gap = now.saturating_duration_since(st.clock);
+        st.clock = now;
+        if gap <= PAUSE {
+            return None;
+        }
+        for m in &mut st.members {
+            m.last_seen = now;
+        }
+        Some(gap)
+    }
+
+    /// Members silent (no heartbeat) for longer than `timeout`, after checking for a pause of
+    /// this process.
+    pub fn silent(&self, timeout: Duration) -> Vec<String> {
+        if let Some(gap) = self.tick() {
+            tracing::warn!("the coordinator was paused for {:.1} s; its workers have {:.0} s to check in again", gap.as_secs_f64(), timeout.as_secs_f64());
+            return Vec::new();
+        }
+        self.state().members.iter().filter(|m| m.last_seen.elapsed() > timeout).map(|m| m.worker_id.clone()).collect()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -114,7 +171,30 @@ impl Registry {
                 why: "worker id and address are required".into(),
             });
         }
+        if let Some(want) = &self.model_digest {
+            if *want != req.model_digest {
+                return Err(RegistryError::WrongModel {
+                    worker: req.worker_id,
+                    got: if req.model_digest.is_empty() { "(none)".into() } else { short(&req.model_digest) },
+                    want: short(want),
+                });
+            }
+        }
         let mut st = self.state();
+        if st.members.len() as u32 >= self.expected && !st.members.iter().any(|m| m.worker_id == req.worker_id) {
+            // A member that stopped heartbeating (it died after registering) gives its place up.
+            let stale = self.stale_after;
+            st.members.retain(|m| {
+                let gone = m.last_seen.elapsed() > stale;
+                if gone {
+                    tracing::warn!(worker = %m.worker_id, "registered worker silent for {:.0} s: dropped for {}", stale.as_secs_f64(), req.worker_id);
+                }
+                !gone
+            });
+            if st.members.is_empty() {
+                st.fingerprint = None;
+            }
+        }
         if let Some(want) = &st.fingerprint {
             if want.digest != fp.digest {
                 return Err(RegistryError::Mismatch {
@@ -146,6 +226,7 @@ impl Registry {
                 model_class: req.model_class,
                 non_embedding_params: req.non_embedding_params,
                 peft_all_params: req.peft_all_params,
+                base_dtype: req.base_dtype,
             });
         }
         if st.fingerprint.is_none() {
@@ -177,7 +258,12 @@ impl Registry {
     /// Forgets a worker (lost): its slot reopens for a replacement, and its heartbeats are
     /// answered "unknown" so that, if it was only frozen, it re-registers as a newcomer.
     pub fn remove(&self, worker_id: &str) {
-        self.state().members.retain(|m| m.worker_id != worker_id);
+        let mut st = self.state();
+        st.members.retain(|m| m.worker_id != worker_id);
+        if st.members.is_empty() {
+            st.fingerprint = None;
+        }
+        drop(st);
         self.changed.notify_waiters();
     }
 
@@ -190,9 +276,9 @@ impl Registry {
     }
 
     /// Waits until `expected` workers registered, `abort` reports a reason to stop (e.g. a local
-    /// worker process died), or `timeout` passes.
-    pub async fn wait_full(&self, timeout: Duration, mut abort: impl FnMut() -> Option<String>) -> Result<Vec<Member>, String> {
-        let deadline = Instant::now() + timeout;
+    /// worker process died), or `left` passes (of a registration deadline of `timeout` in all).
+    pub async fn wait_full(&self, left: Duration, timeout: Duration, mut abort: impl FnMut() -> Option<String>) -> Result<Vec<Member>, String> {
+        let deadline = Instant::now() + left;
         loop {
             let notified = self.changed.notified();
             let members = self.members();
@@ -277,5 +363,42 @@ mod tests {
         let mut stale = req("d", fp("aaaa", 5));
         stale.run_id = "old".into();
         assert!(matches!(r.register(stale), Err(RegistryError::WrongRun { .. })));
+    }
+
+    #[test]
+    fn the_coordinator_s_model_decides_not_the_first_comer() {
+        let r = Registry::new("r".into(), pb::RunSpec::default(), 2).with_model_digest(Some("good".into()), Duration::from_secs(30));
+        let mut wrong = req("intruder", fp("xxxx", 5));
+        wrong.model_digest = "bad".into();
+        assert!(matches!(r.register(wrong), Err(RegistryError::WrongModel { .. })));
+        let mut right = req("a", fp("aaaa", 5));
+        right.model_digest = "good".into();
+        assert_eq!(r.register(right).unwrap().registered, 1);
+    }
+
+    #[test]
+    fn a_group_emptied_forgets_its_fingerprint_and_silent_members_give_up_their_place() {
+        let r = Registry::new("r".into(), pb::RunSpec::default(), 1).with_model_digest(None, Duration::from_millis(50));
+        r.register(req("a", fp("aaaa", 5))).unwrap();
+        r.remove("a");
+        // A different first comer gone: the next group may have another fingerprint.
+        r.register(req("b", fp("bbbb", 6))).unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+        let reply = r.register(req("c", fp("cccc", 7))).unwrap();
+        assert_eq!(reply.registered, 1);
+        assert_eq!(r.members()[0].worker_id, "c");
+    }
+
+    #[test]
+    fn a_pause_of_the_coordinator_is_not_the_workers_silence() {
+        let r = Registry::new("r".into(), pb::RunSpec::default(), 1);
+        r.register(req("a", fp("aaaa", 5))).unwrap();
+        // As if the process had been stopped for longer than PAUSE and the timeout.
+        r.state().clock = Instant::now() - Duration::from_secs(5);
+        r.state().members[0].last_seen = Instant::now() - Duration::from_secs(5);
+        assert!(r.silent(Duration::from_secs(1)).is_empty(), "the pause was the coordinator's");
+        assert!(r.silent(Duration::from_secs(1)).is_empty(), "heartbeat clocks restarted");
+        r.state().members[0].last_seen = Instant::now() - Duration::from_secs(2);
+        assert_eq!(r.silent(Duration::from_secs(1)), vec!["a".to_string()]);
     }
 }

@@ -19,7 +19,7 @@ impl From<RegistryError> for Status {
             RegistryError::Protocol { .. } => Status::failed_precondition(msg),
             RegistryError::WrongRun { .. } => Status::failed_precondition(msg),
             RegistryError::Full { .. } => Status::resource_exhausted(msg),
-            RegistryError::Mismatch { .. } => Status::failed_precondition(msg),
+            RegistryError::Mismatch { .. } | RegistryError::WrongModel { .. } => Status::failed_precondition(msg),
             RegistryError::BadRequest { .. } => Status::invalid_argument(msg),
         }
     }
@@ -66,10 +66,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CoordinatorServer<CoordinatorService>>().await;
-    let mut builder = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(peftrain_net::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(peftrain_net::HTTP2_CONNECTION_WINDOW);
+    let mut builder = peftrain_net::serve::server_builder();
     // Callers validated the TLS files (Session::start); a failure here cannot happen.
     if let Some(tls) = security.server_tls().ok().flatten() {
         builder = builder.tls_config(tls)?;
@@ -80,6 +77,6 @@ pub async fn serve(
             CoordinatorServer::new(CoordinatorService(registry)).max_decoding_message_size(MESSAGE_LIMIT),
             security.server_auth(),
         ))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(peftrain_net::serve::incoming(listener), shutdown)
         .await
 }

@@ -15,6 +15,7 @@ use crate::config::TrainConfig;
 use crate::observe::{Observer, Phase};
 use crate::progress::Progress;
 use crate::report::{MetricsLog, StepTable, TrainOutput};
+use crate::signals::StopSignal;
 use crate::sampler::{epoch_order, group_by_length};
 use crate::schedule::{linear_lr, warmup_steps};
 use crate::tokenize::Encoded;
@@ -36,6 +37,8 @@ pub struct RunSummary {
     pub best_accuracy: Option<f64>,
     /// The trained state (weights and AdamW moments), as the last checkpoint holds it.
     pub state: ReplicaState,
+    /// The run stopped early at a step boundary on this signal (its checkpoint written).
+    pub stopped: Option<&'static str>,
 }
 
 /// The loop's position and accumulators: all a checkpoint needs besides the workers' state
@@ -61,6 +64,12 @@ pub struct LoopState {
     pub steps_skipped: u64,
     /// The replicas' fingerprint, checked on resume.
     pub fingerprint: String,
+    /// The run these checkpoints belong to (kept on resume): rotation deletes only its own.
+    #[serde(default)]
+    pub run_id: String,
+    /// Steps skipped as non-finite in a row, up to the last one.
+    #[serde(default)]
+    pub consecutive_skipped: u64,
 }
 
 /// Evaluates `examples` in batches of `batch_size`, sharded across the workers.
@@ -109,7 +118,7 @@ fn out_err(what: &str) -> impl Fn(std::io::Error) -> TrainError + '_ {
 /// Writes `checkpoint-{step}` from the group's current state and says how big it is.
 pub async fn save_checkpoint(cfg: &TrainConfig, cluster: &Cluster, st: &LoopState) -> Result<ReplicaState, TrainError> {
     let state = cluster.get_state().await?;
-    let (dir, bytes) = checkpoint::write_checkpoint(&cfg.output_dir, st.global_step, cfg, &cluster.layout(), &state, st, cfg.save_total_limit)?;
+    let (dir, bytes) = checkpoint::write_checkpoint(&cfg.output_dir, st.global_step, cfg, &cluster.layout(), &state, st, cfg.save_total_limit, &st.run_id)?;
     tracing::info!(
         "{} written: {} ({} trainable values with their AdamW moments)",
         dir.display(),
@@ -131,6 +140,7 @@ pub async fn train<W: Write>(
     metrics: &mut MetricsLog,
     st: &mut LoopState,
     obs: &Observer,
+    stop: &StopSignal,
 ) -> Result<RunSummary, TrainError> {
     let n = train.len();
     let batch_size = cfg.batch_size;
@@ -154,6 +164,22 @@ pub async fn train<W: Write>(
     });
 
     for step in st.global_step..total {
+        // SIGTERM/SIGINT: stop at this step boundary with a checkpoint `--resume` continues from.
+        if let Some(sig) = stop.requested() {
+            progress.finish();
+            let mut snapshot = st.clone();
+            snapshot.runtime_before += started.elapsed().as_secs_f64();
+            let state = save_checkpoint(cfg, cluster, &snapshot).await?;
+            let runtime = snapshot.runtime_before;
+            let epoch_f = st.global_step as f64 / steps_per_epoch.max(1) as f64;
+            return Ok(RunSummary {
+                output: TrainOutput::new(st.global_step, st.loss_total, runtime, st.samples as f64, st.total_flos, epoch_f),
+                last_eval,
+                best_accuracy: st.best_accuracy,
+                state,
+                stopped: Some(sig),
+            });
+        }
         // Data: the epoch's seeded order (recomputed on resume), then the step's global batch.
         let epoch = step / steps_per_epoch;
         let pos = (step % steps_per_epoch) as usize;
@@ -177,7 +203,10 @@ pub async fn train<W: Write>(
         let loss = out.loss_sum / batch.len() as f64;
         if out.skipped {
             st.steps_skipped += 1;
+            st.consecutive_skipped += 1;
             tracing::warn!(step = step + 1, "non-finite gradient: update skipped on every worker");
+        } else {
+            st.consecutive_skipped = 0;
         }
         st.steps_redone += out.redone as u64;
 
@@ -253,6 +282,14 @@ pub async fn train<W: Write>(
         } else if out.skipped {
             write(metrics, &Map::from_iter([("step".into(), json!(global_step)), ("skipped".into(), json!(true))]))?;
         }
+        if st.consecutive_skipped >= cfg.max_skipped_steps {
+            let first = global_step + 1 - st.consecutive_skipped;
+            return Err(TrainError::Output(format!(
+                "{} consecutive steps ({first} to {global_step}) had non-finite gradients and were skipped (--max-skipped-steps {}): \
+                 the weights or the loss are NaN/Inf (check the checkpoint, config.json and the learning rate)",
+                st.consecutive_skipped, cfg.max_skipped_steps
+            )));
+        }
         progress.set(global_step, if last_rate > 0.0 { last_rate } else { batch.len() as f64 / (step_ms / 1000.0).max(1e-9) });
         let mut row_eval = None;
         if eval_now && !dev.is_empty() {
@@ -307,6 +344,7 @@ pub async fn train<W: Write>(
         last_eval,
         best_accuracy: st.best_accuracy,
         state,
+        stopped: None,
     })
 }
 

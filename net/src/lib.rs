@@ -8,6 +8,7 @@ use std::time::Duration;
 
 pub mod http;
 pub mod logging;
+pub mod serve;
 pub mod wire;
 
 use sha2::{Digest, Sha256};

@@ -66,9 +66,41 @@ def corrupt(args):
     sd = load_file(path)
     if args.mode == "drop":
         del sd[args.tensor]
-    else:
+    elif args.mode == "shape":
         sd[args.tensor] = sd[args.tensor][..., :-1].contiguous()
+    elif args.mode == "nan":
+        sd[args.tensor] = torch.full_like(sd[args.tensor], float("nan"))
+    else:
+        # A non-float dtype under a weight's name: int32, bool, or int64 holding 2^62.
+        t = sd[args.tensor]
+        sd[args.tensor] = {
+            "int32": lambda: torch.ones_like(t, dtype=torch.int32),
+            "bool": lambda: torch.ones_like(t, dtype=torch.bool),
+            "int64": lambda: torch.full_like(t, 2**62, dtype=torch.int64),
+        }[args.mode]()
     save_file(sd, path, metadata={"format": "pt"})
+
+
+def params(args):
+    """peft's trainable and all-parameter counts of a method on the model a config.json describes."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(args.config, num_labels=2)
+    model = AutoModelForSequenceClassification.from_config(cfg)
+    if args.method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=args.lora_r, lora_alpha=16,
+                                                 target_modules=args.lora_targets.split(",")))
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        for name, p in model.named_parameters():
+            head = name.startswith("classifier.")
+            p.requires_grad = (args.method == "full" or name.endswith(".bias")
+                               or (args.method == "bitfit" and head))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"trainable": trainable, "all": total}))
 
 
 def load_batch(path):
@@ -138,7 +170,12 @@ def main():
     c = sub.add_parser("corrupt")
     c.add_argument("--model", required=True)
     c.add_argument("--tensor", required=True)
-    c.add_argument("--mode", choices=["drop", "shape"], required=True)
+    c.add_argument("--mode", choices=["drop", "shape", "nan", "int32", "bool", "int64"], required=True)
+    pc = sub.add_parser("params")
+    pc.add_argument("--config", required=True)
+    pc.add_argument("--method", choices=["full", "bitfit", "bitfit-bias-only", "lora"], required=True)
+    pc.add_argument("--lora-r", type=int, default=8)
+    pc.add_argument("--lora-targets", default="query,value")
     h = sub.add_parser("head")
     h.add_argument("--model", required=True)
     h.add_argument("--seed", type=int, default=0)
@@ -147,7 +184,7 @@ def main():
     h.add_argument("--logits", required=True)
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    {"tiny": tiny, "forward": forward, "head": head, "corrupt": corrupt}[args.cmd](args)
+    {"tiny": tiny, "forward": forward, "head": head, "corrupt": corrupt, "params": params}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -25,3 +25,20 @@ fn the_demo_reaches_085_and_says_where_its_outputs_are() {
         assert!(out.path().join(f).is_file(), "{f} written");
     }
 }
+
+/// The demo (like every script) runs again into the directory it wrote before.
+#[test]
+fn the_demo_runs_twice_into_one_directory() {
+    let out = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let o = std::process::Command::new(root().join("scripts/demo.sh"))
+            .args(["--max-steps", "2", "--eval-limit", "16"])
+            .env("PEFTRAIN_DEMO_SKIP_SETUP", "1")
+            .env("PEFTRAIN_DEMO_OUT", out.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run scripts/demo.sh");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(out.path().join("adapter_model.safetensors").is_file());
+}

@@ -91,12 +91,13 @@ proptest! {
         labels in proptest::collection::vec(-2i64..4, 0..8),
     ) {
         let shard = Shard { ids, type_ids: types, lengths, labels };
-        if shard.validate(2, 100, 16).is_ok() {
+        if shard.validate(2, 100, 2, 16).is_ok() {
             // What validation admits, padding can lay out: lengths cover the ids exactly.
             prop_assert_eq!(shard.tokens() as usize, shard.ids.len());
             prop_assert!(shard.ids.iter().all(|&t| t < 100));
             prop_assert!(shard.lengths.iter().all(|&l| l > 0 && l <= 16));
             prop_assert!(shard.labels.is_empty() || shard.labels.len() == shard.lengths.len());
+            prop_assert!(shard.type_ids.iter().all(|&t| t < 2), "segment ids index the type table");
         }
     }
 
@@ -104,11 +105,11 @@ proptest! {
     fn step_and_eval_requests_decode_safely(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
         if let Ok(req) = pb::StepRequest::decode(bytes.as_slice()) {
             let s = peftrain_worker::service::shard_from(req.shard.unwrap_or_default());
-            let _ = s.validate(2, 50265, 512);
+            let _ = s.validate(2, 50265, 1, 512);
         }
         if let Ok(req) = pb::EvalRequest::decode(bytes.as_slice()) {
             let s = peftrain_worker::service::shard_from(req.shard.unwrap_or_default());
-            let _ = s.validate(2, 50265, 512);
+            let _ = s.validate(2, 50265, 1, 512);
         }
         let _ = pb::SetupRequest::decode(bytes.as_slice());
         let _ = pb::CommitRequest::decode(bytes.as_slice());

@@ -230,3 +230,60 @@ fn losing_more_workers_than_allowed_ends_the_run_with_a_clear_error_and_a_checkp
     let checkpoints: Vec<_> = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")).collect();
     assert_eq!(checkpoints.len(), 1, "a final checkpoint of the last completed step");
 }
+
+#[test]
+fn a_worker_gone_before_setup_gives_its_place_to_the_next_one() {
+    let _serial = peftrain_tests::one_at_a_time();
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 8);
+    let out = d.path().join("out");
+    let (tok, glue) = (roberta_dir(), glue_dir());
+    let (coord, addr, log) = start_coordinator(&[
+        "--workers", "2", "--worker-timeout", "3", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir",
+        glue.to_str().unwrap(), "--task", "sst2", "--method", "lora", "--train-limit", "64", "--eval-limit", "16", "--batch-size", "8",
+        "--max-steps", "6", "--output-dir", out.to_str().unwrap(),
+    ]);
+    let mut w_a = worker(&addr, "wA", &[]);
+    wait_for(&log, "worker registered (1/2)");
+    w_a.kill().unwrap();
+    w_a.wait().unwrap();
+    // The group is complete with a dead member: it is dropped, not the run.
+    let w_b = worker(&addr, "wB", &[]);
+    wait_for(&log, "dropped; waiting for another worker");
+    let w_c = worker(&addr, "wC", &[]);
+    all_finish(coord, vec![w_b, w_c], &out);
+}
+
+/// The coordinator and its workers all end well, and the run wrote its outcome.
+fn all_finish(coord: Child, workers: Vec<Child>, out: &std::path::Path) {
+    let (ok, err) = finish(coord, Duration::from_secs(120));
+    assert!(ok, "the run aborted: {err}");
+    for w in workers {
+        let (ok, err) = finish(w, Duration::from_secs(60));
+        assert!(ok, "{err}");
+    }
+    assert!(out.join("train_output.json").is_file());
+}
+
+#[test]
+fn a_worker_with_another_model_registering_first_locks_nobody_out() {
+    let _serial = peftrain_tests::one_at_a_time();
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 8);
+    let other = tiny_roberta(&d.path().join("other"), 9);
+    let out = d.path().join("out");
+    let (tok, glue) = (roberta_dir(), glue_dir());
+    let (coord, addr, log) = start_coordinator(&[
+        "--workers", "2", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
+        "--task", "sst2", "--method", "bitfit", "--train-limit", "64", "--eval-limit", "16", "--batch-size", "8", "--max-steps", "4",
+        "--output-dir", out.to_str().unwrap(),
+    ]);
+    // First to arrive, and wrong: the coordinator's own model decides, so it is refused.
+    let intruder = worker(&addr, "intruder", &["--model", other.to_str().unwrap()]);
+    let (ok, err) = finish(intruder, Duration::from_secs(60));
+    assert!(!ok);
+    assert!(err.contains("model fingerprint") && err.contains("differs from the coordinator's --model"), "{err}");
+    let ws: Vec<Child> = ["w0", "w1"].iter().map(|id| worker(&addr, id, &[])).collect();
+    drop(log);
+    all_finish(coord, ws, &out);
+}

@@ -16,6 +16,8 @@ pub enum ModelError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Config(#[from] peftrain_spec::ConfigError),
     #[error("{path}: field `{field}`: {why}")]
     Field {
         path: PathBuf,

@@ -108,9 +108,34 @@ struct MergeArgs {
     output: PathBuf,
 }
 
+/// Writes `data` beside `path` under a temporary name, then renames it into place.
+fn write_atomic(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = temp_beside(path);
+    std::fs::write(&tmp, data).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn temp_beside(path: &std::path::Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// A refused argument: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
 fn merge(a: MergeArgs) -> anyhow::Result<()> {
     use peftrain_worker::replica::{Replica, ReplicaSpec};
     let p = &a.method;
+    // Never into what it reads: writing model.safetensors over the base it is reading from, or
+    // copying tokenizer files onto themselves, destroyed them.
+    peftrain_spec::paths::check_no_overlap("--output", &a.output, &[("--model", &p.model), ("--adapter", &a.adapter)]).map_err(|e| anyhow::Error::new(Usage(e)))?;
+    for f in ["model.safetensors", "config.json"] {
+        if a.output.join(f).exists() {
+            return Err(anyhow::Error::new(Usage(format!("--output {}: already holds {f}; merge writes into a new or empty directory", a.output.display()))));
+        }
+    }
     let lora = LoraConfig {
         r: p.lora_r,
         alpha: p.lora_alpha,
@@ -134,7 +159,9 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.output).map_err(|e| anyhow::anyhow!("{}: {e}", a.output.display()))?;
     let tensors = r.merged_tensors();
     let out = a.output.join("model.safetensors");
-    tch::Tensor::write_safetensors(&tensors, &out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    let tmp = temp_beside(&out);
+    tch::Tensor::write_safetensors(&tensors, &tmp).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    std::fs::rename(&tmp, &out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     // config.json as the base has it, named for the task head it now carries.
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&r.loaded.files.config)?)?;
     if let Some(o) = cfg.as_object_mut() {
@@ -143,11 +170,12 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
         o.insert("id2label".into(), serde_json::Value::Object(labels.clone()));
         o.insert("label2id".into(), serde_json::Value::Object(labels.iter().map(|(k, v)| (v.as_str().unwrap_or_default().to_string(), serde_json::json!(k.parse::<i64>().unwrap_or(0)))).collect()));
     }
-    std::fs::write(a.output.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    write_atomic(&a.output.join("config.json"), &serde_json::to_vec_pretty(&cfg)?)?;
     for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt"] {
         let src = p.model.join(f);
         if src.is_file() {
-            std::fs::copy(&src, a.output.join(f))?;
+            let bytes = std::fs::read(&src).map_err(|e| anyhow::anyhow!("{}: {e}", src.display()))?;
+            write_atomic(&a.output.join(f), &bytes)?;
         }
     }
     println!("{}", serde_json::json!({ "tensors": tensors.len(), "output": a.output }));
@@ -179,6 +207,17 @@ fn params(a: ParamsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The worker's own numeric flags, checked before anything is started from them.
+fn worker_numbers(w: &WorkerArgs) -> anyhow::Result<()> {
+    use peftrain_spec::check::{float, int, Interval, MAX_SECONDS};
+    if let Some(t) = w.threads {
+        int("--threads", t, 1..=1024).map_err(|e| anyhow::Error::new(Usage(e)))?;
+    }
+    float("--coordinator-timeout", w.coordinator_timeout, Interval::above(0.0, MAX_SECONDS)).map_err(|e| anyhow::Error::new(Usage(e)))?;
+    float("--worker-timeout", w.worker_timeout, Interval::above(0.0, MAX_SECONDS)).map_err(|e| anyhow::Error::new(Usage(e)))?;
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     peftrain_net::logging::init(cli.log_format == "json", false);
@@ -189,6 +228,7 @@ fn main() {
             let w = cli.worker;
             match w.coordinator {
                 None => Err(anyhow::anyhow!("--coordinator URL is required (or PEFTRAIN_COORDINATOR)")),
+                Some(_) if worker_numbers(&w).is_err() => worker_numbers(&w),
                 Some(coordinator) => {
                     let id = w.id.unwrap_or_else(|| {
                         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -231,7 +271,7 @@ fn main() {
         }
     };
     if let Err(e) = result {
-        eprintln!("peftrain-worker: error: {e:#}");
-        std::process::exit(1);
+        eprintln!("peftrain-worker: error: {}", peftrain_net::logging::error_line(e.as_ref()));
+        std::process::exit(if e.downcast_ref::<Usage>().is_some() { 2 } else { 1 });
     }
 }

@@ -16,6 +16,18 @@ pub struct Checkpoint {
     tensors: HashMap<String, Tensor>,
 }
 
+/// Weights are floats: an integer or boolean tensor under a weight's name (I64 values of 2^62,
+/// say) would be converted silently and trained on.
+pub fn check_float(path: &Path, name: &str, t: &Tensor) -> Result<(), ModelError> {
+    match t.kind() {
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => Ok(()),
+        other => Err(ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            why: format!("tensor `{name}` is {other:?}, not a float dtype"),
+        }),
+    }
+}
+
 impl Checkpoint {
     /// Reads `model.safetensors`, or a `pytorch_model.bin` zip archive (what `torch.save`
     /// writes), into host memory.
@@ -215,6 +227,7 @@ impl<'a> Builder<'a> {
                             found: t.size(),
                         });
                     }
+                    check_float(&ckpt.path, key, t)?;
                     self.used_keys.insert(key.clone());
                     t.to_kind(kind)
                 }

@@ -50,7 +50,7 @@ impl Shard {
     }
     /// Checks that the lengths account for every id, that labels and segment ids fit, and that
     /// no example is longer than the model has positions for.
-    pub fn validate(&self, num_labels: i64, vocab: i64, max_tokens: usize) -> Result<(), String> {
+    pub fn validate(&self, num_labels: i64, vocab: i64, type_vocab: i64, max_tokens: usize) -> Result<(), String> {
         if let Some(l) = self.lengths.iter().find(|&&l| l as usize > max_tokens) {
             return Err(format!("an example of {l} tokens exceeds the model's {max_tokens} positions"));
         }
@@ -69,6 +69,10 @@ impl Shard {
         }
         if let Some(t) = self.ids.iter().find(|&&t| t as i64 >= vocab) {
             return Err(format!("token id {t} outside the vocabulary of {vocab}"));
+        }
+        // An index past an embedding table would abort inside libtorch's index_select.
+        if let Some(t) = self.type_ids.iter().find(|&&t| t as i64 >= type_vocab) {
+            return Err(format!("segment id {t} outside the model's {type_vocab} token types"));
         }
         if self.lengths.contains(&0) {
             return Err("an example has no tokens".into());
@@ -507,6 +511,7 @@ impl Replica {
                     path: path.clone(),
                     name: name.clone(),
                 })?;
+                crate::params::check_float(&path, name, &t)?;
                 if t.size() != p.size() {
                     return Err(ModelError::ShapeMismatch {
                         path: path.clone(),
@@ -647,9 +652,12 @@ pub fn method_from_parts(
             .ok_or_else(|| ModelError::Method(format!("unknown bitfit scope {bitfit_scope:?} (all, bias-only)"))),
         "lora" => {
             let cfg = lora.unwrap_or_default();
-            if cfg.r <= 0 {
-                return Err(ModelError::Method(format!("lora r must be positive, got {}", cfg.r)));
-            }
+            // The wire and the worker's own flags are checked as the coordinator's are: a
+            // dropout of 1.5 or a NaN alpha must not reach libtorch.
+            use peftrain_spec::check::{float, int, Interval};
+            int("lora r", cfg.r, 1..=4096).map_err(ModelError::Method)?;
+            float("lora alpha", cfg.alpha, Interval::above(0.0, 1e6)).map_err(ModelError::Method)?;
+            float("lora dropout", cfg.dropout, Interval::below(0.0, 1.0)).map_err(ModelError::Method)?;
             if cfg.target_modules.is_empty() {
                 return Err(ModelError::Method("lora needs at least one target module".into()));
             }

@@ -11,7 +11,7 @@ use peftrain_proto::v1 as pb;
 use tch::{Device, Kind};
 use tokio::net::TcpListener;
 use peftrain_net::InterceptedService;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 
 /// Largest message a worker accepts from the coordinator: a shard, a state chunk.
 pub const WORKER_MESSAGE_LIMIT: usize = 16 << 20;
@@ -67,16 +67,31 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     }
 }
 
-/// `--base-dtype auto`, as measured (docs/performance.md): bf16 on a CPU with AMX-BF16, whose
-/// bf16 matmuls run several times faster than fp32; fp32 elsewhere — on a GPU at these batch
-/// sizes the step is bound by kernel launches, and bf16's casts made it slower, not faster.
-pub fn auto_base_kind(device: Device) -> Kind {
+/// `--base-dtype auto`, as measured (docs/performance.md, one table per CPU class): bf16 on a
+/// CPU with AMX-BF16, whose bf16 matmuls run several times faster than fp32; fp32 elsewhere —
+/// without AMX, bf16 matmuls are emulated or half-width and the step was measured slower, and
+/// on a GPU at these batch sizes the step is bound by kernel launches, so bf16's casts made it
+/// slower, not faster. Returns the dtype and why, for the run's header line.
+pub fn auto_base_kind(device: Device) -> (Kind, &'static str) {
     let amx = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.split_whitespace().any(|f| f == "amx_bf16"));
-    if device == Device::Cpu && amx {
-        Kind::BFloat16
-    } else {
-        Kind::Float
+    match device {
+        Device::Cpu if amx => (Kind::BFloat16, "auto: this CPU has AMX-BF16, where bf16 was measured faster than fp32"),
+        Device::Cpu => (Kind::Float, "auto: this CPU has no AMX-BF16, where bf16 was measured slower than fp32"),
+        _ => (Kind::Float, "auto: on a GPU these steps are launch-bound and bf16 was measured slower"),
     }
+}
+
+/// The base dtype a wire spec asks for on `device`, and a note on how it was chosen.
+pub fn base_kind(dtype: &str, device: Device) -> anyhow::Result<(Kind, String)> {
+    Ok(match dtype {
+        "" | "fp32" => (Kind::Float, "fp32 (--base-dtype fp32)".to_string()),
+        "bf16" => (Kind::BFloat16, "bf16 (--base-dtype bf16)".to_string()),
+        "auto" => {
+            let (k, why) = auto_base_kind(device);
+            (k, format!("{} ({why})", if k == Kind::BFloat16 { "bf16" } else { "fp32" }))
+        }
+        other => anyhow::bail!("base dtype {other:?}: expected auto, fp32 or bf16"),
+    })
 }
 
 /// `--padding auto`, as measured (docs/performance.md): padding-free on a CPU, where the
@@ -97,12 +112,23 @@ pub fn replica_spec(spec: &pb::RunSpec, device: Device) -> anyhow::Result<Replic
     });
     let method: Method = method_from_parts(&m.kind, &m.bitfit_scope, lora)?;
     let o = spec.optimizer.unwrap_or_default();
-    let base_kind = match spec.base_dtype.as_str() {
-        "" | "fp32" => Kind::Float,
-        "bf16" => Kind::BFloat16,
-        "auto" => auto_base_kind(device),
-        other => anyhow::bail!("base dtype {other:?}: expected auto, fp32 or bf16"),
-    };
+    {
+        // Numbers from the wire are checked like flags before anything is built from them.
+        use peftrain_spec::check::{float, Interval};
+        for (name, v, range) in [
+            ("optimizer weight_decay", o.weight_decay as f64, Interval::closed(0.0, 10.0)),
+            ("optimizer beta1", o.beta1 as f64, Interval::below(0.0, 1.0)),
+            ("optimizer beta2", o.beta2 as f64, Interval::below(0.0, 1.0)),
+            ("optimizer eps", o.eps as f64, Interval::above(0.0, 1.0)),
+            ("optimizer max_grad_norm", o.max_grad_norm as f64, Interval::above(0.0, 1e12)),
+        ] {
+            float(name, v, range).map_err(|e| anyhow::anyhow!("run spec: {e}"))?;
+        }
+        if !(1..=1 << 16).contains(&spec.num_labels) {
+            anyhow::bail!("run spec: num_labels {} is outside 1..=65536", spec.num_labels);
+        }
+    }
+    let (base_kind, _) = base_kind(&spec.base_dtype, device)?;
     let (model_dir, random_init) = match spec.model_dir.strip_prefix("random:") {
         Some(dir) => (dir.to_string(), true),
         None => (spec.model_dir.clone(), false),
@@ -201,6 +227,8 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
         spec.model_dir = dir.clone();
     }
     tracing::info!(worker = %opts.id, model = %spec.model_dir.display(), method = spec.method.name(), device = ?device, "building replica");
+    let model_digest = peftrain_spec::digest::model_digest(&spec.model_dir, spec.random_init).map_err(anyhow::Error::msg)?;
+    let (_, base_dtype) = base_kind(&spec_pb.base_dtype, device)?;
     let (compute, info) = ComputeThread::start(opts.threads, move || Replica::build(&spec, device))?;
     let fp = info.fingerprint.clone();
     tracing::debug!(trainable = fp.trainable_params, all = info.peft_all_params, "replica built");
@@ -224,11 +252,8 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::worker_server::WorkerServer<WorkerService>>().await;
     let serve_engine = engine.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = Server::builder()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(peftrain_net::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(peftrain_net::HTTP2_CONNECTION_WINDOW);
+    let incoming = peftrain_net::serve::incoming(listener);
+    let mut builder = peftrain_net::serve::server_builder();
     if let Some(tls) = opts.security.server_tls()? {
         builder = builder.tls_config(tls)?;
     }
@@ -264,6 +289,8 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
         model_class: info.model_class.clone(),
         non_embedding_params: info.non_embedding_params,
         peft_all_params: info.peft_all_params,
+        model_digest,
+        base_dtype,
     };
     let mut server = server;
     let mut run_id = hello.run_id.clone();

@@ -288,7 +288,7 @@ impl Engine {
         let (stats, buf) = self
             .blocking(move |r| {
                 shard
-                    .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.max_tokens())
+                    .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.loaded.config.type_vocab_size, r.max_tokens())
                     .map_err(WorkerError::BadShard)?;
                 if shard.labels.len() != shard.len() {
                     return Err(WorkerError::BadShard("training shards need a label per example".into()));
@@ -450,7 +450,7 @@ impl Engine {
         let want = req.return_logits;
         self.blocking(move |r| {
             shard
-                .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.max_tokens())
+                .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.loaded.config.type_vocab_size, r.max_tokens())
                 .map_err(WorkerError::BadShard)?;
             let s = r.evaluate(&shard, want);
             let logits = peftrain_net::wire::f32_to_le_bytes(&s.logits);

@@ -126,7 +126,7 @@ pub struct LoadOptions<'a> {
 pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
     let files = ModelFiles::locate(dir)?;
     let config = Config::from_file(&files.config)?;
-    let family = config.model_type_enum(&files.config)?;
+    let family = config.family();
     let num_labels = opts.num_labels.unwrap_or_else(|| config.labels());
     let checkpoint = if opts.shapes_only || opts.random_init {
         None

@@ -1,0 +1,142 @@
+//! Parameter counts from config.json alone, as peft's `print_trainable_parameters` reports
+//! them: `peftrain params` answers without building (or allocating) a model, and the bounds
+//! check in `model_config` uses the same arithmetic. Names are checkpoint keys, so the
+//! methods' rules (which parameters train, where LoRA goes) read as the worker applies them.
+
+use crate::model_config::{ModelConfig, ModelType};
+
+/// The method whose trainable set is counted.
+#[derive(Debug, Clone, Copy)]
+pub enum CountedMethod<'a> {
+    Full,
+    /// BitFit: every bias, plus the whole head unless `bias_only`.
+    BitFit { bias_only: bool },
+    /// LoRA of rank `r` on the Linear modules matched by `targets` (whole name or last dotted
+    /// components, as peft matches `target_modules`); the head trained as `modules_to_save`.
+    Lora { r: u64, targets: &'a [String] },
+}
+
+/// What peft prints: trainable parameters and "all params" (for LoRA including the frozen
+/// original of the head that `modules_to_save` keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub trainable: u128,
+    pub all: u128,
+}
+
+/// One parameter tensor of the base model: its checkpoint key and, for a Linear's weight,
+/// the module's (in, out) features.
+struct Param {
+    name: String,
+    numel: u128,
+    linear: Option<(u128, u128)>,
+}
+
+const HEAD_PREFIX: &str = "classifier.";
+
+fn base(cfg: &ModelConfig, num_labels: i64) -> Vec<Param> {
+    let u = |v: i64| v.max(0) as u128;
+    let (h, inter, labels) = (u(cfg.hidden_size), u(cfg.intermediate_size), u(num_labels));
+    let mut out = Vec::new();
+    let mut tensor = |name: String, numel: u128| out.push(Param { name, numel, linear: None });
+    let p = cfg.family().prefix();
+    tensor(format!("{p}.embeddings.word_embeddings.weight"), u(cfg.vocab_size) * h);
+    tensor(format!("{p}.embeddings.position_embeddings.weight"), u(cfg.max_position_embeddings) * h);
+    tensor(format!("{p}.embeddings.token_type_embeddings.weight"), u(cfg.type_vocab_size) * h);
+    tensor(format!("{p}.embeddings.LayerNorm.weight"), h);
+    tensor(format!("{p}.embeddings.LayerNorm.bias"), h);
+    let mut linears: Vec<(String, u128, u128)> = Vec::new();
+    let mut norms: Vec<String> = Vec::new();
+    for i in 0..cfg.num_hidden_layers.max(0) {
+        let l = format!("{p}.encoder.layer.{i}");
+        for m in ["query", "key", "value"] {
+            linears.push((format!("{l}.attention.self.{m}"), h, h));
+        }
+        linears.push((format!("{l}.attention.output.dense"), h, h));
+        norms.push(format!("{l}.attention.output.LayerNorm"));
+        linears.push((format!("{l}.intermediate.dense"), h, inter));
+        linears.push((format!("{l}.output.dense"), inter, h));
+        norms.push(format!("{l}.output.LayerNorm"));
+    }
+    match cfg.family() {
+        ModelType::Bert => {
+            linears.push((format!("{p}.pooler.dense"), h, h));
+            linears.push(("classifier".into(), h, labels));
+        }
+        ModelType::Roberta => {
+            linears.push(("classifier.dense".into(), h, h));
+            linears.push(("classifier.out_proj".into(), h, labels));
+        }
+    }
+    for n in norms {
+        tensor(format!("{n}.weight"), h);
+        tensor(format!("{n}.bias"), h);
+    }
+    for (m, i, o) in linears {
+        out.push(Param { name: format!("{m}.weight"), numel: i * o, linear: Some((i, o)) });
+        out.push(Param { name: format!("{m}.bias"), numel: o, linear: None });
+    }
+    out
+}
+
+/// All parameters of the base `*ForSequenceClassification` model.
+pub fn base_params(cfg: &ModelConfig, num_labels: i64) -> u128 {
+    base(cfg, num_labels).iter().map(|p| p.numel).sum()
+}
+
+/// Whether module `module` is a LoRA target, as peft matches `target_modules`.
+pub fn lora_targets(module: &str, targets: &[String]) -> bool {
+    targets.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
+}
+
+/// Trainable and peft's "all" parameter counts of `method` on the model `cfg` describes.
+pub fn counts(cfg: &ModelConfig, num_labels: i64, method: CountedMethod) -> Counts {
+    let params = base(cfg, num_labels);
+    let all_base: u128 = params.iter().map(|p| p.numel).sum();
+    let head: u128 = params.iter().filter(|p| p.name.starts_with(HEAD_PREFIX)).map(|p| p.numel).sum();
+    match method {
+        CountedMethod::Full => Counts { trainable: all_base, all: all_base },
+        CountedMethod::BitFit { bias_only } => {
+            let trainable = params
+                .iter()
+                .filter(|p| p.name.ends_with(".bias") || (!bias_only && p.name.starts_with(HEAD_PREFIX)))
+                .map(|p| p.numel)
+                .sum();
+            Counts { trainable, all: all_base }
+        }
+        CountedMethod::Lora { r, targets } => {
+            let adapters: u128 = params
+                .iter()
+                .filter_map(|p| {
+                    let (i, o) = p.linear?;
+                    let module = p.name.strip_suffix(".weight")?;
+                    lora_targets(module, targets).then_some(r as u128 * (i + o))
+                })
+                .sum();
+            Counts {
+                trainable: adapters + head,
+                all: all_base + adapters + head,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roberta_base_counts_are_peft_s() {
+        // roberta-base's config; the figures are peft's print_trainable_parameters for it.
+        let cfg = ModelConfig::from_json(
+            r#"{"model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1}"#,
+            std::path::Path::new("config.json"),
+        )
+        .unwrap();
+        let t = ["query".to_string(), "value".to_string()];
+        assert_eq!(counts(&cfg, 2, CountedMethod::Full), Counts { trainable: 124_647_170, all: 124_647_170 });
+        assert_eq!(counts(&cfg, 2, CountedMethod::BitFit { bias_only: false }).trainable, 694_274);
+        assert_eq!(counts(&cfg, 2, CountedMethod::BitFit { bias_only: true }).trainable, 102_914);
+        assert_eq!(counts(&cfg, 2, CountedMethod::Lora { r: 8, targets: &t }), Counts { trainable: 887_042, all: 125_534_212 });
+    }
+}

@@ -1,0 +1,94 @@
+//! Path rules both sides apply before writing: an output never is, contains or lies inside a
+//! path the command reads (spelled however: relative, through `..`, through a symbolic link).
+
+use std::path::{Component, Path, PathBuf};
+
+/// `p` made absolute and free of `.`/`..` and symbolic links, as far as it exists (the rest is
+/// appended as written), so two spellings of one directory compare equal.
+pub fn canonical(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    };
+    let mut existing = abs.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut out = std::fs::canonicalize(&existing).unwrap_or(existing);
+    for name in rest.into_iter().rev() {
+        out.push(name);
+    }
+    // Lexically resolve what canonicalize could not see.
+    let mut clean = PathBuf::new();
+    for c in out.components() {
+        match c {
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::CurDir => {}
+            other => clean.push(other.as_os_str()),
+        }
+    }
+    clean
+}
+
+/// Whether one path is the other or lies inside it.
+pub fn overlap(a: &Path, b: &Path) -> bool {
+    let (a, b) = (canonical(a), canonical(b));
+    a.starts_with(&b) || b.starts_with(&a)
+}
+
+/// Refuses an output (`flag` `out`) that is, contains or lies inside any of the inputs.
+pub fn check_no_overlap(flag: &str, out: &Path, inputs: &[(&str, &Path)]) -> Result<(), String> {
+    for (in_flag, input) in inputs {
+        if overlap(out, input) {
+            return Err(format!(
+                "{flag} {} overlaps {in_flag} {}: a command never writes where it reads",
+                out.display(),
+                input.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new() -> TempDir {
+            let d = std::env::temp_dir().join(format!("peftrain-spec-paths-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            TempDir(d)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn overlap_sees_through_spellings() {
+        let d = TempDir::new();
+        let model = d.0.as_path().join("model");
+        std::fs::create_dir_all(&model).unwrap();
+        assert!(overlap(&model, &d.0.as_path().join("model/../model/.")));
+        assert!(overlap(&model.join("merged"), &model));
+        assert!(overlap(d.0.as_path(), &model));
+        assert!(!overlap(&d.0.as_path().join("model2"), &model));
+        std::os::unix::fs::symlink(&model, d.0.as_path().join("link")).unwrap();
+        assert!(overlap(&d.0.as_path().join("link"), &model));
+    }
+}
