@@ -187,8 +187,8 @@ pub struct TrainArgs {
     pub init_adapter: Option<PathBuf>,
     /// dtype of the frozen base weights and the base model's matmuls (trainable weights,
     /// gradients and AdamW state stay fp32): bf16, fp32, or auto — bf16 on a CPU with
-    /// AMX-BF16, fp32 elsewhere, as measured (docs/performance.md). fp32 reproduces Hugging
-    /// Face's numbers to the digit.
+    /// AMX-BF16 or AVX512-BF16, fp32 elsewhere (AVX2 alone emulates bf16), as measured per CPU
+    /// class (docs/performance.md). fp32 reproduces Hugging Face's numbers to the digit.
     #[arg(long, env = "PEFTRAIN_BASE_DTYPE", default_value = "auto")]
     pub base_dtype: String,
     /// free: workers compute on the real tokens alone, padding only around attention (the same

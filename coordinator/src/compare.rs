@@ -90,11 +90,14 @@ fn f(v: Option<f64>) -> String {
 pub fn write_report(out: &Path, title: &str, runs: &[RunRecord]) -> Result<(PathBuf, PathBuf), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let png = out.join("curves.png");
+    // Drawn under a temporary name and renamed, as every output is.
+    let png_tmp = out.join(format!(".curves.{}.tmp.png", std::process::id()));
     let acc: Vec<Series> = runs.iter().map(|r| Series { name: r.summary.method.clone(), points: r.series("eval_accuracy") }).collect();
     let loss: Vec<Series> = runs.iter().map(|r| Series { name: r.summary.method.clone(), points: r.series("loss") }).collect();
     let eval_loss: Vec<Series> = runs.iter().map(|r| Series { name: format!("{} (validation)", r.summary.method), points: r.series("eval_loss") }).collect();
     let all_loss: Vec<Series> = loss.into_iter().chain(eval_loss).collect();
-    curves(&png, &[("Validation accuracy", "accuracy", &acc), ("Loss", "loss", &all_loss)])?;
+    curves(&png_tmp, &[("Validation accuracy", "accuracy", &acc), ("Loss", "loss", &all_loss)])?;
+    std::fs::rename(&png_tmp, &png).map_err(|e| format!("{}: {e}", png.display()))?;
 
     let mut md = format!("# {title}\n\n");
     md.push_str("| method | trainable params | trainable % | train runtime (s) | samples/s | best dev accuracy | final dev accuracy | validation loss |\n");
@@ -123,6 +126,6 @@ pub fn write_report(out: &Path, title: &str, runs: &[RunRecord]) -> Result<(Path
         md.push_str(&format!("\n## {}\n\nOutputs in `{}`.\n\n```\n{}```\n", r.summary.method, r.dir.display(), r.table()));
     }
     let path = out.join("report.md");
-    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::checkpoint::write_atomic(&path, md.as_bytes()).map_err(|e| e.to_string())?;
     Ok((path, png))
 }

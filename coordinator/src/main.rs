@@ -102,6 +102,12 @@ fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
 }
 
 fn report(r: &peftrain::cli::ReportCmd) -> anyhow::Result<()> {
+    // The runs may lie inside the report's directory (compare's layout), never the reverse: a
+    // report written into a run would replace that run's own report.md and curves.png.
+    let out = peftrain::outdir::canonical(&r.output_dir);
+    if let Some(run) = r.runs.iter().find(|d| out.starts_with(peftrain::outdir::canonical(d))) {
+        return Err(app::usage(format!("--output-dir {} is inside --runs {}: a command never writes where it reads", r.output_dir.display(), run.display())));
+    }
     let runs = r
         .runs
         .iter()

@@ -16,7 +16,8 @@ fn the_demo_reaches_085_and_says_where_its_outputs_are() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains("Step  Training Loss  Validation Loss  Accuracy"), "{stdout}");
-    assert!(stdout.contains("TrainOutput(global_step=750"), "{stdout}");
+    assert!(stdout.contains("TrainOutput(global_step=1000"), "{stdout}");
+    assert!(stdout.contains("| base ") && stdout.contains("(auto: this CPU has"), "the demo says which base dtype it chose and why: {stdout}");
     let acc = metrics(out.path()).iter().filter_map(|e| e.get("eval_accuracy")?.as_f64()).last().unwrap();
     assert!(acc >= 0.85, "demo dev accuracy {acc} < 0.85");
     let last = stdout.lines().last().unwrap();

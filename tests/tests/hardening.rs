@@ -179,6 +179,12 @@ fn no_command_writes_where_it_reads() {
     let (_, err) = peftrain_fails(&refs(&p));
     assert_one_clear_line(&err, &["--output", "overlaps --model"]);
     assert_eq!(snapshot(&model), before);
+    // A report into one of the runs it reads would replace that run's report.md.
+    let run_before = snapshot(&out);
+    let (code, err) = peftrain_fails(&["report", "--runs", out.to_str().unwrap(), "--output-dir", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert_one_clear_line(&err, &["--output-dir", "inside --runs", "never writes where it reads"]);
+    assert_eq!(snapshot(&out), run_before);
 }
 
 #[test]
