@@ -134,7 +134,10 @@ impl Session {
                 Err(why) => Err(crate::cluster::ClusterError::Setup(why)),
             };
             match started {
-                Ok(c) => break c,
+                Ok(c) => {
+                    registry.mark_started();
+                    break c;
+                }
                 // Registered, then gone before the group was set up: its place goes to the next
                 // worker to register (multi-node), within the same registration deadline.
                 Err(crate::cluster::ClusterError::Connect { worker, address, why }) => {
@@ -241,9 +244,6 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let (train, truncated) = prepare_split(cfg, &tok, Split::Train, cfg.train_limit)?;
     let (dev, _) = prepare_split(cfg, &tok, Split::Dev, cfg.eval_limit)?;
-    if cfg.resume.is_none() {
-        crate::outdir::claim_output_dir(&cfg.output_dir, cfg.overwrite_output_dir).map_err(usage)?;
-    }
     let resume_dir = match &cfg.resume {
         None => None,
         Some(p) if p.as_os_str() == "latest" && !p.is_dir() => {
@@ -255,6 +255,15 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         }
         Some(p) => Some(p.clone()),
     };
+    // A run continues in its own directory; anything else (a fresh start, `--resume latest`
+    // that found no checkpoint, a checkpoint from elsewhere) claims the output directory.
+    let continues_here = resume_dir
+        .as_deref()
+        .and_then(|d| d.parent())
+        .is_some_and(|parent| crate::outdir::canonical(parent) == crate::outdir::canonical(&cfg.output_dir));
+    if !continues_here {
+        crate::outdir::claim_output_dir(&cfg.output_dir, cfg.overwrite_output_dir).map_err(usage)?;
+    }
     let total_steps = cfg.total_steps(train.len());
     // A damaged or edited checkpoint is refused before anything is started, written or rotated.
     let resumed = match &resume_dir {
@@ -675,8 +684,14 @@ fn check_resume_position(dir: &Path, p: &checkpoint::Position, total_steps: u64)
             "trainer_state.json says global_step {} with {} skipped, but optimizer.safetensors holds optimizer_step {}",
             p.global_step, p.steps_skipped, p.optimizer_step
         ))
+    } else if p.consecutive_skipped > p.steps_skipped {
+        Some(format!("trainer_state.json says {} consecutive skipped steps of {} skipped in all", p.consecutive_skipped, p.steps_skipped))
     } else if p.global_step > total_steps {
-        Some(format!("global_step {} is beyond this run's {total_steps} steps", p.global_step))
+        return Err(usage(format!(
+            "--resume {}: the checkpoint is at step {}, beyond this run's {total_steps} steps (--max-steps, --epochs, --train-limit)",
+            dir.display(),
+            p.global_step
+        )));
     } else {
         None
     };

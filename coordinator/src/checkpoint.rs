@@ -234,10 +234,21 @@ pub fn write_checkpoint<T: Serialize>(
     bytes += write_safetensors(&tmp.join("optimizer.safetensors"), &moments, Some(meta))?;
     bytes += write_json(&tmp.join("trainer_state.json"), loop_state)?;
     bytes += write_json(&tmp.join("run_config.json"), cfg)?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    // Replacing a checkpoint of the same step (a stop right after a save, a resumed run's last
+    // step): the old one is moved aside and removed only once the new one is in place, so a
+    // crash or SIGKILL in between never leaves the step without a checkpoint.
+    let old = output_dir.join(format!(".checkpoint-{step}.old"));
+    let replacing = final_dir.exists();
+    if replacing {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    if replacing {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
     if let Some(keep) = keep {
         // Only this run's checkpoints rotate: anything else in the directory is not ours to delete.
         let mut all: Vec<(u64, PathBuf)> = list_checkpoints(output_dir)?.into_iter().filter(|(_, p)| checkpoint_run_id(p).as_deref() == Some(run_id)).collect();
@@ -262,6 +273,7 @@ fn checkpoint_run_id(dir: &Path) -> Option<String> {
 pub struct Position {
     pub global_step: u64,
     pub steps_skipped: u64,
+    pub consecutive_skipped: u64,
     pub optimizer_step: u64,
 }
 
@@ -276,6 +288,7 @@ pub fn read_position(dir: &Path) -> Result<Position, CheckpointError> {
     let field = |k: &str| v.get(k).and_then(|x| x.as_u64()).ok_or_else(|| fmt(&spath, format!("field `{k}`: missing or not a whole number")));
     let global_step = field("global_step")?;
     let steps_skipped = field("steps_skipped").unwrap_or(0);
+    let consecutive_skipped = field("consecutive_skipped").unwrap_or(0);
     let opath = dir.join("optimizer.safetensors");
     let mut f = std::fs::File::open(&opath).map_err(io(&opath))?;
     let mut len = [0u8; 8];
@@ -293,7 +306,7 @@ pub fn read_position(dir: &Path) -> Result<Position, CheckpointError> {
         .and_then(|s| s.as_str())
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| fmt(&opath, "metadata `optimizer_step` missing".into()))?;
-    Ok(Position { global_step, steps_skipped, optimizer_step })
+    Ok(Position { global_step, steps_skipped, consecutive_skipped, optimizer_step })
 }
 
 /// `checkpoint-*` directories under `dir`, oldest first.

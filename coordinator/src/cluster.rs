@@ -226,7 +226,17 @@ impl Cluster {
     /// Waits for a fan-out, watching heartbeats meanwhile: a worker whose call fails as a lost
     /// worker's does, or whose heartbeats stop (a frozen process keeps its connection open and
     /// never answers), is reported lost, and the calls still waiting are abandoned.
-    async fn gather<T: Send + 'static>(&self, mut set: JoinSet<Result<T, Failure>>) -> Result<Gathered<T>, ClusterError> {
+    async fn gather<T: Send + 'static>(&self, set: JoinSet<Result<T, Failure>>) -> Result<Gathered<T>, ClusterError> {
+        let g = self.gather_any(set).await?;
+        if g.peer_trouble && g.lost.is_empty() {
+            return Err(ClusterError::Inconsistent("a worker answered that a peer failed it and no worker is missing".into()));
+        }
+        Ok(g)
+    }
+
+    /// `gather`, also returning (instead of failing on) peer trouble with every worker alive:
+    /// for the step's phase one, which can be redone.
+    async fn gather_any<T: Send + 'static>(&self, mut set: JoinSet<Result<T, Failure>>) -> Result<Gathered<T>, ClusterError> {
         let mut g = Gathered {
             ok: Vec::new(),
             lost: BTreeSet::new(),
@@ -417,7 +427,7 @@ impl Cluster {
                 client.step(req).await.map(|r| r.into_inner()).map_err(|s| classify(&c, s))
             });
         }
-        let g = self.gather(set).await?;
+        let g = self.gather_any(set).await?;
         if !g.lost.is_empty() || g.peer_trouble {
             return Ok(Err(g.lost));
         }

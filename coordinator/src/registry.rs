@@ -76,6 +76,8 @@ pub struct Registry {
     pub stale_after: Duration,
     state: Mutex<State>,
     changed: Notify,
+    /// The group has been set up: from then on the cluster decides who is lost.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -92,7 +94,14 @@ impl Registry {
                 clock: Instant::now(),
             }),
             changed: Notify::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the group as set up: silent members are no longer evicted at registration (the
+    /// cluster's heartbeat watchdog removes lost ones itself).
+    pub fn mark_started(&self) {
+        self.started.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn with_model_digest(mut self, digest: Option<String>, stale_after: Duration) -> Registry {
@@ -180,8 +189,13 @@ impl Registry {
                 });
             }
         }
+        // A pause of this process first restarts the heartbeat clocks, so nobody is evicted for it.
+        if let Some(gap) = self.tick() {
+            tracing::warn!("the coordinator was paused for {:.1} s; its workers have until their timeout to check in again", gap.as_secs_f64());
+        }
+        let started = self.started.load(std::sync::atomic::Ordering::SeqCst);
         let mut st = self.state();
-        if st.members.len() as u32 >= self.expected && !st.members.iter().any(|m| m.worker_id == req.worker_id) {
+        if !started && st.members.len() as u32 >= self.expected && !st.members.iter().any(|m| m.worker_id == req.worker_id) {
             // A member that stopped heartbeating (it died after registering) gives its place up.
             let stale = self.stale_after;
             st.members.retain(|m| {

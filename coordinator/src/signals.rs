@@ -9,8 +9,18 @@ use std::sync::{Arc, Mutex};
 pub struct StopSignal(Arc<Mutex<Option<&'static str>>>);
 
 impl StopSignal {
-    /// Listens for SIGTERM and SIGINT from now on (inside a tokio runtime).
+    /// Listens for SIGTERM and SIGINT from now on (inside a tokio runtime); once per process,
+    /// so every run of a `compare` shares one request to stop.
     pub fn install() -> std::io::Result<StopSignal> {
+        static INSTALLED: std::sync::OnceLock<StopSignal> = std::sync::OnceLock::new();
+        if let Some(s) = INSTALLED.get() {
+            return Ok(s.clone());
+        }
+        let stop = Self::listen()?;
+        Ok(INSTALLED.get_or_init(|| stop).clone())
+    }
+
+    fn listen() -> std::io::Result<StopSignal> {
         use tokio::signal::unix::{signal, SignalKind};
         let stop = StopSignal::default();
         for (kind, name) in [(SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")] {

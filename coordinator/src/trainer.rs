@@ -283,7 +283,7 @@ pub async fn train<W: Write>(
             write(metrics, &Map::from_iter([("step".into(), json!(global_step)), ("skipped".into(), json!(true))]))?;
         }
         if st.consecutive_skipped >= cfg.max_skipped_steps {
-            let first = global_step + 1 - st.consecutive_skipped;
+            let first = (global_step + 1).saturating_sub(st.consecutive_skipped);
             return Err(TrainError::Output(format!(
                 "{} consecutive steps ({first} to {global_step}) had non-finite gradients and were skipped (--max-skipped-steps {}): \
                  the weights or the loss are NaN/Inf (check the checkpoint, config.json and the learning rate)",

@@ -33,7 +33,6 @@ pub fn server_builder() -> Server {
         .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
 }
 
 /// The listener's connections, each closed if it says nothing within `IDLE_TIMEOUT`; after
@@ -41,7 +40,9 @@ pub fn server_builder() -> Server {
 pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<IdleLimited>> {
     tokio_stream::wrappers::TcpListenerStream::new(listener).map(|r| {
         r.map(|s| {
+            // Set here: with an incoming stream of its own, tonic applies neither.
             let _ = s.set_nodelay(true);
+            let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)));
             IdleLimited::new(s, IDLE_TIMEOUT)
         })
     })

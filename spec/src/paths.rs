@@ -11,7 +11,26 @@ pub fn canonical(p: &Path) -> PathBuf {
     } else {
         std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
     };
-    let mut existing = abs.clone();
+    // Component by component: before each `..`, what exists so far is resolved (a symbolic
+    // link's `..` is its target's parent, as the kernel sees it), then popped.
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out = resolve(&out);
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    resolve(&out)
+}
+
+/// `p` with its longest existing prefix resolved by the file system (links followed) and the
+/// rest appended as written.
+fn resolve(p: &Path) -> PathBuf {
+    let mut existing = p.to_path_buf();
     let mut rest = Vec::new();
     while !existing.exists() {
         match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
@@ -26,18 +45,7 @@ pub fn canonical(p: &Path) -> PathBuf {
     for name in rest.into_iter().rev() {
         out.push(name);
     }
-    // Lexically resolve what canonicalize could not see.
-    let mut clean = PathBuf::new();
-    for c in out.components() {
-        match c {
-            Component::ParentDir => {
-                clean.pop();
-            }
-            Component::CurDir => {}
-            other => clean.push(other.as_os_str()),
-        }
-    }
-    clean
+    out
 }
 
 /// Whether one path is the other or lies inside it.
@@ -90,5 +98,8 @@ mod tests {
         assert!(!overlap(&d.0.as_path().join("model2"), &model));
         std::os::unix::fs::symlink(&model, d.0.as_path().join("link")).unwrap();
         assert!(overlap(&d.0.as_path().join("link"), &model));
+        // `link/new/..` is the model directory itself, through the link.
+        assert!(overlap(&d.0.as_path().join("link/new/.."), &model));
+        assert!(overlap(&d.0.as_path().join("link/../model"), &model));
     }
 }

@@ -137,6 +137,19 @@ fn a_reused_output_directory_is_refused_and_rotation_deletes_only_this_run_s_che
     peftrain(&refs(&train_args(&model, &out, &["--max-steps", "8", "--save-steps", "2", "--save-total-limit", "1", "--resume", resume.to_str().unwrap()])));
     assert_eq!(checkpoints(&out), ["checkpoint-1", "checkpoint-8"]);
     assert_eq!(snapshot(&foreign), foreign_before);
+
+    // `--resume` that finds nothing to continue, or continues a checkpoint kept elsewhere, is
+    // a fresh start as far as a non-empty output directory is concerned.
+    let bare = d.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::write(bare.join("metrics.jsonl"), "{\"step\": 1}\n").unwrap();
+    let (code, err) = peftrain_fails(&refs(&train_args(&model, &bare, &["--max-steps", "2", "--resume"])));
+    assert_eq!(code, 2);
+    assert_one_clear_line(&err, &[bare.to_str().unwrap(), "--overwrite-output-dir"]);
+    let elsewhere = out.join("checkpoint-8");
+    let (code, _) = peftrain_fails(&refs(&train_args(&model, &bare, &["--max-steps", "10", "--resume", elsewhere.to_str().unwrap()])));
+    assert_eq!(code, 2);
+    assert_eq!(std::fs::read_to_string(bare.join("metrics.jsonl")).unwrap(), "{\"step\": 1}\n");
 }
 
 #[test]
@@ -221,6 +234,9 @@ fn sigterm_checkpoints_at_a_step_boundary_and_resume_continues_bit_for_bit() {
 
     let (mut child, log) = spawn_peftrain(train_args(&model, &cut, &steps), "error", &[]);
     wait_training(&cut);
+    let workers = String::from_utf8(Command::new("pgrep").args(["-P", &child.0.id().to_string()]).output().unwrap().stdout).unwrap();
+    let workers: Vec<&str> = workers.split_whitespace().collect();
+    assert_eq!(workers.len(), 1, "one local worker");
     let status = signal_and_wait(&mut child, "-TERM", Duration::from_secs(30));
     let lines: Vec<String> = log.try_iter().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(status.code(), Some(0), "{lines:?}");
@@ -231,7 +247,9 @@ fn sigterm_checkpoints_at_a_step_boundary_and_resume_continues_bit_for_bit() {
     let step: u64 = cps[0].trim_start_matches("checkpoint-").parse().unwrap();
     assert!(step > 0 && step < 2000, "stopped at step {step}");
     assert!(lines[0].contains(&format!("after step {step} of 2000")), "{}", lines[0]);
-    assert!(Command::new("pgrep").args(["-P", &child.0.id().to_string()]).output().unwrap().stdout.is_empty(), "workers left behind");
+    for pid in workers {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "worker {pid} left behind");
+    }
 
     peftrain(&refs(&train_args(&model, &cut, &[&steps[..], &["--resume"][..]].concat())));
     assert_eq!(trainable_bytes(&cut), trainable_bytes(&whole), "the resumed run differs from the uninterrupted one");
@@ -410,7 +428,9 @@ fn absurd_numbers_are_refused_up_front_naming_the_flag() {
     for (flag, value) in BAD_VALUES {
         let out = d.path().join("never");
         let started = Instant::now();
-        let (code, err) = peftrain_fails(&refs(&train_args(&model, &out, &["--max-steps", "1", &format!("{flag}={value}")])));
+        // The default cap on local workers grows with the cores; the table's case pins it.
+        let cap: &[&str] = if *flag == "--workers" { &["--max-local-workers=8"] } else { &[] };
+        let (code, err) = peftrain_fails(&refs(&train_args(&model, &out, &[&["--max-steps", "1", &format!("{flag}={value}")][..], cap].concat())));
         assert_eq!(code, 2, "{flag} {value}: {err}");
         assert_one_clear_line(&err, &[flag]);
         assert!(started.elapsed() < Duration::from_secs(10), "{flag} {value}: refused only after {:?}", started.elapsed());
@@ -419,7 +439,7 @@ fn absurd_numbers_are_refused_up_front_naming_the_flag() {
     // The messages point at the right thing.
     let (_, err) = peftrain_fails(&refs(&train_args(&model, &d.path().join("n"), &["--rpc-timeout", "0"])));
     assert!(!err.contains("worker(s) left"), "{err}");
-    let (_, err) = peftrain_fails(&refs(&train_args(&model, &d.path().join("n"), &["--workers", "1000"])));
+    let (_, err) = peftrain_fails(&refs(&train_args(&model, &d.path().join("n"), &["--workers", "1000", "--max-local-workers", "8"])));
     assert_one_clear_line(&err, &["--workers 1000", "--max-local-workers"]);
 }
 
@@ -458,10 +478,16 @@ fn too_many_local_workers_are_refused_and_a_failed_start_stops_them_all() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 3);
     let started = Instant::now();
-    let (code, err) = peftrain_fails(&refs(&train_args(&model, &d.path().join("o"), &["--workers", "1000", "--max-steps", "1"])));
+    let (code, err) = peftrain_fails(&refs(&train_args(&model, &d.path().join("o"), &["--workers", "1000", "--max-local-workers", "8", "--max-steps", "1"])));
     assert_eq!(code, 2);
     assert_one_clear_line(&err, &["--workers 1000", "--max-local-workers"]);
     assert!(started.elapsed() < Duration::from_secs(5));
+    // The default cap: four per core, at least eight.
+    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let over = (4 * cores).max(8) + 1;
+    let (code, err) = peftrain_fails(&refs(&train_args(&model, &d.path().join("o"), &["--workers", &over.to_string(), "--max-steps", "1"])));
+    assert_eq!(code, 2);
+    assert_one_clear_line(&err, &[&format!("--workers {over}"), "--max-local-workers"]);
     // Sixteen workers that cannot all register in a second: all stopped at once, none left.
     let mut cmd = Command::new(bin("peftrain"));
     cmd.args(train_args(&model, &d.path().join("p"), &["--workers", "16", "--max-local-workers", "16", "--threads", "1", "--register-timeout", "1", "--max-steps", "1"]))

@@ -239,7 +239,7 @@ fn a_worker_gone_before_setup_gives_its_place_to_the_next_one() {
     let out = d.path().join("out");
     let (tok, glue) = (roberta_dir(), glue_dir());
     let (coord, addr, log) = start_coordinator(&[
-        "--workers", "2", "--worker-timeout", "3", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir",
+        "--workers", "2", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir",
         glue.to_str().unwrap(), "--task", "sst2", "--method", "lora", "--train-limit", "64", "--eval-limit", "16", "--batch-size", "8",
         "--max-steps", "6", "--output-dir", out.to_str().unwrap(),
     ]);
