@@ -40,13 +40,22 @@ pub struct ReplicaState {
 }
 
 impl ReplicaState {
-    /// Reassembles a state from its chunks, checking order and length.
-    pub fn from_chunks(chunks: &[pb::StateChunk]) -> Result<ReplicaState, String> {
+    /// Reassembles a state from its chunks, checking order and length. `expected` (3 x the
+    /// trainable values of the layout) bounds what is allocated: the total a worker sends is
+    /// only compared with it, never trusted.
+    pub fn from_chunks(chunks: &[pb::StateChunk], expected: usize) -> Result<ReplicaState, String> {
         let first = chunks.first().ok_or("empty state")?;
-        let mut values = Vec::with_capacity(first.total as usize);
+        if first.total != expected as u64 {
+            return Err(format!("a state of {} values, this group's layout holds {expected}", first.total));
+        }
+        // Grown by what actually arrives: `expected` comes from a layout a worker reported too.
+        let mut values = Vec::new();
         for c in chunks {
             if c.offset as usize != values.len() || c.total != first.total || c.data.len() % 4 != 0 {
                 return Err(format!("state chunk at offset {} is out of order", c.offset));
+            }
+            if values.len() + c.data.len() / 4 > expected {
+                return Err(format!("state chunk at offset {} runs past the {expected} values", c.offset));
             }
             values.extend(peftrain_net::wire::le_bytes_to_f32(&c.data));
         }
@@ -105,8 +114,13 @@ impl ReplicaState {
     }
 }
 
+/// Values of weights plus both AdamW moments in `layout` (saturating: a layout is wire data).
+pub fn state_values(layout: &[pb::TensorInfo]) -> usize {
+    layout.iter().fold(0usize, |acc, t| acc.saturating_add(numel(t))).saturating_mul(3)
+}
+
 fn numel(t: &pb::TensorInfo) -> usize {
-    t.shape.iter().product::<i64>().max(0) as usize
+    t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?)).unwrap_or(usize::MAX)
 }
 
 /// Writes named fp32 tensors as safetensors, to a temporary name then renamed into place.
@@ -371,4 +385,24 @@ pub fn read_checkpoint<T: for<'de> Deserialize<'de>>(dir: &Path, layout: &[pb::T
         },
         loop_state,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(total: u64, offset: u64, values: usize) -> pb::StateChunk {
+        pb::StateChunk { fingerprint: "f".into(), optimizer_step: 1, total, offset, data: vec![0u8; 4 * values].into() }
+    }
+
+    #[test]
+    fn a_state_is_bounded_by_the_layout_not_by_the_sender() {
+        // A total no layout has: refused before anything is allocated (this used to reserve it).
+        let e = ReplicaState::from_chunks(&[chunk(u64::MAX, 0, 2)], 6).unwrap_err();
+        assert!(e.contains("layout holds 6"), "{e}");
+        let e = ReplicaState::from_chunks(&[chunk(6, 0, 4), chunk(6, 4, 4)], 6).unwrap_err();
+        assert!(e.contains("runs past"), "{e}");
+        let st = ReplicaState::from_chunks(&[chunk(6, 0, 4), chunk(6, 4, 2)], 6).unwrap();
+        assert_eq!(st.values.len(), 6);
+    }
 }

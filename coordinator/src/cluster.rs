@@ -561,7 +561,7 @@ impl Cluster {
             match self.gather(set).await {
                 Ok(g) if g.lost.is_empty() => {
                     let chunks = g.ok.into_iter().next().unwrap_or_default();
-                    return ReplicaState::from_chunks(&chunks).map_err(ClusterError::Inconsistent);
+                    return ReplicaState::from_chunks(&chunks, crate::checkpoint::state_values(&self.layout())).map_err(ClusterError::Inconsistent);
                 }
                 Ok(_) => last = Some(ClusterError::Inconsistent(format!("worker {} was lost while sending its state", c.member.worker_id))),
                 Err(e) => last = Some(e),

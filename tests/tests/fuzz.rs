@@ -155,8 +155,9 @@ proptest! {
             prop_assert_eq!(st.values.len(), expected);
         }
         // ... and the coordinator's.
-        if let Ok(st) = ReplicaState::from_chunks(&msgs) {
+        if let Ok(st) = ReplicaState::from_chunks(&msgs, expected) {
             prop_assert_eq!(st.values.len() as u64, msgs[0].total);
+            prop_assert_eq!(st.values.len(), expected);
         }
     }
 }
