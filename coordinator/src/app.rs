@@ -275,8 +275,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         None => None,
     };
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
-    std::fs::write(cfg.output_dir.join("run_config.json"), serde_json::to_vec_pretty(cfg)?)
-        .with_context(|| format!("writing {}", cfg.output_dir.join("run_config.json").display()))?;
+    checkpoint::write_atomic(&cfg.output_dir.join("run_config.json"), &serde_json::to_vec_pretty(cfg)?)?;
 
     let mut session = Session::start(cfg, workers, type_ids, net, &stop).await?;
     let mut st = LoopState::default();
@@ -661,9 +660,7 @@ fn spawn_pause_watch(registry: &Arc<Registry>) {
             tokio::time::sleep(Duration::from_millis(250)).await;
             match weak.upgrade() {
                 Some(r) => {
-                    if let Some(gap) = r.tick() {
-                        tracing::warn!("the coordinator was paused for {:.1} s; its workers have until their timeout to check in again", gap.as_secs_f64());
-                    }
+                    r.tick();
                 }
                 None => break,
             }

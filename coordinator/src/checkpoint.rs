@@ -146,10 +146,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], meta
 /// Writes `data` to `path` through a temporary file beside it, renamed into place: a reader
 /// (or a crash) never sees a half-written file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, data).map_err(io(path))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    peftrain_spec::paths::write_atomic(path, data).map_err(io(path))
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> Result<u64, CheckpointError> {
@@ -253,7 +250,15 @@ pub fn write_checkpoint<T: Serialize>(
     // crash or SIGKILL in between never leaves the step without a checkpoint.
     let old = output_dir.join(format!(".checkpoint-{step}.old"));
     let replacing = final_dir.exists();
+    if replacing && checkpoint_run_id(&final_dir).as_deref() != Some(run_id) {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        return Err(CheckpointError::Format {
+            path: final_dir,
+            why: "holds a checkpoint of another run; it is not replaced".into(),
+        });
+    }
     if replacing {
+        // Left by this run if it died between the two renames below.
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(io(&old))?;
         }

@@ -91,7 +91,7 @@ pub fn write_report(out: &Path, title: &str, runs: &[RunRecord]) -> Result<(Path
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let png = out.join("curves.png");
     // Drawn under a temporary name and renamed, as every output is.
-    let png_tmp = out.join(format!(".curves.{}.tmp.png", std::process::id()));
+    let png_tmp = peftrain_spec::paths::temp_beside(&png).with_extension("png");
     let acc: Vec<Series> = runs.iter().map(|r| Series { name: r.summary.method.clone(), points: r.series("eval_accuracy") }).collect();
     let loss: Vec<Series> = runs.iter().map(|r| Series { name: r.summary.method.clone(), points: r.series("loss") }).collect();
     let eval_loss: Vec<Series> = runs.iter().map(|r| Series { name: format!("{} (validation)", r.summary.method), points: r.series("eval_loss") }).collect();

@@ -124,14 +124,15 @@ impl Registry {
         for m in &mut st.members {
             m.last_seen = now;
         }
+        drop(st);
+        tracing::warn!("the coordinator was paused for {:.1} s; its workers' heartbeat clocks restart", gap.as_secs_f64());
         Some(gap)
     }
 
     /// Members silent (no heartbeat) for longer than `timeout`, after checking for a pause of
     /// this process.
     pub fn silent(&self, timeout: Duration) -> Vec<String> {
-        if let Some(gap) = self.tick() {
-            tracing::warn!("the coordinator was paused for {:.1} s; its workers have {:.0} s to check in again", gap.as_secs_f64(), timeout.as_secs_f64());
+        if self.tick().is_some() {
             return Vec::new();
         }
         self.state().members.iter().filter(|m| m.last_seen.elapsed() > timeout).map(|m| m.worker_id.clone()).collect()
@@ -190,9 +191,7 @@ impl Registry {
             }
         }
         // A pause of this process first restarts the heartbeat clocks, so nobody is evicted for it.
-        if let Some(gap) = self.tick() {
-            tracing::warn!("the coordinator was paused for {:.1} s; its workers have until their timeout to check in again", gap.as_secs_f64());
-        }
+        self.tick();
         let started = self.started.load(std::sync::atomic::Ordering::SeqCst);
         let mut st = self.state();
         if !started && st.members.len() as u32 >= self.expected && !st.members.iter().any(|m| m.worker_id == req.worker_id) {

@@ -23,6 +23,10 @@ impl Interval {
     pub const fn closed(low: f64, high: f64) -> Interval {
         Interval { low, high, open_low: false, open_high: false }
     }
+    /// (low, high)
+    pub const fn open(low: f64, high: f64) -> Interval {
+        Interval { low, high, open_low: true, open_high: true }
+    }
     /// [low, high)
     pub const fn below(low: f64, high: f64) -> Interval {
         Interval { low, high, open_low: false, open_high: true }

@@ -55,10 +55,11 @@ mod tests {
 
     #[test]
     fn copies_agree_and_another_checkpoint_differs() {
-        let a = tempfile_dir("a");
-        let b = tempfile_dir("b");
-        for d in [&a, &b] {
-            std::fs::write(d.join("config.json"), b"{\"model_type\": \"bert\"}").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        for m in [&a, &b] {
+            std::fs::create_dir_all(m).unwrap();
+            std::fs::write(m.join("config.json"), b"{\"model_type\": \"bert\"}").unwrap();
         }
         let weights: Vec<u8> = (0..300_000u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
         std::fs::write(a.join("model.safetensors"), &weights).unwrap();
@@ -72,11 +73,5 @@ mod tests {
         assert_ne!(model_digest(&a, true).unwrap(), model_digest(&a, false).unwrap());
         std::fs::remove_file(b.join("model.safetensors")).unwrap();
         assert!(model_digest(&b, false).unwrap_err().contains("no model weights"));
-    }
-
-    fn tempfile_dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("peftrain-spec-digest-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
     }
 }

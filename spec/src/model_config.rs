@@ -235,7 +235,7 @@ impl ModelConfig {
             }
         }
         // LayerNorm divides by sqrt(var + eps): eps <= 0 turns a constant row into NaN.
-        if !Interval::below(0.0, 1.0).contains(self.layer_norm_eps) || self.layer_norm_eps <= 0.0 {
+        if !Interval::open(0.0, 1.0).contains(self.layer_norm_eps) {
             return Err(bad("layer_norm_eps", format!("must be a finite number in (0, 1), got {}", self.layer_norm_eps)));
         }
         if !Interval::closed(0.0, 10.0).contains(self.initializer_range) {

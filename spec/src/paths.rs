@@ -48,6 +48,21 @@ fn resolve(p: &Path) -> PathBuf {
     out
 }
 
+/// A temporary name beside `path` (same directory, so a rename is atomic), unique to this
+/// process.
+pub fn temp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Writes `data` to `path` through `temp_beside(path)`, renamed into place: a reader (or a
+/// crash) never sees a half-written file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = temp_beside(path);
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Whether one path is the other or lies inside it.
 pub fn overlap(a: &Path, b: &Path) -> bool {
     let (a, b) = (canonical(a), canonical(b));
@@ -72,34 +87,19 @@ pub fn check_no_overlap(flag: &str, out: &Path, inputs: &[(&str, &Path)]) -> Res
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new() -> TempDir {
-            let d = std::env::temp_dir().join(format!("peftrain-spec-paths-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            TempDir(d)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn overlap_sees_through_spellings() {
-        let d = TempDir::new();
-        let model = d.0.as_path().join("model");
+        let d = tempfile::tempdir().unwrap();
+        let model = d.path().join("model");
         std::fs::create_dir_all(&model).unwrap();
-        assert!(overlap(&model, &d.0.as_path().join("model/../model/.")));
+        assert!(overlap(&model, &d.path().join("model/../model/.")));
         assert!(overlap(&model.join("merged"), &model));
-        assert!(overlap(d.0.as_path(), &model));
-        assert!(!overlap(&d.0.as_path().join("model2"), &model));
-        std::os::unix::fs::symlink(&model, d.0.as_path().join("link")).unwrap();
-        assert!(overlap(&d.0.as_path().join("link"), &model));
+        assert!(overlap(d.path(), &model));
+        assert!(!overlap(&d.path().join("model2"), &model));
+        std::os::unix::fs::symlink(&model, d.path().join("link")).unwrap();
+        assert!(overlap(&d.path().join("link"), &model));
         // `link/new/..` is the model directory itself, through the link.
-        assert!(overlap(&d.0.as_path().join("link/new/.."), &model));
-        assert!(overlap(&d.0.as_path().join("link/../model"), &model));
+        assert!(overlap(&d.path().join("link/new/.."), &model));
+        assert!(overlap(&d.path().join("link/../model"), &model));
     }
 }

@@ -57,6 +57,13 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// `snap` of `from` as it reads once the directory is renamed to `to`.
+fn snapshot_moved(snap: &[(PathBuf, Vec<u8>)], from: &Path, to: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<(PathBuf, Vec<u8>)> = snap.iter().map(|(p, b)| (to.join(p.strip_prefix(from).unwrap()), b.clone())).collect();
+    v.sort();
+    v
+}
+
 /// An error line that says a cause twice (`X: X`) repeats itself.
 fn assert_no_repetition(line: &str) {
     let parts: Vec<&str> = line.split(": ").collect();
@@ -137,6 +144,14 @@ fn a_reused_output_directory_is_refused_and_rotation_deletes_only_this_run_s_che
     peftrain(&refs(&train_args(&model, &out, &["--max-steps", "8", "--save-steps", "2", "--save-total-limit", "1", "--resume", resume.to_str().unwrap()])));
     assert_eq!(checkpoints(&out), ["checkpoint-1", "checkpoint-8"]);
     assert_eq!(snapshot(&foreign), foreign_before);
+    // Nor is one replaced that sits where this run's next checkpoint would go.
+    let in_the_way = out.join("checkpoint-10");
+    std::fs::rename(&foreign, &in_the_way).unwrap();
+    let resume = out.join("checkpoint-8");
+    let (_, err) = peftrain_fails(&refs(&train_args(&model, &out, &["--max-steps", "12", "--save-steps", "2", "--resume", resume.to_str().unwrap()])));
+    assert!(err.contains("checkpoint-10") && err.contains("another run"), "{err}");
+    assert_eq!(snapshot(&in_the_way), snapshot_moved(&foreign_before, &foreign, &in_the_way));
+    std::fs::rename(&in_the_way, &foreign).unwrap();
 
     // `--resume` that finds nothing to continue, or continues a checkpoint kept elsewhere, is
     // a fresh start as far as a non-empty output directory is concerned.

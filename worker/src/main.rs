@@ -108,17 +108,13 @@ struct MergeArgs {
     output: PathBuf,
 }
 
-/// Writes `data` beside `path` under a temporary name, then renames it into place.
+/// Writes `data` to `path` through a temporary file renamed into place.
 fn write_atomic(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = temp_beside(path);
-    std::fs::write(&tmp, data).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    peftrain_spec::paths::write_atomic(path, data).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn temp_beside(path: &std::path::Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
+/// What `merge` writes besides model.safetensors and config.json: the base's tokenizer files.
+const TOKENIZER_FILES: [&str; 6] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt"];
 
 /// A refused argument: exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +127,7 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
     // Never into what it reads: writing model.safetensors over the base it is reading from, or
     // copying tokenizer files onto themselves, destroyed them.
     peftrain_spec::paths::check_no_overlap("--output", &a.output, &[("--model", &p.model), ("--adapter", &a.adapter)]).map_err(|e| anyhow::Error::new(Usage(e)))?;
-    for f in ["model.safetensors", "config.json"] {
+    for f in ["model.safetensors", "config.json"].into_iter().chain(TOKENIZER_FILES) {
         if a.output.join(f).exists() {
             return Err(anyhow::Error::new(Usage(format!("--output {}: already holds {f}; merge writes into a new or empty directory", a.output.display()))));
         }
@@ -159,7 +155,7 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.output).map_err(|e| anyhow::anyhow!("{}: {e}", a.output.display()))?;
     let tensors = r.merged_tensors();
     let out = a.output.join("model.safetensors");
-    let tmp = temp_beside(&out);
+    let tmp = peftrain_spec::paths::temp_beside(&out);
     tch::Tensor::write_safetensors(&tensors, &tmp).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     std::fs::rename(&tmp, &out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     // config.json as the base has it, named for the task head it now carries.
@@ -171,7 +167,7 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
         o.insert("label2id".into(), serde_json::Value::Object(labels.iter().map(|(k, v)| (v.as_str().unwrap_or_default().to_string(), serde_json::json!(k.parse::<i64>().unwrap_or(0)))).collect()));
     }
     write_atomic(&a.output.join("config.json"), &serde_json::to_vec_pretty(&cfg)?)?;
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt"] {
+    for f in TOKENIZER_FILES {
         let src = p.model.join(f);
         if src.is_file() {
             let bytes = std::fs::read(&src).map_err(|e| anyhow::anyhow!("{}: {e}", src.display()))?;
@@ -226,10 +222,9 @@ fn main() {
         Some(Command::Merge(a)) => merge(a),
         None => {
             let w = cli.worker;
-            match w.coordinator {
+            match w.coordinator.clone() {
                 None => Err(anyhow::anyhow!("--coordinator URL is required (or PEFTRAIN_COORDINATOR)")),
-                Some(_) if worker_numbers(&w).is_err() => worker_numbers(&w),
-                Some(coordinator) => {
+                Some(coordinator) => worker_numbers(&w).and_then(|()| {
                     let id = w.id.unwrap_or_else(|| {
                         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                         format!("{}-{}", host.trim(), std::process::id())
@@ -266,7 +261,7 @@ fn main() {
                             .map_err(anyhow::Error::from)
                             .and_then(|rt| rt.block_on(run_worker(opts)))
                     })
-                }
+                }),
             }
         }
     };

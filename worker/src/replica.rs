@@ -215,11 +215,7 @@ impl Replica {
 
     /// Longest sequence the position table allows (RoBERTa's positions start after padding_idx).
     pub fn max_tokens(&self) -> usize {
-        let c = &self.loaded.config;
-        match c.family() {
-            crate::config::ModelType::Roberta => (c.max_position_embeddings - c.pad_id() - 1).max(0) as usize,
-            crate::config::ModelType::Bert => c.max_position_embeddings as usize,
-        }
+        self.loaded.config.max_tokens()
     }
 
     pub fn trainable(&self) -> &BTreeMap<String, Tensor> {
