@@ -108,13 +108,14 @@ def main():
     load_s = time.perf_counter() - t_load
 
     pad = DataCollatorWithPadding(tok)
-    seen = {"samples": 0, "padded_tokens": 0, "counting": True}
+    seen = {"samples": 0, "padded_tokens": 0, "real_tokens": 0, "counting": True}
 
     def collate(features):
         batch = pad(features)
         if seen["counting"]:
             seen["samples"] += batch["input_ids"].shape[0]
             seen["padded_tokens"] += batch["input_ids"].numel()
+            seen["real_tokens"] += int(batch["attention_mask"].sum())
         return batch
 
     def accuracy(p):
@@ -146,6 +147,7 @@ def main():
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "total_flos": total_flos, "flops_per_second": total_flos / runtime,
         "mean_padded_length": seen["padded_tokens"] / max(1, seen["samples"]),
+        "mean_real_length": seen["real_tokens"] / max(1, seen["samples"]),
         "params": base_params, "non_embedding_params": base_non_embedding, "trainable_params": trainable,
         "load_seconds": load_s,
     }

@@ -4,15 +4,19 @@ this machine, with the same model, data, batch, learning rate, steps and max len
 
     HF Trainer + peft (fp32, T threads)               bench/hf_trainer.py in a subprocess
     peftrain fp32, 1 worker x T threads               the numerics reference
-    peftrain bf16, 1 worker x T threads               --base-dtype bf16
-    peftrain bf16, T workers x 1 thread
-    peftrain bf16, the faster of the two + --group-by-length   (measured separately, on top)
-    peftrain bf16, the faster of the two, --padding padded  (the padding-free lever off)
+    peftrain fp32, T workers x 1 thread
+    peftrain bf16, 1 worker x T threads               --base-dtype bf16 (not with --fp32-only)
+    peftrain bf16, T workers x 1 thread               (not with --fp32-only)
+    peftrain, the fastest of those + --group-by-length   (measured separately, on top)
+    peftrain, the fastest of those, --padding padded  (the padding-free lever off)
 
 and reports train samples/s (training steps only), the ratio to HF, dev accuracy after the same
 steps and its delta to peftrain's fp32 run, peak RSS (per worker for peftrain), the mean padded
-length of a training sample and model FLOP/s (total_flos / training time) beside the bf16 and
-fp32 matmul peaks measured in the same run. Prints a table and whether the issue's targets are
+length of a training sample and two FLOP/s figures beside the matmul peak of the run's dtype
+measured in the same run: Trainer's (total_flos / training time: 6 x parameters x padded
+tokens) and the model's on real tokens (issue 13's count: 4 x non-embedding parameters x real
+tokens for BitFit and LoRA, whose frozen weights need no weight gradient; 6 x for full
+fine-tuning), the work either stack cannot avoid. Prints a table and whether the issue's targets are
 met, and writes bench/results/speed.json.
 
     ./bench/speed.sh --quick          # a few minutes: MiniLM SST-2 60 steps, roberta-base shape 10 steps
@@ -228,7 +232,21 @@ def mib(b):
     return f"{b / 2 ** 20:.0f}" if b else "-"
 
 
-def fmt_row(r, hf_sps, ref_acc, random_model, peaks):
+# Model FLOPs per non-embedding parameter and real token: forward 2, the activations' gradient 2,
+# and the weights' gradient 2 where every weight trains.
+WORK = {"full": 6.0, "bitfit": 4.0, "lora": 4.0}
+
+
+def real_flops(r, hf):
+    """Model FLOP/s on real tokens, from the HF run's parameter and real-token counts (both stacks
+    train the same rows: the first steps x batch of the file, one epoch)."""
+    d = (hf or {}).get("detail") or {}
+    if not d.get("non_embedding_params") or not d.get("mean_real_length"):
+        return None
+    return WORK[r["method"]] * d["non_embedding_params"] * d["mean_real_length"] * r["samples_per_second"]
+
+
+def fmt_row(r, hf_sps, ref_acc, random_model, peaks, hf=None):
     ratio = r["samples_per_second"] / hf_sps if hf_sps else float("nan")
     acc = "-" if random_model or r["eval_accuracy"] is None else f"{100 * r['eval_accuracy']:.1f}"
     delta = "-" if random_model or r["eval_accuracy"] is None or ref_acc is None \
@@ -236,13 +254,16 @@ def fmt_row(r, hf_sps, ref_acc, random_model, peaks):
     peak = peaks["bf16" if r["dtype"] == "bf16" else "fp32"]["peak_flops"]
     pad = f"{r['mean_padded_length']:.1f}" if r.get("mean_padded_length") else "-"
     busy = " *" if r.get("foreign_cpu_share", 0) > 0.10 else ""
+    real = real_flops(r, hf)
+    r["real_flops_per_second"] = real
+    real_txt = f"{real / 1e9:>8.1f} {100 * real / peak:>5.1f}%" if real else f"{'-':>8} {'-':>6}"
     return (f"{r['stack'] + ' ' + r['config']:<26} {r['samples_per_second']:>9.1f} {ratio:>6.2f}x {acc:>6} {delta:>6} "
             f"{mib(r['peak_rss_bytes']):>8} {pad:>7} {r['flops_per_second'] / 1e9:>8.1f} "
-            f"{100 * r['flops_per_second'] / peak:>5.1f}%{busy}")
+            f"{100 * r['flops_per_second'] / peak:>5.1f}% {real_txt}{busy}")
 
 
 HEADER = (f"{'stack / config':<26} {'samples/s':>9} {'vs HF':>7} {'acc %':>6} {'Δ fp32':>6} {'RSS MiB':>8} "
-          f"{'pad len':>7} {'GFLOP/s':>8} {'%peak':>6}")
+          f"{'pad len':>7} {'GFLOP/s':>8} {'%peak':>6} {'real GF/s':>8} {'%peak':>6}")
 
 
 def main():
@@ -267,6 +288,8 @@ def main():
                     help="cores to use: HF and the 1-worker runs get this many threads, the multi-worker run this "
                          "many workers x 1 thread (default: all cores)")
     ap.add_argument("--hf-bf16", action="store_true", help="also run HF Trainer with bf16=True (CPU autocast)")
+    ap.add_argument("--fp32-only", action="store_true",
+                    help="peftrain in fp32 alone (what an AVX2-only CPU runs): no bf16 configurations")
     ap.add_argument("--no-group", action="store_true", help="skip the --group-by-length run")
     ap.add_argument("--no-padded", action="store_true", help="skip the --padding padded run (the padding-free lever off)")
     ap.add_argument("--acc-seeds", type=int, default=1,
@@ -360,14 +383,17 @@ def main():
                 if a.hf_bf16:
                     attempt(run_hf, T, True)
                 ref = attempt(run_peftrain, binary, "fp32", 1, T, False)
-                b1 = attempt(run_peftrain, binary, "bf16", 1, T, False)
-                bw = attempt(run_peftrain, binary, "bf16", T, 1, False) if T > 1 else None
-                cands = [r for r in (b1, bw) if r]
+                fw = attempt(run_peftrain, binary, "fp32", T, 1, False) if T > 1 else None
+                cands = [r for r in (ref, fw) if r]
+                if not a.fp32_only:
+                    b1 = attempt(run_peftrain, binary, "bf16", 1, T, False)
+                    bw = attempt(run_peftrain, binary, "bf16", T, 1, False) if T > 1 else None
+                    cands += [r for r in (b1, bw) if r]
                 fastest = max(cands, key=lambda r: r["samples_per_second"]) if cands else None
                 if fastest and not a.no_group:
-                    attempt(run_peftrain, binary, "bf16", fastest["workers"], fastest["threads"], True)
+                    attempt(run_peftrain, binary, fastest["dtype"], fastest["workers"], fastest["threads"], True)
                 if fastest and not a.no_padded:
-                    attempt(run_peftrain, binary, "bf16", fastest["workers"], fastest["threads"], False, True)
+                    attempt(run_peftrain, binary, fastest["dtype"], fastest["workers"], fastest["threads"], False, True)
                 seeds = {}
                 plain = [r for r in rows if r["stack"] == "peftrain" and not r["group_by_length"]]
                 if a.acc_seeds > 1 and model != "roberta-base" and ref and plain:
@@ -404,7 +430,7 @@ def main():
             if r["stack"] == "peftrain" and hf and hf.get("mean_padded_length"):
                 p_eff = hf["total_flos"] / (6.0 * hf["mean_padded_length"] * s * a.batch_size)
                 r["mean_padded_length"] = r["total_flos"] / (6.0 * p_eff * s * a.batch_size)
-            print(fmt_row(r, hf_sps, ref_acc, random_model, peaks))
+            print(fmt_row(r, hf_sps, ref_acc, random_model, peaks, hf))
         plain = [r for r in rows if r["stack"] == "peftrain" and not r["group_by_length"]]
         if not hf or not plain:
             verdict = {"model": model, "task": task, "method": method, "met": None, "why": "missing runs"}
@@ -429,14 +455,18 @@ def main():
                 f"accuracy {100 * (best_acc - base_acc):+.1f} pt vs fp32"
                 + (f" (means of {n_seeds} seeds: {100 * best_acc:.2f} vs {100 * base_acc:.2f})" if n_seeds > 1 else "")
                 + f" ({'within' if acc_ok else 'OUTSIDE'} 0.5)")
+            real = best.get("real_flops_per_second")
+            peak = peaks["bf16" if best["dtype"] == "bf16" else "fp32"]["peak_flops"]
+            real_txt = f"; model FLOP/s on real tokens {100 * real / peak:.0f}% of the {best['dtype']} peak" if real else ""
             print(f"target >= {TARGET[method]:.0f}x HF: best peftrain ({best['config']}) {ratio:.2f}x -> "
-                  f"{'speed MET' if speed_ok else 'speed MISSED'}; {acc_txt}{g}"
+                  f"{'speed MET' if speed_ok else 'speed MISSED'}; {acc_txt}{g}{real_txt}"
                   f" => {'MET' if met else 'NOT MET'}")
             verdict = {"model": model, "task": task, "method": method, "target_ratio": TARGET[method],
                        "best_config": best["config"], "ratio": ratio, "speed_met": speed_ok, "accuracy_met": acc_ok,
                        "accuracy_delta": None if acc_ok is None else best_acc - base_acc,
                        "accuracy_seeds": seeds or None,
                        "group_by_length_ratio": grouped[0]["samples_per_second"] / hf_sps if grouped else None,
+                       "real_flops_share_of_peak": real / peak if real else None,
                        "met": met}
         report["verdicts"].append(verdict)
     save()

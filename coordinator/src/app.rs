@@ -61,6 +61,7 @@ pub struct Session {
 
 impl Session {
     pub async fn start(cfg: &TrainConfig, workers: &Workers, send_type_ids: bool, net: &NetArgs, stop: &StopSignal) -> anyhow::Result<Session> {
+        let padding: peftrain_spec::Padding = cfg.padding.parse().map_err(|why| anyhow::anyhow!("--padding {why}"))?;
         let mut security = Security::load(&net.security)?;
         match workers {
             // Single-node: without a token of the user's, a fresh one protects loopback too.
@@ -130,7 +131,7 @@ impl Session {
                 })
                 .await;
             let started = match wait {
-                Ok(_) => Cluster::start(registry.clone(), tolerance, send_type_ids, security.clone()).await,
+                Ok(_) => Cluster::start(registry.clone(), tolerance, send_type_ids, security.clone(), padding).await,
                 Err(why) => Err(crate::cluster::ClusterError::Setup(why)),
             };
             match started {

@@ -11,11 +11,12 @@ use peftrain_proto::v1 as pb;
 use pb::worker_client::WorkerClient;
 use tokio::task::JoinSet;
 use peftrain_net::{AuthChannel, Security};
+use peftrain_spec::Padding;
 use tonic::Code;
 
 use crate::checkpoint::ReplicaState;
 use crate::registry::{Member, Registry};
-use crate::sampler::shard_by_tokens;
+use crate::sampler::{shard, ShardCost};
 use crate::tokenize::Encoded;
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,8 @@ pub struct Cluster {
     /// Send segment ids (BERT) or not (RoBERTa's type vocabulary has one entry).
     pub send_type_ids: bool,
     pub security: Security,
+    /// The run's `--padding`: with the members' devices, how a shard's cost is counted.
+    pub padding: Padding,
 }
 
 /// What a fan-out brought back.
@@ -159,7 +162,7 @@ async fn connect(m: &Member, security: &Security) -> Result<Conn, ClusterError> 
 
 impl Cluster {
     /// Connects to the registered workers and sets the group up; ranks follow worker names.
-    pub async fn start(registry: Arc<Registry>, tolerance: Tolerance, send_type_ids: bool, security: Security) -> Result<Cluster, ClusterError> {
+    pub async fn start(registry: Arc<Registry>, tolerance: Tolerance, send_type_ids: bool, security: Security, padding: Padding) -> Result<Cluster, ClusterError> {
         let mut members = registry.members();
         members.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         let mut conns = Vec::new();
@@ -179,6 +182,7 @@ impl Cluster {
             tolerance,
             send_type_ids,
             security,
+            padding,
         };
         c.setup().await?;
         Ok(c)
@@ -186,6 +190,17 @@ impl Cluster {
 
     pub fn world(&self) -> usize {
         self.conns.len()
+    }
+
+    /// The group's shards are as costly as its slowest layout's: padded cost once any member
+    /// computes padded (a group mixing devices is balanced for the padded one).
+    fn shard_cost(&self) -> ShardCost {
+        let free = self.conns.iter().all(|c| self.padding.is_free_on(c.member.device == "cpu"));
+        if free {
+            ShardCost::RealTokens
+        } else {
+            ShardCost::Padded
+        }
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
@@ -407,7 +422,7 @@ impl Cluster {
     /// interrupted with every worker alive: either way the step can be redone.
     async fn try_step(&self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<Result<StepOutcome, BTreeSet<String>>, ClusterError> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
-        let shards = shard_by_tokens(&lengths, self.world());
+        let shards = shard(&lengths, self.world(), self.shard_cost());
         let mut set = JoinSet::new();
         for (rank, (c, positions)) in self.conns.iter().zip(&shards).enumerate() {
             let req = self.request(pb::StepRequest {
@@ -495,7 +510,7 @@ impl Cluster {
 
     async fn try_evaluate(&self, examples: &[&Encoded], want_logits: bool) -> Result<Result<EvalOutcome, BTreeSet<String>>, ClusterError> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
-        let shards = shard_by_tokens(&lengths, self.world());
+        let shards = shard(&lengths, self.world(), self.shard_cost());
         let mut set = JoinSet::new();
         for (k, (c, positions)) in self.conns.iter().zip(&shards).enumerate() {
             let req = self.request(pb::EvalRequest {

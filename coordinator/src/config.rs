@@ -232,8 +232,8 @@ impl TrainConfig {
         if !(self.epochs > 0.0) && self.max_steps.is_none() {
             return Err("--epochs must be positive (or give --max-steps)".into());
         }
-        if !matches!(self.padding.as_str(), "" | "auto" | "free" | "padded") {
-            return Err(format!("--padding {:?}: expected auto, free or padded", self.padding));
+        if let Err(why) = self.padding.parse::<peftrain_spec::Padding>() {
+            return Err(format!("--padding {why}"));
         }
         if !matches!(self.base_dtype.as_str(), "auto" | "fp32" | "bf16") {
             return Err(format!("--base-dtype {:?}: expected auto, fp32 or bf16", self.base_dtype));

@@ -7,6 +7,8 @@ pub mod check;
 pub mod counts;
 pub mod digest;
 pub mod model_config;
+pub mod padding;
 pub mod paths;
 
 pub use model_config::{Activation, ConfigError, ModelConfig, ModelType};
+pub use padding::Padding;

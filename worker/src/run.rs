@@ -97,13 +97,6 @@ pub fn base_kind(dtype: &str, device: Device) -> anyhow::Result<(Kind, String)> 
     })
 }
 
-/// `--padding auto`, as measured (docs/performance.md): padding-free on a CPU, where the
-/// matmuls' work is the step's cost and SST-2 batches are about half padding; padded on a GPU,
-/// whose step is bound by kernel launches that packing would add to.
-pub fn auto_padding_free(device: Device) -> bool {
-    device == Device::Cpu
-}
-
 /// The replica a wire `RunSpec` describes, on `device`.
 pub fn replica_spec(spec: &pb::RunSpec, device: Device) -> anyhow::Result<ReplicaSpec> {
     let m = spec.method.clone().unwrap_or_default();
@@ -151,12 +144,11 @@ pub fn replica_spec(spec: &pb::RunSpec, device: Device) -> anyhow::Result<Replic
         max_grad_norm: o.max_grad_norm as f64,
         base_kind,
         random_init,
-        padding_free: match spec.padding.as_str() {
-            "" | "auto" => auto_padding_free(device),
-            "free" => true,
-            "padded" => false,
-            other => anyhow::bail!("padding {other:?}: expected auto, free or padded"),
-        },
+        padding_free: spec
+            .padding
+            .parse::<peftrain_spec::Padding>()
+            .map_err(|why| anyhow::anyhow!("padding {why}"))?
+            .is_free_on(device == Device::Cpu),
     })
 }
 
