@@ -11,16 +11,20 @@ use anyhow::{anyhow, Context};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use peftrain_spec::{LoraParams, Method, MethodArgs, MethodKind};
+
 use crate::checkpoint;
 use crate::signals::StopSignal;
 use peftrain_net::{Security, SecurityArgs};
 use crate::cluster::{Cluster, Tolerance};
 use crate::config::{read_model_config, TrainConfig};
-use crate::data::{load_split, Split, Task};
+use crate::data::{load_split, Split};
 use crate::local::LocalWorkers;
 use crate::observe::{Observer, Phase};
 use crate::registry::Registry;
-use crate::report::MetricsLog;
+use crate::report::{human_bytes, newly_initialized_message, MetricsLog};
+/// peft's trainable-parameter line (formatted in report.rs).
+pub use crate::report::peft_line;
 use crate::tokenize::{Encoded, TextTokenizer};
 use crate::trainer::{self, LoopState, RunSummary};
 
@@ -61,7 +65,6 @@ pub struct Session {
 
 impl Session {
     pub async fn start(cfg: &TrainConfig, workers: &Workers, send_type_ids: bool, net: &NetArgs, stop: &StopSignal) -> anyhow::Result<Session> {
-        let padding: peftrain_spec::Padding = cfg.padding.parse().map_err(|why| anyhow::anyhow!("--padding {why}"))?;
         let mut security = Security::load(&net.security)?;
         match workers {
             // Single-node: without a token of the user's, a fresh one protects loopback too.
@@ -72,7 +75,7 @@ impl Session {
         // TLS mistakes surface here, before anything listens.
         security.server_tls()?;
         let run_id = format!("run-{}-{}", std::process::id(), now_millis());
-        let observer = Observer::new(&run_id, cfg.task.name(), &cfg.method, cfg.workers);
+        let observer = Observer::new(&run_id, cfg.task.name(), cfg.method.kind.as_str(), cfg.workers);
         if let Some(addr) = net.metrics_listen {
             let l = TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
             tracing::info!(metrics_address = %l.local_addr()?, "serving /metrics and /status");
@@ -131,7 +134,7 @@ impl Session {
                 })
                 .await;
             let started = match wait {
-                Ok(_) => Cluster::start(registry.clone(), tolerance, send_type_ids, security.clone(), padding).await,
+                Ok(_) => Cluster::start(registry.clone(), tolerance, send_type_ids, security.clone(), cfg.padding).await,
                 Err(why) => Err(crate::cluster::ClusterError::Setup(why)),
             };
             match started {
@@ -317,7 +320,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         println!(
             "{} | {} x {} | {} workers | base {} | {} train / {} dev examples{}",
             peft_line(fp.trainable_params, lead.peft_all_params),
-            cfg.method,
+            cfg.method.kind,
             cfg.task,
             session.cluster.world(),
             if lead.base_dtype.is_empty() { "?" } else { &lead.base_dtype },
@@ -341,7 +344,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         std::fs::write(cfg.output_dir.join("train_output.json"), serde_json::to_vec_pretty(&summary.output)?)?;
         println!("{}", summary.output);
         let record = crate::compare::RunSummaryFile {
-            method: cfg.method.clone(),
+            method: cfg.method.kind.as_str().into(),
             task: cfg.task.name().into(),
             model: cfg.model.display().to_string(),
             trainable_params: fp.trainable_params,
@@ -355,11 +358,11 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         };
         std::fs::write(cfg.output_dir.join("run_summary.json"), serde_json::to_vec_pretty(&record)?)?;
         let run = crate::compare::RunRecord::read(&cfg.output_dir).map_err(|e| anyhow!(e))?;
-        let title = format!("peftrain {} on {}", cfg.method, cfg.task);
+        let title = format!("peftrain {} on {}", cfg.method.kind, cfg.task);
         let (md, png) = crate::compare::write_report(&cfg.output_dir, &title, &[run]).map_err(|e| anyhow!(e))?;
         println!(
             "trainable weights: {} | report: {} | plot: {}",
-            cfg.output_dir.join(if cfg.method == "lora" { "adapter_model.safetensors" } else { "trainable.safetensors" }).display(),
+            cfg.output_dir.join(if cfg.method.kind.saves_peft_adapter() { "adapter_model.safetensors" } else { "trainable.safetensors" }).display(),
             md.display(),
             png.display()
         );
@@ -469,17 +472,17 @@ pub async fn run_eval(cfg: &TrainConfig, split: Split, workers: &Workers, net: &
 
 /// `peftrain compare`: each method under the same settings, one after the other, then
 /// `report.md` and `curves.png` in the output directory.
-pub async fn run_compare(cfg: &TrainConfig, methods: &[String], workers: &Workers, net: &NetArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub async fn run_compare(cfg: &TrainConfig, methods: &[MethodKind], workers: &Workers, net: &NetArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
     cfg.validate_values().map_err(usage)?;
     crate::outdir::check_no_overlap("--output-dir", &cfg.output_dir, &cfg.inputs()).map_err(usage)?;
     if cfg.resume.is_none() {
         crate::outdir::claim_output_dir(&cfg.output_dir, cfg.overwrite_output_dir).map_err(usage)?;
     }
     let mut records = Vec::new();
-    for m in methods {
+    for &m in methods {
         let mut c = cfg.clone();
-        c.method = m.clone();
-        c.output_dir = cfg.output_dir.join(m);
+        c.method = cfg.method.with_kind(m);
+        c.output_dir = cfg.output_dir.join(m.as_str());
         println!("\n== {m} ==");
         let s = run_training(&c, workers, net).await.with_context(|| format!("training {m}"))?;
         if let Some(sig) = s.stopped {
@@ -487,58 +490,12 @@ pub async fn run_compare(cfg: &TrainConfig, methods: &[String], workers: &Worker
         }
         records.push(crate::compare::RunRecord::read(&c.output_dir).map_err(|e| anyhow!(e))?);
     }
-    let title = format!("peftrain compare: {} on {}", methods.join(", "), cfg.task);
+    let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+    let title = format!("peftrain compare: {} on {}", names.join(", "), cfg.task);
     crate::compare::write_report(&cfg.output_dir, &title, &records).map_err(|e| anyhow!(e))
 }
 
-pub fn human_bytes(b: u64) -> String {
-    let b = b as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.2} MB", b / 1e6)
-    } else {
-        format!("{:.1} kB", b / 1e3)
-    }
-}
 
-/// peft's `print_trainable_parameters` line.
-pub fn peft_line(trainable: u64, all: u64) -> String {
-    let pct = if all > 0 { 100.0 * trainable as f64 / all as f64 } else { 0.0 };
-    format!("trainable params: {} || all params: {} || trainable%: {pct:.4}", thousands(trainable), thousands(all))
-}
-
-/// `1234567` as `1,234,567`, as peft prints counts.
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// transformers' warning for a head the base checkpoint lacked (reported once per run).
-pub fn newly_initialized_message(class: &str, dir: &Path, names: &[String]) -> Option<String> {
-    if names.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "Some weights of {class} were not initialized from the model checkpoint at {} and are newly initialized: {names:?}. \
-         You should probably TRAIN this model on a down-stream task to be able to use it for predictions and inference.",
-        dir.display()
-    ))
-}
-
-/// The GLUE directory when neither --glue-dir nor GLUE_DIR names one: `../shared/data/glue`
-/// where it exists; else None, and the data comes from the Hugging Face Hub.
-pub fn default_glue_dir() -> Option<PathBuf> {
-    let p = PathBuf::from("../shared/data/glue");
-    p.is_dir().then_some(p)
-}
 
 /// Resolves hub names: a `--model` that is not a directory is a Hugging Face repo id (local
 /// cache first, else downloaded), and GLUE without a directory comes from the hub's `glue`.
@@ -559,52 +516,41 @@ pub fn resolve_inputs(cfg: &mut TrainConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn parse_task(s: &str) -> Result<Task, String> {
-    Task::parse(s).ok_or_else(|| format!("unknown task {s:?} (sst2, rte)"))
-}
-
-/// Takes the method of saved trainable weights: peftrain's `trainable_config.json`, or peft's
-/// `adapter_config.json` (LoRA).
+/// Takes the method of saved trainable weights: peftrain's `trainable_config.json` (the run's
+/// method flags, as `run_config.json` has them), or peft's `adapter_config.json` (LoRA).
 pub fn apply_adapter_method(cfg: &mut TrainConfig, dir: &Path) -> anyhow::Result<()> {
-    let read = |name: &str| -> anyhow::Result<Option<serde_json::Value>> {
+    let read = |name: &str| -> anyhow::Result<Option<(PathBuf, serde_json::Value)>> {
         let p = dir.join(name);
         if !p.is_file() {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", p.display()))?))
+        let v = serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", p.display()))?;
+        Ok(Some((p, v)))
     };
-    if let Some(v) = read("trainable_config.json")? {
-        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
-        if let Some(m) = s("method") {
-            cfg.method = m;
-        }
-        if let Some(b) = s("bitfit_scope") {
-            cfg.bitfit_scope = b;
-        }
-        if let Some(r) = v.get("lora_r").and_then(|x| x.as_u64()) {
-            cfg.lora_r = r as u32;
-        }
-        if let Some(a) = v.get("lora_alpha").and_then(|x| x.as_f64()) {
-            cfg.lora_alpha = a;
-        }
-        if let Some(t) = v.get("lora_targets").and_then(|x| x.as_array()) {
-            cfg.lora_targets = t.iter().filter_map(|x| x.as_str().map(String::from)).collect();
-        }
+    if let Some((p, v)) = read("trainable_config.json")? {
+        let m: MethodArgs = serde_path_to_error::deserialize(v).map_err(|e| anyhow!("{}: field `{}`: {}", p.display(), e.path(), e.inner()))?;
+        m.method().validate().map_err(|e| anyhow!("{}: {e}", p.display()))?;
+        cfg.method = m;
         return Ok(());
     }
-    if let Some(v) = read("adapter_config.json")? {
-        let field = |k: &str| v.get(k).ok_or_else(|| anyhow!("{}/adapter_config.json: field `{k}` missing", dir.display()));
+    if let Some((p, v)) = read("adapter_config.json")? {
+        let field = |k: &str| v.get(k).ok_or_else(|| anyhow!("{}: field `{k}` missing", p.display()));
         if field("peft_type")?.as_str() != Some("LORA") {
-            anyhow::bail!("{}/adapter_config.json: field `peft_type`: only LORA adapters are supported", dir.display());
+            anyhow::bail!("{}: field `peft_type`: only LORA adapters are supported", p.display());
         }
-        cfg.method = "lora".into();
-        cfg.lora_r = field("r")?.as_u64().ok_or_else(|| anyhow!("{}/adapter_config.json: field `r` is not an integer", dir.display()))? as u32;
-        cfg.lora_alpha = field("lora_alpha")?.as_f64().ok_or_else(|| anyhow!("{}/adapter_config.json: field `lora_alpha` is not a number", dir.display()))?;
+        let mut lora = LoraParams {
+            r: field("r")?.as_u64().and_then(|r| u32::try_from(r).ok()).ok_or_else(|| anyhow!("{}: field `r` is not an integer", p.display()))?,
+            alpha: field("lora_alpha")?.as_f64().ok_or_else(|| anyhow!("{}: field `lora_alpha` is not a number", p.display()))?,
+            ..cfg.method.method_lora_or_default()
+        };
         if let Some(t) = field("target_modules")?.as_array() {
-            cfg.lora_targets = t.iter().filter_map(|x| x.as_str().map(String::from)).collect();
-            cfg.lora_targets.sort();
+            lora.target_modules = t.iter().filter_map(|x| x.as_str().map(String::from)).collect();
+            lora.target_modules.sort();
         }
+        let m = Method::Lora(lora);
+        m.validate().map_err(|e| anyhow!("{}: {e}", p.display()))?;
+        cfg.method = MethodArgs::of(&m);
         return Ok(());
     }
     anyhow::bail!("{}: neither trainable_config.json nor adapter_config.json found", dir.display())

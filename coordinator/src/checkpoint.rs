@@ -9,6 +9,8 @@ use peftrain_proto::v1 as pb;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use peftrain_spec::Method;
+
 use crate::config::TrainConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -165,22 +167,18 @@ pub fn write_trainable(dir: &Path, cfg: &TrainConfig, layout: &[pb::TensorInfo],
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let weights = state.part(layout, 0);
     let mut bytes = write_safetensors(&dir.join("trainable.safetensors"), &weights, Some(HashMap::from([("format".into(), "pt".into())])))?;
-    bytes += write_json(
-        &dir.join("trainable_config.json"),
-        &serde_json::json!({
-            "format": "peftrain-trainable/1",
-            "model_dir": cfg.model,
-            "method": cfg.method,
-            "bitfit_scope": cfg.bitfit_scope,
-            "lora_r": cfg.lora_r,
-            "lora_alpha": cfg.lora_alpha,
-            "lora_dropout": cfg.lora_dropout,
-            "lora_targets": cfg.lora_targets,
-            "num_labels": cfg.task.num_labels(),
-            "fingerprint": state.fingerprint,
-        }),
-    )?;
-    if cfg.method == "lora" {
+    // The method's flags as run_config.json has them (`method`, `bitfit_scope`, `lora_*`).
+    let mut config = serde_json::json!({
+        "format": "peftrain-trainable/1",
+        "model_dir": cfg.model,
+        "num_labels": cfg.task.num_labels(),
+        "fingerprint": state.fingerprint,
+    });
+    if let (Some(o), Ok(serde_json::Value::Object(m))) = (config.as_object_mut(), serde_json::to_value(&cfg.method)) {
+        o.extend(m);
+    }
+    bytes += write_json(&dir.join("trainable_config.json"), &config)?;
+    if let Method::Lora(lora) = cfg.method.method() {
         let peft: Vec<(String, Vec<usize>, &[f32])> = weights.iter().map(|(n, s, v)| (format!("base_model.model.{n}"), s.clone(), *v)).collect();
         bytes += write_safetensors(&dir.join("adapter_model.safetensors"), &peft, Some(HashMap::from([("format".into(), "pt".into())])))?;
         bytes += write_json(
@@ -189,10 +187,10 @@ pub fn write_trainable(dir: &Path, cfg: &TrainConfig, layout: &[pb::TensorInfo],
                 "peft_type": "LORA",
                 "task_type": "SEQ_CLS",
                 "base_model_name_or_path": cfg.model,
-                "r": cfg.lora_r,
-                "lora_alpha": cfg.lora_alpha,
-                "lora_dropout": cfg.lora_dropout,
-                "target_modules": cfg.lora_targets,
+                "r": lora.r,
+                "lora_alpha": lora.alpha,
+                "lora_dropout": lora.dropout,
+                "target_modules": lora.target_modules,
                 "modules_to_save": ["classifier", "score"],
                 "bias": "none",
                 "fan_in_fan_out": false,

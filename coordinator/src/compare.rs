@@ -107,7 +107,7 @@ pub fn write_report(out: &Path, title: &str, runs: &[RunRecord]) -> Result<(Path
         md.push_str(&format!(
             "| {} | {} | {:.4} | {:.1} | {:.2} | {} | {} | {} |\n",
             s.method,
-            crate::app::thousands(s.trainable_params),
+            crate::report::thousands(s.trainable_params),
             100.0 * s.trainable_params as f64 / s.all_params.max(1) as f64,
             s.train_runtime,
             s.train_samples_per_second,

@@ -6,77 +6,154 @@ use std::path::PathBuf;
 use peftrain_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
+use peftrain_spec::{BaseDtype, MethodArgs, MethodKind, Padding};
+
 use crate::data::Task;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Everything a run is, as plain data: the flags of `peftrain train` (clap derives them from
+/// this struct, so each default is written once, in its `#[arg]`), `run_config.json`, and what
+/// `--print-config` shows. A config file and PEFTRAIN_* variables reach it through clap too.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
-    /// Model directory (config.json + weights) on every worker's disk.
+    /// Model directory (config.json and model.safetensors / pytorch_model.bin) on every
+    /// worker's disk, or a Hugging Face repo id.
+    #[arg(long, env = "PEFTRAIN_MODEL")]
     pub model: PathBuf,
     /// Tokenizer directory (default: the model directory).
+    #[arg(long, env = "PEFTRAIN_TOKENIZER")]
     pub tokenizer: Option<PathBuf>,
+    /// sst2 or rte.
+    #[arg(long, default_value = "sst2", value_parser = peftrain_spec::flag::<Task>, env = "PEFTRAIN_TASK")]
     pub task: Task,
-    /// GLUE directory; None: the Hugging Face Hub's `glue` dataset (cached like a model).
+    /// Directory with the GLUE layout (SST-2/, RTE/) or the HF parquet layout (sst2/, rte/).
+    /// Default: ../shared/data/glue where it exists, else the Hugging Face Hub's `glue` dataset.
+    #[arg(long, env = "GLUE_DIR")]
     pub glue_dir: Option<PathBuf>,
-    pub method: String,
-    pub bitfit_scope: String,
-    pub lora_r: u32,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
-    pub lora_targets: Vec<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub method: MethodArgs,
+    #[arg(long, env = "PEFTRAIN_EPOCHS", default_value_t = 3.0)]
     pub epochs: f64,
+    #[arg(long, env = "PEFTRAIN_MAX_STEPS")]
     pub max_steps: Option<u64>,
+    /// Global batch size (split across workers).
+    #[arg(long, env = "PEFTRAIN_BATCH_SIZE", default_value_t = 16)]
     pub batch_size: usize,
+    #[arg(long, env = "PEFTRAIN_EVAL_BATCH_SIZE", default_value_t = 64)]
     pub eval_batch_size: usize,
-    /// None: the method's default (`default_lr`).
+    /// Peak learning rate (default per method: full 2e-5, bitfit 1e-3, lora 5e-4).
+    #[arg(long, env = "PEFTRAIN_LR")]
     pub lr: Option<f64>,
+    #[arg(long, env = "PEFTRAIN_WEIGHT_DECAY", default_value_t = 0.0)]
     pub weight_decay: f64,
+    #[arg(long, env = "PEFTRAIN_WARMUP_RATIO", default_value_t = 0.06)]
     pub warmup_ratio: f64,
+    #[arg(long, env = "PEFTRAIN_WARMUP_STEPS")]
     pub warmup_steps: Option<u64>,
+    #[arg(long, env = "PEFTRAIN_MAX_GRAD_NORM", default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    #[arg(long, env = "PEFTRAIN_MAX_LENGTH", default_value_t = 128)]
     pub max_length: usize,
+    #[arg(long, env = "PEFTRAIN_SEED", default_value_t = 42)]
     pub seed: u64,
+    /// Use only the first N training rows.
+    #[arg(long, env = "PEFTRAIN_TRAIN_LIMIT")]
     pub train_limit: Option<usize>,
+    /// Use only the first N evaluation rows.
+    #[arg(long, env = "PEFTRAIN_EVAL_LIMIT")]
     pub eval_limit: Option<usize>,
+    #[arg(long, env = "PEFTRAIN_LOGGING_STEPS", default_value_t = 50)]
     pub logging_steps: u64,
-    /// None: evaluate at the end of every epoch (and always at the end of training).
+    /// Evaluate every N steps (default: at the end of each epoch); always at the end.
+    #[arg(long, env = "PEFTRAIN_EVAL_STEPS")]
     pub eval_steps: Option<u64>,
+    #[arg(long, default_value = "outputs/run", env = "PEFTRAIN_OUTPUT_DIR")]
     pub output_dir: PathBuf,
-    pub shuffle: bool,
+    /// Keep the file order instead of a seeded shuffle per epoch (`"shuffle": false` in
+    /// run_config.json, as the Trainer's users read it).
+    #[arg(long, env = "PEFTRAIN_NO_SHUFFLE")]
+    #[serde(rename = "shuffle", with = "negated")]
+    pub no_shuffle: bool,
+    /// Sort examples by length within mega-batches so batches pad less.
+    #[arg(long, env = "PEFTRAIN_GROUP_BY_LENGTH")]
     pub group_by_length: bool,
-    /// Trainable weights to start from (peftrain's or peft's adapter layout).
+    /// Start from these trainable weights (a peftrain output directory or a peft adapter).
+    #[arg(long, env = "PEFTRAIN_INIT_ADAPTER")]
     pub init_adapter: Option<PathBuf>,
-    /// dtype of the frozen base weights on workers: fp32 or bf16.
-    pub base_dtype: String,
-    /// auto, free or padded: whether workers compute on the real tokens alone.
+    /// dtype of the frozen base weights and the base model's matmuls (trainable weights,
+    /// gradients and AdamW state stay fp32): bf16, fp32, or auto — bf16 on a CPU with
+    /// AMX-BF16 or AVX512-BF16, fp32 elsewhere (AVX2 alone emulates bf16), as measured per CPU
+    /// class (docs/performance.md). fp32 reproduces Hugging Face's numbers to the digit.
+    #[arg(long, value_parser = peftrain_spec::flag::<BaseDtype>, env = "PEFTRAIN_BASE_DTYPE", default_value_t = BaseDtype::Auto)]
+    pub base_dtype: BaseDtype,
+    /// free: workers compute on the real tokens alone, padding only around attention (the same
+    /// results with less work); padded: on the padded batch, as transformers does; auto: free
+    /// on CPUs, padded on GPUs, as measured (docs/performance.md).
+    #[arg(long, value_parser = peftrain_spec::flag::<Padding>, env = "PEFTRAIN_PADDING", default_value_t = Padding::Auto)]
     #[serde(default)]
-    pub padding: String,
-    /// Initialise the model randomly from its config instead of loading weights (speed runs).
+    pub padding: Padding,
+    /// Random weights of the config's shape instead of a checkpoint (speed measurements).
+    #[arg(long, env = "PEFTRAIN_RANDOM_WEIGHTS")]
     pub random_weights: bool,
+    /// Number of workers.
+    #[arg(long, default_value_t = 1, env = "PEFTRAIN_WORKERS")]
     pub workers: usize,
-    /// Deadline of every coordinator -> worker RPC, in seconds.
+    /// Deadline of each coordinator -> worker call, seconds.
+    #[arg(long, env = "PEFTRAIN_RPC_TIMEOUT", default_value_t = 1800.0)]
     pub rpc_timeout: f64,
-    /// How long to wait for all workers to register, in seconds.
+    /// How long to wait for the workers to register, seconds.
+    #[arg(long, env = "PEFTRAIN_REGISTER_TIMEOUT", default_value_t = 600.0)]
     pub register_timeout: f64,
-    /// A worker silent (no heartbeat) this many seconds is lost; also bounds ring waits.
+    /// Seconds without a heartbeat after which a worker is lost (also bounds ring waits).
+    #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
     pub worker_timeout: f64,
-    /// Fewest workers the run may carry on with after losing some.
+    /// Fewest workers the run may carry on with.
+    #[arg(long, default_value_t = 1, env = "PEFTRAIN_MIN_WORKERS")]
     pub min_workers: usize,
-    /// Write a checkpoint every N steps (and always at the end).
+    /// Write a checkpoint every N steps (one is always written at the end).
+    #[arg(long, env = "PEFTRAIN_SAVE_STEPS")]
     pub save_steps: Option<u64>,
     /// Keep only the newest N checkpoints.
+    #[arg(long, env = "PEFTRAIN_SAVE_TOTAL_LIMIT")]
     pub save_total_limit: Option<usize>,
-    /// Resume: Some(dir) from that checkpoint; Some("latest") from the newest in the output dir.
+    /// Resume from a checkpoint directory, or (no value, or `latest`) from the newest in --output-dir.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest", env = "PEFTRAIN_RESUME")]
     pub resume: Option<PathBuf>,
-    /// No progress display.
+    /// No progress display (the global `--quiet`).
+    #[arg(skip)]
     #[serde(default)]
     pub quiet: bool,
     /// Train into an output directory that already holds another run's outputs (as
-    /// run_glue.py's `--overwrite_output_dir`); without it such a directory is refused.
+    /// run_glue.py's --overwrite_output_dir: that run's checkpoints are removed first);
+    /// without it, or --resume, such a directory is refused.
+    #[arg(long, env = "PEFTRAIN_OVERWRITE_OUTPUT_DIR")]
     #[serde(default)]
     pub overwrite_output_dir: bool,
-    /// Stop with an error after this many consecutive steps skipped as non-finite.
+    /// Stop with an error after this many consecutive steps whose gradient was non-finite
+    /// (each one skipped on every worker).
+    #[arg(long, env = "PEFTRAIN_MAX_SKIPPED_STEPS", default_value_t = default_max_skipped_steps())]
     #[serde(default = "default_max_skipped_steps")]
     pub max_skipped_steps: u64,
+}
+
+/// The GLUE directory when neither --glue-dir nor GLUE_DIR names one: `../shared/data/glue`
+/// where it exists; else None, and the data comes from the Hugging Face Hub.
+pub fn default_glue_dir() -> Option<PathBuf> {
+    let p = PathBuf::from("../shared/data/glue");
+    p.is_dir().then_some(p)
+}
+
+/// A flag stored as its opposite: `--no-shuffle` is `"shuffle": false`.
+mod negated {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &bool, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(!*v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        bool::deserialize(d).map(|v| !v)
+    }
 }
 
 pub fn default_max_skipped_steps() -> u64 {
@@ -90,16 +167,6 @@ pub const MAX_LENGTH: usize = 1 << 16;
 /// Most workers one run can have (ranks travel as u32; far beyond any ring this code drives).
 pub const MAX_WORKERS: usize = 4096;
 
-/// Learning rates that suit each method (full fine-tuning wants a small one; adapters and
-/// biases, having few parameters that start at or near zero, want larger ones).
-pub fn default_lr(method: &str) -> f64 {
-    match method {
-        "full" => 2e-5,
-        "bitfit" => 1e-3,
-        _ => 5e-4,
-    }
-}
-
 impl TrainConfig {
     /// The defaults of `peftrain train` for `model` (the flags' defaults and PEFTRAIN_* values).
     pub fn for_model(model: PathBuf) -> Result<TrainConfig, String> {
@@ -107,18 +174,27 @@ impl TrainConfig {
         #[derive(Parser)]
         struct Only {
             #[command(flatten)]
-            train: crate::cli::TrainArgs,
+            train: TrainConfig,
         }
         // Parsing an empty command line gives exactly the documented defaults.
         let mut c = Only::try_parse_from(["peftrain", "--model", &model.display().to_string()])
-            .map(|o| o.train.to_config())
+            .map(|o| o.train.with_default_glue_dir())
             .map_err(|e| e.to_string().lines().next().unwrap_or("").to_string())?;
         c.model = model;
         Ok(c)
     }
 
+    /// `--glue-dir` when neither the flag nor GLUE_DIR gave one: `../shared/data/glue` where
+    /// it exists (else the hub's `glue`, resolved later).
+    pub fn with_default_glue_dir(mut self) -> TrainConfig {
+        if self.glue_dir.is_none() {
+            self.glue_dir = default_glue_dir();
+        }
+        self
+    }
+
     pub fn lr(&self) -> f64 {
-        self.lr.unwrap_or_else(|| default_lr(&self.method))
+        self.lr.unwrap_or_else(|| self.method.kind.default_lr())
     }
 
     /// Every path the run reads, with its flag: no output may overlap one of them.
@@ -157,14 +233,7 @@ impl TrainConfig {
         let model = self.model.display().to_string();
         pb::RunSpec {
             model_dir: if self.random_weights { format!("random:{model}") } else { model },
-            method: Some(pb::MethodSpec {
-                kind: self.method.clone(),
-                bitfit_scope: self.bitfit_scope.clone(),
-                lora_r: self.lora_r,
-                lora_alpha: self.lora_alpha as f32,
-                lora_dropout: self.lora_dropout as f32,
-                lora_targets: self.lora_targets.clone(),
-            }),
+            method: Some(self.method.method().to_proto()),
             num_labels: self.task.num_labels() as u32,
             seed: self.seed,
             init_adapter: self.init_adapter.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -175,8 +244,8 @@ impl TrainConfig {
                 eps: 1e-8,
                 max_grad_norm: self.max_grad_norm as f32,
             }),
-            base_dtype: self.base_dtype.clone(),
-            padding: self.padding.clone(),
+            base_dtype: self.base_dtype.as_str().into(),
+            padding: self.padding.as_str().into(),
         }
     }
 
@@ -189,8 +258,6 @@ impl TrainConfig {
             float("--lr", lr, Interval::above(0.0, 10.0))?;
         }
         for (flag, v, range) in [
-            ("--lora-alpha", self.lora_alpha, Interval::above(0.0, 1e6)),
-            ("--lora-dropout", self.lora_dropout, Interval::below(0.0, 1.0)),
             ("--epochs", self.epochs, Interval::above(0.0, 1e6)),
             ("--weight-decay", self.weight_decay, Interval::closed(0.0, 10.0)),
             ("--warmup-ratio", self.warmup_ratio, Interval::closed(0.0, 1.0)),
@@ -201,7 +268,9 @@ impl TrainConfig {
         ] {
             float(flag, v, range)?;
         }
-        int("--lora-r", self.lora_r, 1..=4096)?;
+        if self.method.kind == MethodKind::Lora {
+            self.method.method().validate()?;
+        }
         int("--batch-size", self.batch_size, 1..=MAX_BATCH)?;
         int("--eval-batch-size", self.eval_batch_size, 1..=MAX_BATCH)?;
         int("--max-length", self.max_length, 8..=MAX_LENGTH)?;
@@ -213,9 +282,6 @@ impl TrainConfig {
     /// Checks what can be checked before any worker starts; one message per problem.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_values()?;
-        if !matches!(self.method.as_str(), "full" | "bitfit" | "lora") {
-            return Err(format!("--method {:?}: expected full, bitfit or lora", self.method));
-        }
         if self.min_workers > self.workers {
             return Err(format!("--min-workers {} exceeds --workers {}", self.min_workers, self.workers));
         }
@@ -231,12 +297,6 @@ impl TrainConfig {
         }
         if !(self.epochs > 0.0) && self.max_steps.is_none() {
             return Err("--epochs must be positive (or give --max-steps)".into());
-        }
-        if let Err(why) = self.padding.parse::<peftrain_spec::Padding>() {
-            return Err(format!("--padding {why}"));
-        }
-        if !matches!(self.base_dtype.as_str(), "auto" | "fp32" | "bf16") {
-            return Err(format!("--base-dtype {:?}: expected auto, fp32 or bf16", self.base_dtype));
         }
         if !self.model.join("config.json").is_file() {
             return Err(format!("--model {}: config.json not found", self.model.display()));

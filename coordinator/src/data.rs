@@ -39,6 +39,13 @@ pub enum Task {
     Rte,
 }
 
+impl std::str::FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Task, String> {
+        Task::parse(s).ok_or_else(|| format!("{s:?}: unknown task (sst2, rte)"))
+    }
+}
+
 impl fmt::Display for Task {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

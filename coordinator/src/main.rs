@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use peftrain::app::{self, PredictConfig, Workers};
 use peftrain::cli::{Cli, Command, LocalArgs};
+use peftrain::config::TrainConfig;
 use peftrain::data::Split;
+use peftrain_spec::{BitFitScope, Method};
 
 fn local(l: &LocalArgs) -> Workers {
     Workers::Local {
@@ -40,22 +41,12 @@ fn params(p: &peftrain::cli::ParamsCmd) -> anyhow::Result<()> {
     }
     let cfg = peftrain::config::read_model_config(&p.model).map_err(app::usage)?;
     int("--num-labels", p.num_labels, 1..=1 << 16).map_err(app::usage)?;
-    let targets: Vec<String> = p.lora_targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
-    let method = match p.method.as_str() {
-        "full" => CountedMethod::Full,
-        "bitfit" => match p.bitfit_scope.as_str() {
-            "all" => CountedMethod::BitFit { bias_only: false },
-            "bias-only" => CountedMethod::BitFit { bias_only: true },
-            other => return Err(app::usage(format!("--bitfit-scope {other:?}: unknown bitfit scope (all, bias-only)"))),
-        },
-        "lora" => {
-            int("--lora-r", p.lora_r, 1..=4096).map_err(app::usage)?;
-            if targets.is_empty() {
-                return Err(app::usage("--lora-targets: lora needs at least one target module"));
-            }
-            CountedMethod::Lora { r: p.lora_r as u64, targets: &targets }
-        }
-        other => return Err(app::usage(format!("--method {other:?}: unknown method (full, bitfit, lora)"))),
+    let typed = p.method.method();
+    typed.validate().map_err(app::usage)?;
+    let method = match &typed {
+        Method::Full => CountedMethod::Full,
+        Method::BitFit(scope) => CountedMethod::BitFit { bias_only: *scope == BitFitScope::BiasOnly },
+        Method::Lora(l) => CountedMethod::Lora { r: l.r as u64, targets: &l.target_modules },
     };
     let c = counts(&cfg, p.num_labels as i64, method);
     println!("{}", app::peft_line(c.trainable as u64, c.all as u64));
@@ -88,9 +79,9 @@ fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
         .arg(&m.adapter)
         .arg("--output")
         .arg(&m.output)
-        .args(["--method", &cfg.method, "--bitfit-scope", &cfg.bitfit_scope])
-        .args(["--lora-r", &cfg.lora_r.to_string(), "--lora-alpha", &cfg.lora_alpha.to_string()])
-        .args(["--lora-targets", &cfg.lora_targets.join(",")])
+        .args(["--method", cfg.method.kind.as_str(), "--bitfit-scope", cfg.method.bitfit_scope.as_str()])
+        .args(["--lora-r", &cfg.method.lora_r.to_string(), "--lora-alpha", &cfg.method.lora_alpha.to_string()])
+        .args(["--lora-targets", &cfg.method.lora_targets.join(",")])
         .output()?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -120,7 +111,7 @@ fn report(r: &peftrain::cli::ReportCmd) -> anyhow::Result<()> {
 }
 
 fn predict(cmd: &peftrain::cli::PredictCmd) -> anyhow::Result<()> {
-    let mut cfg = cmd.train.to_config();
+    let mut cfg = cmd.train.clone().with_default_glue_dir();
     if let Some(dir) = &cmd.adapter {
         app::apply_adapter_method(&mut cfg, dir)?;
         cfg.init_adapter = Some(dir.clone());
@@ -194,21 +185,24 @@ fn main() -> ExitCode {
         eprintln!("peftrain: error: {}", peftrain_net::logging::error_line(e.as_ref()));
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let cli: Cli = match peftrain_spec::parse_cli("peftrain") {
+        Ok(c) => c,
+        Err(code) => return ExitCode::from(code),
+    };
     peftrain_net::logging::init(cli.log_format == "json", cli.quiet);
     let quiet = cli.quiet;
-    let config = |t: &peftrain::cli::TrainArgs| {
-        let mut c = t.to_config();
+    let config = |t: &TrainConfig| {
+        let mut c = t.clone().with_default_glue_dir();
         c.quiet = quiet;
         c
     };
     let print = match &cli.command {
-        Command::Train(t) if t.train.print_config => Some(&t.train),
-        Command::Coordinator(c) if c.train.print_config => Some(&c.train),
+        Command::Train(t) if t.file.print_config => Some(&t.train),
+        Command::Coordinator(c) if c.file.print_config => Some(&c.train),
         _ => None,
     };
     if let Some(t) = print {
-        println!("{}", serde_json::to_string_pretty(&t.to_config()).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&t.clone().with_default_glue_dir()).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
     let result = match &cli.command {

@@ -149,6 +149,48 @@ impl std::fmt::Display for TrainOutput {
     }
 }
 
+pub fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
+    }
+}
+
+/// peft's `print_trainable_parameters` line.
+pub fn peft_line(trainable: u64, all: u64) -> String {
+    let pct = if all > 0 { 100.0 * trainable as f64 / all as f64 } else { 0.0 };
+    format!("trainable params: {} || all params: {} || trainable%: {pct:.4}", thousands(trainable), thousands(all))
+}
+
+/// `1234567` as `1,234,567`, as peft prints counts.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// transformers' warning for a head the base checkpoint lacked (reported once per run).
+pub fn newly_initialized_message(class: &str, dir: &Path, names: &[String]) -> Option<String> {
+    if names.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "Some weights of {class} were not initialized from the model checkpoint at {} and are newly initialized: {names:?}. \
+         You should probably TRAIN this model on a down-stream task to be able to use it for predictions and inference.",
+        dir.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,7 +122,7 @@ pub async fn save_checkpoint(cfg: &TrainConfig, cluster: &Cluster, st: &LoopStat
     tracing::info!(
         "{} written: {} ({} trainable values with their AdamW moments)",
         dir.display(),
-        crate::app::human_bytes(bytes),
+        crate::report::human_bytes(bytes),
         state.values.len() / 3
     );
     Ok(state)
@@ -184,7 +184,7 @@ pub async fn train<W: Write>(
         let epoch = step / steps_per_epoch;
         let pos = (step % steps_per_epoch) as usize;
         if pos == 0 || order.is_empty() {
-            order = epoch_order(n, cfg.seed, epoch, cfg.shuffle);
+            order = epoch_order(n, cfg.seed, epoch, !cfg.no_shuffle);
             if cfg.group_by_length {
                 order = group_by_length(order, &lengths, batch_size);
             }

@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use crate::check::Interval;
 
+pub mod counts;
+
 /// Model families peftrain ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelType {
@@ -257,7 +259,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        let total = crate::counts::base_params(self, self.labels().max(2));
+        let total = counts::base_params(self, self.labels().max(2));
         if total > MAX_PARAMS {
             return Err(bad("hidden_size", format!("the model would have {total} parameters, more than the supported {MAX_PARAMS}")));
         }

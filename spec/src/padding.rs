@@ -4,8 +4,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 /// `--padding auto|free|padded`, and the wire's `RunSpec.padding`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Padding {
     /// The worker picks for its device: free on a CPU, padded on a GPU (as measured,
     /// docs/performance.md: a CPU's step costs its matmuls' work, a GPU's its kernel launches).

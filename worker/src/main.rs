@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use peftrain_worker::model::{self, LoadOptions};
-use peftrain_worker::peft::{LoraConfig, Method};
-use peftrain_worker::replica::method_from_parts;
+use peftrain_worker::peft::{Method, MethodExt};
 use peftrain_worker::run::{run_worker, WorkerOptions};
 
 #[derive(Parser, Debug)]
@@ -81,18 +80,8 @@ enum Command {
 struct ParamsArgs {
     #[arg(long)]
     model: PathBuf,
-    #[arg(long, default_value = "lora")]
-    method: String,
-    #[arg(long, default_value = "all")]
-    bitfit_scope: String,
-    #[arg(long, default_value_t = 8)]
-    lora_r: i64,
-    #[arg(long, default_value_t = 16.0)]
-    lora_alpha: f64,
-    #[arg(long, default_value_t = 0.1)]
-    lora_dropout: f64,
-    #[arg(long, default_value = "query,value")]
-    lora_targets: String,
+    #[command(flatten)]
+    method: peftrain_spec::MethodArgs,
     #[arg(long, default_value_t = 2)]
     num_labels: i64,
 }
@@ -100,7 +89,7 @@ struct ParamsArgs {
 #[derive(clap::Args, Debug)]
 struct MergeArgs {
     #[command(flatten)]
-    method: ParamsArgs,
+    base: ParamsArgs,
     /// Trained weights: a peftrain output directory or a peft adapter.
     #[arg(long)]
     adapter: PathBuf,
@@ -123,7 +112,7 @@ struct Usage(String);
 
 fn merge(a: MergeArgs) -> anyhow::Result<()> {
     use peftrain_worker::replica::{Replica, ReplicaSpec};
-    let p = &a.method;
+    let p = &a.base;
     // Never into what it reads: writing model.safetensors over the base it is reading from, or
     // copying tokenizer files onto themselves, destroyed them.
     peftrain_spec::paths::check_no_overlap("--output", &a.output, &[("--model", &p.model), ("--adapter", &a.adapter)]).map_err(|e| anyhow::Error::new(Usage(e)))?;
@@ -132,13 +121,7 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
             return Err(anyhow::Error::new(Usage(format!("--output {}: already holds {f}; merge writes into a new or empty directory", a.output.display()))));
         }
     }
-    let lora = LoraConfig {
-        r: p.lora_r,
-        alpha: p.lora_alpha,
-        dropout: 0.0,
-        target_modules: p.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-    };
-    let method = method_from_parts(&p.method, &p.bitfit_scope, Some(lora))?;
+    let method = typed_method(&p.method)?;
     let spec = ReplicaSpec {
         model_dir: p.model.clone(),
         method,
@@ -178,14 +161,15 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The method the flags name, its numbers checked (a refusal exits 2).
+fn typed_method(flags: &peftrain_spec::MethodArgs) -> anyhow::Result<Method> {
+    let method = flags.method();
+    method.validate().map_err(|e| anyhow::Error::new(Usage(e)))?;
+    Ok(method)
+}
+
 fn params(a: ParamsArgs) -> anyhow::Result<()> {
-    let lora = LoraConfig {
-        r: a.lora_r,
-        alpha: a.lora_alpha,
-        dropout: a.lora_dropout,
-        target_modules: a.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-    };
-    let method: Method = method_from_parts(&a.method, &a.bitfit_scope, Some(lora))?;
+    let method = typed_method(&a.method)?;
     let opts = LoadOptions {
         method: &method,
         device: tch::Device::Cpu,
@@ -215,7 +199,10 @@ fn worker_numbers(w: &WorkerArgs) -> anyhow::Result<()> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = match peftrain_spec::parse_cli("peftrain-worker") {
+        Ok(c) => c,
+        Err(code) => std::process::exit(code.into()),
+    };
     peftrain_net::logging::init(cli.log_format == "json", false);
     let result = match cli.command {
         Some(Command::Params(a)) => params(a),

@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::ModelType;
 use crate::error::ModelError;
-use crate::peft::Method;
+use crate::peft::{Method, MethodExt};
 
 /// The named tensors of a checkpoint file, as stored (any dtype), with the keys it used.
 pub struct Checkpoint {

@@ -10,7 +10,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::error::ModelError;
 use crate::model::{self, Inputs, LoadOptions, Loaded};
 use crate::optim::{self, AdamW, AdamWConfig};
-use crate::peft::{BitFitScope, LoraConfig, Method};
+use crate::peft::Method;
 
 /// Everything that defines a replica (the plain-data form of the wire `RunSpec`).
 #[derive(Debug, Clone)]
@@ -633,32 +633,4 @@ fn checkpoint_identity(path: &Path) -> Result<Vec<u8>, ModelError> {
         out.extend_from_slice(&buf[..n]);
     }
     Ok(out)
-}
-
-/// Parses a method from the wire's plain fields.
-pub fn method_from_parts(
-    kind: &str,
-    bitfit_scope: &str,
-    lora: Option<LoraConfig>,
-) -> Result<Method, ModelError> {
-    match kind {
-        "full" => Ok(Method::Full),
-        "bitfit" => BitFitScope::parse(bitfit_scope)
-            .map(Method::BitFit)
-            .ok_or_else(|| ModelError::Method(format!("unknown bitfit scope {bitfit_scope:?} (all, bias-only)"))),
-        "lora" => {
-            let cfg = lora.unwrap_or_default();
-            // The wire and the worker's own flags are checked as the coordinator's are: a
-            // dropout of 1.5 or a NaN alpha must not reach libtorch.
-            use peftrain_spec::check::{float, int, Interval};
-            int("lora r", cfg.r, 1..=4096).map_err(ModelError::Method)?;
-            float("lora alpha", cfg.alpha, Interval::above(0.0, 1e6)).map_err(ModelError::Method)?;
-            float("lora dropout", cfg.dropout, Interval::below(0.0, 1.0)).map_err(ModelError::Method)?;
-            if cfg.target_modules.is_empty() {
-                return Err(ModelError::Method("lora needs at least one target module".into()));
-            }
-            Ok(Method::Lora(cfg))
-        }
-        other => Err(ModelError::Method(format!("unknown method {other:?} (full, bitfit, lora)"))),
-    }
 }

@@ -19,8 +19,9 @@ pub const WORKER_MESSAGE_LIMIT: usize = 16 << 20;
 pub const COLLECTIVE_MESSAGE_LIMIT: usize = 4 << 20;
 
 use crate::optim::AdamWConfig;
-use crate::peft::{LoraConfig, Method};
-use crate::replica::{method_from_parts, Replica, ReplicaSpec};
+use crate::peft::Method;
+use peftrain_spec::BaseDtype;
+use crate::replica::{Replica, ReplicaSpec};
 use crate::service::{CollectiveService, ComputeThread, Engine, WorkerService};
 
 /// How a worker process is started.
@@ -86,27 +87,20 @@ pub fn auto_base_kind(device: Device) -> (Kind, &'static str) {
 
 /// The base dtype a wire spec asks for on `device`, and a note on how it was chosen.
 pub fn base_kind(dtype: &str, device: Device) -> anyhow::Result<(Kind, String)> {
+    let dtype = BaseDtype::from_wire(dtype).map_err(|e| anyhow::anyhow!("base dtype {e}"))?;
     Ok(match dtype {
-        "" | "fp32" => (Kind::Float, "fp32 (--base-dtype fp32)".to_string()),
-        "bf16" => (Kind::BFloat16, "bf16 (--base-dtype bf16)".to_string()),
-        "auto" => {
+        BaseDtype::Fp32 => (Kind::Float, "fp32 (--base-dtype fp32)".to_string()),
+        BaseDtype::Bf16 => (Kind::BFloat16, "bf16 (--base-dtype bf16)".to_string()),
+        BaseDtype::Auto => {
             let (k, why) = auto_base_kind(device);
             (k, format!("{} ({why})", if k == Kind::BFloat16 { "bf16" } else { "fp32" }))
         }
-        other => anyhow::bail!("base dtype {other:?}: expected auto, fp32 or bf16"),
     })
 }
 
 /// The replica a wire `RunSpec` describes, on `device`.
 pub fn replica_spec(spec: &pb::RunSpec, device: Device) -> anyhow::Result<ReplicaSpec> {
-    let m = spec.method.clone().unwrap_or_default();
-    let lora = (m.kind == "lora").then(|| LoraConfig {
-        r: m.lora_r as i64,
-        alpha: m.lora_alpha as f64,
-        dropout: m.lora_dropout as f64,
-        target_modules: m.lora_targets.clone(),
-    });
-    let method: Method = method_from_parts(&m.kind, &m.bitfit_scope, lora)?;
+    let method = Method::from_proto(&spec.method.clone().unwrap_or_default()).map_err(|e| anyhow::anyhow!(e))?;
     let o = spec.optimizer.unwrap_or_default();
     {
         // Numbers from the wire are checked like flags before anything is built from them.

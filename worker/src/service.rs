@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::collective::{CollectiveError, Inbox, Ring};
+use crate::peft::MethodExt;
 use crate::replica::{Replica, Shard};
 
 /// Everything a Worker RPC can fail with; mapped to a gRPC status in one place.

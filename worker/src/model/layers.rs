@@ -7,6 +7,7 @@ use tch::{Kind, Tensor};
 use crate::config::Activation;
 use crate::error::ModelError;
 use crate::params::{Builder, Init};
+use crate::peft::MethodExt;
 
 /// peft's `lora.Linear` adapter beside a frozen base Linear.
 pub struct LoraAdapter {
@@ -43,8 +44,8 @@ impl Linear {
         let bias = Some(b.param(&format!("{name}.bias"), &[out_dim], Init::Zeros)?);
         let lora = match b.method().lora_for(name) {
             Some(cfg) => Some(LoraAdapter {
-                a: b.added(&format!("{name}.lora_A.weight"), &[cfg.r, in_dim], Init::KaimingUniform)?,
-                b: b.added(&format!("{name}.lora_B.weight"), &[out_dim, cfg.r], Init::Zeros)?,
+                a: b.added(&format!("{name}.lora_A.weight"), &[cfg.r as i64, in_dim], Init::KaimingUniform)?,
+                b: b.added(&format!("{name}.lora_B.weight"), &[out_dim, cfg.r as i64], Init::Zeros)?,
                 scaling: cfg.scaling(),
                 dropout: cfg.dropout,
             }),

@@ -1,29 +1,32 @@
 //! Parameter-efficient methods: which base parameters train, and which modules get adapters.
-//! Each method is a small module; the model asks them while it is built, so the trainable set
-//! is fixed by construction.
+//! The method itself is `peftrain_spec::Method` (plain data, shared with the coordinator);
+//! this module gives each one its behaviour. The model asks while it is built, so the
+//! trainable set is fixed by construction.
 
 pub mod bitfit;
 pub mod full;
 pub mod lora;
 
-pub use bitfit::BitFitScope;
-pub use lora::LoraConfig;
+pub use peftrain_spec::{BitFitScope, LoraParams as LoraConfig, Method, MethodKind};
 
 /// Module names of the classification head, trained by every method (peft's `modules_to_save`
 /// for `SEQ_CLS`). The seed ran LoRA with this head frozen at random init; never again.
 pub const HEAD_PREFIX: &str = "classifier.";
 
-/// The fine-tuning method of a run.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Method {
-    Full,
-    BitFit(BitFitScope),
-    Lora(LoraConfig),
+/// What a method does to the model.
+pub trait MethodExt {
+    /// Whether the base parameter `name` (a checkpoint key) is trained.
+    fn trains_base(&self, name: &str) -> bool;
+    /// The LoRA adapter for the Linear module at `module` (e.g.
+    /// `roberta.encoder.layer.0.attention.self.query`), if the method puts one there.
+    fn lora_for(&self, module: &str) -> Option<&LoraConfig>;
+    /// Parameters peft counts in "all params" beyond the model's own: `modules_to_save` keeps a
+    /// frozen original of the head beside the trained copy.
+    fn peft_extra_params(&self, head_params: i64) -> i64;
 }
 
-impl Method {
-    /// Whether the base parameter `name` (a checkpoint key) is trained.
-    pub fn trains_base(&self, name: &str) -> bool {
+impl MethodExt for Method {
+    fn trains_base(&self, name: &str) -> bool {
         match self {
             Method::Full => full::trains(name),
             Method::BitFit(scope) => bitfit::trains(name, *scope),
@@ -31,44 +34,17 @@ impl Method {
         }
     }
 
-    /// The LoRA adapter for the Linear module at `module` (e.g.
-    /// `roberta.encoder.layer.0.attention.self.query`), if the method puts one there.
-    pub fn lora_for(&self, module: &str) -> Option<&LoraConfig> {
+    fn lora_for(&self, module: &str) -> Option<&LoraConfig> {
         match self {
             Method::Lora(cfg) if cfg.targets(module) => Some(cfg),
             _ => None,
         }
     }
 
-    /// Parameters peft counts in "all params" beyond the model's own: `modules_to_save` keeps a
-    /// frozen original of the head beside the trained copy.
-    pub fn peft_extra_params(&self, head_params: i64) -> i64 {
+    fn peft_extra_params(&self, head_params: i64) -> i64 {
         match self {
             Method::Lora(_) => head_params,
             _ => 0,
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Method::Full => "full",
-            Method::BitFit(_) => "bitfit",
-            Method::Lora(_) => "lora",
-        }
-    }
-
-    /// A canonical description, part of the replica fingerprint.
-    pub fn describe(&self) -> String {
-        match self {
-            Method::Full => "full".into(),
-            Method::BitFit(s) => format!("bitfit:{}", s.as_str()),
-            Method::Lora(c) => format!(
-                "lora:r={}:alpha={}:dropout={}:targets={}",
-                c.r,
-                c.alpha,
-                c.dropout,
-                c.target_modules.join(",")
-            ),
         }
     }
 }
