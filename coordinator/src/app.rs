@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use peftrain_spec::{LoraParams, Method, MethodArgs, MethodKind};
+use peftrain_spec::{Method, MethodArgs, MethodKind};
 
 use crate::checkpoint;
 use crate::signals::StopSignal;
@@ -517,7 +517,7 @@ pub fn resolve_inputs(cfg: &mut TrainConfig) -> anyhow::Result<()> {
 }
 
 /// Takes the method of saved trainable weights: peftrain's `trainable_config.json` (the run's
-/// method flags, as `run_config.json` has them), or peft's `adapter_config.json` (LoRA).
+/// method flags, as `run_config.json` has them), or peft's `adapter_config.json` (LoRA, IA3).
 pub fn apply_adapter_method(cfg: &mut TrainConfig, dir: &Path) -> anyhow::Result<()> {
     let read = |name: &str| -> anyhow::Result<Option<(PathBuf, serde_json::Value)>> {
         let p = dir.join(name);
@@ -535,21 +535,7 @@ pub fn apply_adapter_method(cfg: &mut TrainConfig, dir: &Path) -> anyhow::Result
         return Ok(());
     }
     if let Some((p, v)) = read("adapter_config.json")? {
-        let field = |k: &str| v.get(k).ok_or_else(|| anyhow!("{}: field `{k}` missing", p.display()));
-        if field("peft_type")?.as_str() != Some("LORA") {
-            anyhow::bail!("{}: field `peft_type`: only LORA adapters are supported", p.display());
-        }
-        let mut lora = LoraParams {
-            r: field("r")?.as_u64().and_then(|r| u32::try_from(r).ok()).ok_or_else(|| anyhow!("{}: field `r` is not an integer", p.display()))?,
-            alpha: field("lora_alpha")?.as_f64().ok_or_else(|| anyhow!("{}: field `lora_alpha` is not a number", p.display()))?,
-            ..cfg.method.method_lora_or_default()
-        };
-        if let Some(t) = field("target_modules")?.as_array() {
-            lora.target_modules = t.iter().filter_map(|x| x.as_str().map(String::from)).collect();
-            lora.target_modules.sort();
-        }
-        let m = Method::Lora(lora);
-        m.validate().map_err(|e| anyhow!("{}: {e}", p.display()))?;
+        let m = Method::from_peft_adapter_config(&v).map_err(|e| anyhow!("{}: {e}", p.display()))?;
         cfg.method = MethodArgs::of(&m);
         return Ok(());
     }

@@ -9,8 +9,6 @@ use peftrain_proto::v1 as pb;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use peftrain_spec::Method;
-
 use crate::config::TrainConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -161,8 +159,8 @@ fn write_json(path: &Path, v: &impl Serialize) -> Result<u64, CheckpointError> {
 }
 
 /// Writes the trainable weights under `dir`: `trainable.safetensors` (checkpoint keys) and
-/// `trainable_config.json`; for LoRA also peft's `adapter_model.safetensors` (keys under
-/// `base_model.model.`) and `adapter_config.json`. Returns the bytes written.
+/// `trainable_config.json`; for a method peft saves as an adapter (LoRA, IA3) also peft's
+/// `adapter_model.safetensors` (keys under `base_model.model.`) and `adapter_config.json`. Returns the bytes written.
 pub fn write_trainable(dir: &Path, cfg: &TrainConfig, layout: &[pb::TensorInfo], state: &ReplicaState) -> Result<u64, CheckpointError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let weights = state.part(layout, 0);
@@ -178,33 +176,10 @@ pub fn write_trainable(dir: &Path, cfg: &TrainConfig, layout: &[pb::TensorInfo],
         o.extend(m);
     }
     bytes += write_json(&dir.join("trainable_config.json"), &config)?;
-    if let Method::Lora(lora) = cfg.method.method() {
+    if let Some(adapter_config) = cfg.method.method().peft_adapter_config(&cfg.model.display().to_string()) {
         let peft: Vec<(String, Vec<usize>, &[f32])> = weights.iter().map(|(n, s, v)| (format!("base_model.model.{n}"), s.clone(), *v)).collect();
         bytes += write_safetensors(&dir.join("adapter_model.safetensors"), &peft, Some(HashMap::from([("format".into(), "pt".into())])))?;
-        bytes += write_json(
-            &dir.join("adapter_config.json"),
-            &serde_json::json!({
-                "peft_type": "LORA",
-                "task_type": "SEQ_CLS",
-                "base_model_name_or_path": cfg.model,
-                "r": lora.r,
-                "lora_alpha": lora.alpha,
-                "lora_dropout": lora.dropout,
-                "target_modules": lora.target_modules,
-                "modules_to_save": ["classifier", "score"],
-                "bias": "none",
-                "fan_in_fan_out": false,
-                "init_lora_weights": true,
-                "inference_mode": true,
-                "use_rslora": false,
-                "use_dora": false,
-                "layers_to_transform": null,
-                "layers_pattern": null,
-                "rank_pattern": {},
-                "alpha_pattern": {},
-                "revision": null
-            }),
-        )?;
+        bytes += write_json(&dir.join("adapter_config.json"), &adapter_config)?;
     }
     Ok(bytes)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use peftrain_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use peftrain_spec::{BaseDtype, MethodArgs, MethodKind, Padding};
+use peftrain_spec::{BaseDtype, MethodArgs, Padding};
 
 use crate::data::Task;
 
@@ -268,9 +268,7 @@ impl TrainConfig {
         ] {
             float(flag, v, range)?;
         }
-        if self.method.kind == MethodKind::Lora {
-            self.method.method().validate()?;
-        }
+        self.method.method().validate()?;
         int("--batch-size", self.batch_size, 1..=MAX_BATCH)?;
         int("--eval-batch-size", self.eval_batch_size, 1..=MAX_BATCH)?;
         int("--max-length", self.max_length, 8..=MAX_LENGTH)?;

@@ -7,7 +7,6 @@ use peftrain::app::{self, PredictConfig, Workers};
 use peftrain::cli::{Cli, Command, LocalArgs};
 use peftrain::config::TrainConfig;
 use peftrain::data::Split;
-use peftrain_spec::{BitFitScope, Method};
 
 fn local(l: &LocalArgs) -> Workers {
     Workers::Local {
@@ -32,7 +31,7 @@ fn exec_worker(args: &[String], log_format: &str) -> anyhow::Result<()> {
 /// peft's trainable-parameter line from config.json alone: nothing is built or allocated.
 fn params(p: &peftrain::cli::ParamsCmd) -> anyhow::Result<()> {
     use peftrain_spec::check::int;
-    use peftrain_spec::counts::{counts, CountedMethod};
+    use peftrain_spec::counts::counts;
     if !p.model.is_dir() {
         return Err(app::usage(format!("{}: model directory not found", p.model.display())));
     }
@@ -43,12 +42,7 @@ fn params(p: &peftrain::cli::ParamsCmd) -> anyhow::Result<()> {
     int("--num-labels", p.num_labels, 1..=1 << 16).map_err(app::usage)?;
     let typed = p.method.method();
     typed.validate().map_err(app::usage)?;
-    let method = match &typed {
-        Method::Full => CountedMethod::Full,
-        Method::BitFit(scope) => CountedMethod::BitFit { bias_only: *scope == BitFitScope::BiasOnly },
-        Method::Lora(l) => CountedMethod::Lora { r: l.r as u64, targets: &l.target_modules },
-    };
-    let c = counts(&cfg, p.num_labels as i64, method);
+    let c = counts(&cfg, p.num_labels as i64, &typed);
     println!("{}", app::peft_line(c.trainable as u64, c.all as u64));
     Ok(())
 }
@@ -79,9 +73,7 @@ fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
         .arg(&m.adapter)
         .arg("--output")
         .arg(&m.output)
-        .args(["--method", cfg.method.kind.as_str(), "--bitfit-scope", cfg.method.bitfit_scope.as_str()])
-        .args(["--lora-r", &cfg.method.lora_r.to_string(), "--lora-alpha", &cfg.method.lora_alpha.to_string()])
-        .args(["--lora-targets", &cfg.method.lora_targets.join(",")])
+        .args(cfg.method.to_flags())
         .output()?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

@@ -17,16 +17,19 @@ pub enum MethodKind {
     Bitfit,
     /// Low-rank adapters on target Linear modules (and the head) train.
     Lora,
+    /// (IA)^3: learned vectors scaling target Linear modules' activations (and the head) train.
+    Ia3,
 }
 
 impl MethodKind {
-    pub const ALL: [MethodKind; 3] = [MethodKind::Full, MethodKind::Bitfit, MethodKind::Lora];
+    pub const ALL: [MethodKind; 4] = [MethodKind::Full, MethodKind::Bitfit, MethodKind::Lora, MethodKind::Ia3];
 
     pub fn as_str(self) -> &'static str {
         match self {
             MethodKind::Full => "full",
             MethodKind::Bitfit => "bitfit",
             MethodKind::Lora => "lora",
+            MethodKind::Ia3 => "ia3",
         }
     }
 
@@ -37,13 +40,15 @@ impl MethodKind {
             MethodKind::Full => 2e-5,
             MethodKind::Bitfit => 1e-3,
             MethodKind::Lora => 5e-4,
+            // The (IA)^3 paper's rate: vectors that start at one and scale, not add.
+            MethodKind::Ia3 => 3e-3,
         }
     }
 
     /// Whether the trained weights are saved as a peft adapter (`adapter_model.safetensors`
     /// with `adapter_config.json`) rather than peftrain's `trainable.safetensors`.
     pub fn saves_peft_adapter(self) -> bool {
-        matches!(self, MethodKind::Lora)
+        matches!(self, MethodKind::Lora | MethodKind::Ia3)
     }
 }
 
@@ -59,7 +64,7 @@ impl FromStr for MethodKind {
         MethodKind::ALL
             .into_iter()
             .find(|m| m.as_str() == s)
-            .ok_or_else(|| format!("{s:?}: unknown method (full, bitfit, lora)"))
+            .ok_or_else(|| format!("{s:?}: unknown method (full, bitfit, lora, ia3)"))
     }
 }
 
@@ -150,12 +155,55 @@ impl LoraParams {
     }
 }
 
+/// peft's `IA3Config` fields peftrain reads; `Default` is peft's mapping for RoBERTa and BERT
+/// (`TRANSFORMERS_MODELS_TO_IA3_*_MODULES_MAPPING`, the same for both families).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ia3Params {
+    /// Modules that get a vector, matched as peft matches `target_modules`.
+    pub target_modules: Vec<String>,
+    /// Targets whose vector scales the input rather than the output, matched as peft does:
+    /// a plain suffix of the module name (so `output.dense` is both the FFN's down projection
+    /// and the attention's output projection).
+    pub feedforward_modules: Vec<String>,
+}
+
+impl Default for Ia3Params {
+    fn default() -> Self {
+        Ia3Params {
+            target_modules: vec!["key".into(), "value".into(), "output.dense".into()],
+            feedforward_modules: vec!["output.dense".into()],
+        }
+    }
+}
+
+impl Ia3Params {
+    pub fn targets(&self, module: &str) -> bool {
+        self.target_modules.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
+    }
+
+    pub fn is_feedforward(&self, module: &str) -> bool {
+        self.feedforward_modules.iter().any(|f| module.ends_with(f.as_str()))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.target_modules.iter().all(|t| t.is_empty()) {
+            return Err("--ia3-targets: ia3 needs at least one target module".into());
+        }
+        // peft refuses the same: a feed-forward module that is not a target would do nothing.
+        if let Some(f) = self.feedforward_modules.iter().find(|f| !self.target_modules.contains(f)) {
+            return Err(format!("--ia3-feedforward {f:?}: not one of --ia3-targets {:?} (peft requires a subset)", self.target_modules));
+        }
+        Ok(())
+    }
+}
+
 /// A method with its parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Method {
     Full,
     BitFit(BitFitScope),
     Lora(LoraParams),
+    Ia3(Ia3Params),
 }
 
 impl Method {
@@ -164,6 +212,7 @@ impl Method {
             Method::Full => MethodKind::Full,
             Method::BitFit(_) => MethodKind::Bitfit,
             Method::Lora(_) => MethodKind::Lora,
+            Method::Ia3(_) => MethodKind::Ia3,
         }
     }
 
@@ -174,6 +223,7 @@ impl Method {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Method::Lora(p) => p.validate(),
+            Method::Ia3(p) => p.validate(),
             Method::Full | Method::BitFit(_) => Ok(()),
         }
     }
@@ -190,7 +240,84 @@ impl Method {
                 c.dropout,
                 c.target_modules.join(",")
             ),
+            Method::Ia3(c) => format!("ia3:targets={}:feedforward={}", c.target_modules.join(","), c.feedforward_modules.join(",")),
         }
+    }
+
+    /// peft's `adapter_config.json` for the adapter this method saves (None: the method saves
+    /// no peft adapter). The head trains as `modules_to_save`, peft's `SEQ_CLS` default.
+    pub fn peft_adapter_config(&self, base_model: &str) -> Option<serde_json::Value> {
+        let mut v = match self {
+            Method::Lora(l) => serde_json::json!({
+                "peft_type": "LORA",
+                "r": l.r,
+                "lora_alpha": l.alpha,
+                "lora_dropout": l.dropout,
+                "target_modules": l.target_modules,
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "init_lora_weights": true,
+                "use_rslora": false,
+                "use_dora": false,
+                "layers_to_transform": null,
+                "layers_pattern": null,
+                "rank_pattern": {},
+                "alpha_pattern": {},
+            }),
+            Method::Ia3(a) => serde_json::json!({
+                "peft_type": "IA3",
+                "target_modules": a.target_modules,
+                "feedforward_modules": a.feedforward_modules,
+                "exclude_modules": null,
+                "fan_in_fan_out": false,
+                "init_ia3_weights": true,
+            }),
+            Method::Full | Method::BitFit(_) => return None,
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.insert("task_type".into(), "SEQ_CLS".into());
+            o.insert("base_model_name_or_path".into(), base_model.into());
+            o.insert("modules_to_save".into(), serde_json::json!(["classifier", "score"]));
+            o.insert("inference_mode".into(), true.into());
+            o.insert("revision".into(), serde_json::Value::Null);
+        }
+        Some(v)
+    }
+
+    /// The method a peft `adapter_config.json` describes (LoRA or IA3); the message names the
+    /// field. `lora_dropout` defaults to `lora`'s when absent (it does not change the weights).
+    pub fn from_peft_adapter_config(v: &serde_json::Value) -> Result<Method, String> {
+        let field = |k: &str| v.get(k).ok_or_else(|| format!("field `{k}` missing"));
+        let names = |k: &str| -> Result<Vec<String>, String> {
+            match v.get(k) {
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|x| x.as_str().map(String::from).ok_or_else(|| format!("field `{k}`: expected a list of module names")))
+                    .collect(),
+                // peft also allows a single regex string; peftrain matches names only.
+                Some(serde_json::Value::String(s)) => Err(format!("field `{k}`: {s:?} is a regex; peftrain reads a list of module names")),
+                _ => Err(format!("field `{k}` missing or not a list")),
+            }
+        };
+        let m = match field("peft_type")?.as_str() {
+            Some("LORA") => {
+                let mut target_modules = names("target_modules")?;
+                target_modules.sort();
+                Method::Lora(LoraParams {
+                    r: field("r")?.as_u64().and_then(|r| u32::try_from(r).ok()).ok_or("field `r` is not an integer")?,
+                    alpha: field("lora_alpha")?.as_f64().ok_or("field `lora_alpha` is not a number")?,
+                    dropout: v.get("lora_dropout").and_then(|d| d.as_f64()).unwrap_or(LoraParams::default().dropout),
+                    target_modules,
+                })
+            }
+            Some("IA3") => Method::Ia3(Ia3Params {
+                target_modules: names("target_modules")?,
+                feedforward_modules: names("feedforward_modules")?,
+            }),
+            other => return Err(format!("field `peft_type`: {other:?} is not an adapter peftrain trains (LORA, IA3)")),
+        };
+        m.validate()?;
+        Ok(m)
     }
 }
 
@@ -215,6 +342,27 @@ pub struct MethodArgs {
     /// Comma-separated module names LoRA adapts.
     #[arg(long, env = "PEFTRAIN_LORA_TARGETS", value_delimiter = ',', default_values_t = LoraParams::default().target_modules)]
     pub lora_targets: Vec<String>,
+    /// Comma-separated module names IA3 scales (peft's default for RoBERTa and BERT).
+    #[arg(long, env = "PEFTRAIN_IA3_TARGETS", value_delimiter = ',', default_values_t = Ia3Params::default().target_modules)]
+    #[serde(default = "default_ia3_targets")]
+    pub ia3_targets: Vec<String>,
+    /// The IA3 targets whose input, not output, is scaled (peft's `feedforward_modules`).
+    #[arg(long, env = "PEFTRAIN_IA3_FEEDFORWARD", value_delimiter = ',', default_values_t = Ia3Params::default().feedforward_modules)]
+    #[serde(default = "default_ia3_feedforward")]
+    pub ia3_feedforward: Vec<String>,
+}
+
+fn default_ia3_targets() -> Vec<String> {
+    Ia3Params::default().target_modules
+}
+
+fn default_ia3_feedforward() -> Vec<String> {
+    Ia3Params::default().feedforward_modules
+}
+
+/// Comma-list flags as module names: trimmed, empty entries dropped.
+fn module_names(v: &[String]) -> Vec<String> {
+    v.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
 }
 
 impl Default for MethodArgs {
@@ -232,7 +380,11 @@ impl MethodArgs {
                 r: self.lora_r,
                 alpha: self.lora_alpha,
                 dropout: self.lora_dropout,
-                target_modules: self.lora_targets.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+                target_modules: module_names(&self.lora_targets),
+            }),
+            MethodKind::Ia3 => Method::Ia3(Ia3Params {
+                target_modules: module_names(&self.ia3_targets),
+                feedforward_modules: module_names(&self.ia3_feedforward),
             }),
         }
     }
@@ -242,6 +394,10 @@ impl MethodArgs {
         let lora = match m {
             Method::Lora(p) => p.clone(),
             _ => LoraParams::default(),
+        };
+        let ia3 = match m {
+            Method::Ia3(p) => p.clone(),
+            _ => Ia3Params::default(),
         };
         MethodArgs {
             kind: m.kind(),
@@ -253,15 +409,27 @@ impl MethodArgs {
             lora_alpha: lora.alpha,
             lora_dropout: lora.dropout,
             lora_targets: lora.target_modules,
+            ia3_targets: ia3.target_modules,
+            ia3_feedforward: ia3.feedforward_modules,
         }
     }
 
-    /// The LoRA parameters these flags give (the defaults' where they name another method).
-    pub fn method_lora_or_default(&self) -> LoraParams {
-        match self.with_kind(MethodKind::Lora).method() {
-            Method::Lora(p) => p,
-            _ => LoraParams::default(),
-        }
+    /// These flags as a command line (`peftrain merge` hands them to the worker).
+    pub fn to_flags(&self) -> Vec<String> {
+        let list = |v: &[String]| v.join(",");
+        [
+            ("--method", self.kind.as_str().to_string()),
+            ("--bitfit-scope", self.bitfit_scope.as_str().to_string()),
+            ("--lora-r", self.lora_r.to_string()),
+            ("--lora-alpha", self.lora_alpha.to_string()),
+            ("--lora-dropout", self.lora_dropout.to_string()),
+            ("--lora-targets", list(&self.lora_targets)),
+            ("--ia3-targets", list(&self.ia3_targets)),
+            ("--ia3-feedforward", list(&self.ia3_feedforward)),
+        ]
+        .into_iter()
+        .flat_map(|(f, v)| [f.to_string(), v])
+        .collect()
     }
 
     /// Switches to `kind`, keeping the other flags (compare trains each method so).
@@ -290,9 +458,20 @@ mod tests {
     #[test]
     fn flags_type_the_method_and_back() {
         let lora = Method::Lora(LoraParams { r: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["query".into(), "key".into()] });
-        for m in [Method::Full, Method::BitFit(BitFitScope::BiasOnly), lora] {
+        let ia3 = Method::Ia3(Ia3Params { target_modules: vec!["value".into(), "dense".into()], feedforward_modules: vec!["dense".into()] });
+        for m in [Method::Full, Method::BitFit(BitFitScope::BiasOnly), lora, ia3] {
             assert_eq!(MethodArgs::of(&m).method(), m);
+            if let Some(v) = m.peft_adapter_config("base") {
+                let mut want = m.clone();
+                if let Method::Lora(l) = &mut want {
+                    l.target_modules.sort();
+                }
+                assert_eq!(Method::from_peft_adapter_config(&v), Ok(want));
+            }
         }
+        let bad = Ia3Params { target_modules: vec!["key".into()], feedforward_modules: vec!["output.dense".into()] };
+        assert!(Method::Ia3(bad).validate().unwrap_err().contains("--ia3-feedforward"));
+        assert!(Method::from_peft_adapter_config(&serde_json::json!({"peft_type": "PROMPT_TUNING"})).unwrap_err().contains("peft_type"));
         assert_eq!(MethodArgs::default().method(), Method::Lora(LoraParams::default()));
         let mut a = MethodArgs::default();
         a.lora_r = 0;
@@ -310,5 +489,12 @@ mod tests {
         assert!(p.targets("value"));
         assert!(!p.targets("roberta.encoder.layer.0.attention.self.queryx"));
         assert!(!p.targets("roberta.encoder.layer.0.attention.self.key"));
+        // peft's IA3 feed-forward test is a plain suffix: both output projections qualify.
+        let a = Ia3Params::default();
+        for m in ["roberta.encoder.layer.0.output.dense", "roberta.encoder.layer.0.attention.output.dense"] {
+            assert!(a.targets(m) && a.is_feedforward(m), "{m}");
+        }
+        assert!(a.targets("bert.encoder.layer.3.attention.self.key") && !a.is_feedforward("bert.encoder.layer.3.attention.self.key"));
+        assert!(!a.targets("roberta.encoder.layer.0.intermediate.dense") && !a.targets("classifier.dense"));
     }
 }

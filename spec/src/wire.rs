@@ -4,7 +4,7 @@
 use peftrain_proto::v1 as pb;
 use pb::method_spec::Method as Oneof;
 
-use crate::method::{BitFitScope, LoraParams, Method};
+use crate::method::{BitFitScope, Ia3Params, LoraParams, Method};
 
 impl Method {
     pub fn to_proto(&self) -> pb::MethodSpec {
@@ -16,6 +16,10 @@ impl Method {
                 alpha: p.alpha,
                 dropout: p.dropout,
                 target_modules: p.target_modules.clone(),
+            }),
+            Method::Ia3(p) => Oneof::Ia3(pb::Ia3Method {
+                target_modules: p.target_modules.clone(),
+                feedforward_modules: p.feedforward_modules.clone(),
             }),
         };
         pb::MethodSpec { method: Some(m) }
@@ -33,6 +37,10 @@ impl Method {
                 dropout: l.dropout,
                 target_modules: l.target_modules.clone(),
             }),
+            Some(Oneof::Ia3(a)) => Method::Ia3(Ia3Params {
+                target_modules: a.target_modules.clone(),
+                feedforward_modules: a.feedforward_modules.clone(),
+            }),
         };
         m.validate().map_err(|e| format!("run spec: {e}"))?;
         Ok(m)
@@ -46,7 +54,7 @@ mod tests {
     #[test]
     fn every_method_survives_the_wire_and_bad_numbers_do_not() {
         let lora = Method::Lora(LoraParams { r: 4, alpha: 8.0, dropout: 0.1, target_modules: vec!["query".into()] });
-        for m in [Method::Full, Method::BitFit(BitFitScope::All), Method::BitFit(BitFitScope::BiasOnly), lora] {
+        for m in [Method::Full, Method::BitFit(BitFitScope::All), Method::BitFit(BitFitScope::BiasOnly), lora, Method::Ia3(Ia3Params::default())] {
             assert_eq!(Method::from_proto(&m.to_proto()), Ok(m));
         }
         assert!(Method::from_proto(&pb::MethodSpec { method: None }).is_err());

@@ -93,6 +93,11 @@ def params(args):
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=args.lora_r, lora_alpha=16,
                                                  target_modules=args.lora_targets.split(",")))
         trainable, total = model.get_nb_trainable_parameters()
+    elif args.method == "ia3":
+        from peft import IA3Config, TaskType, get_peft_model
+
+        model = get_peft_model(model, IA3Config(task_type=TaskType.SEQ_CLS))
+        trainable, total = model.get_nb_trainable_parameters()
     else:
         for name, p in model.named_parameters():
             head = name.startswith("classifier.")
@@ -173,7 +178,7 @@ def main():
     c.add_argument("--mode", choices=["drop", "shape", "nan", "int32", "bool", "int64"], required=True)
     pc = sub.add_parser("params")
     pc.add_argument("--config", required=True)
-    pc.add_argument("--method", choices=["full", "bitfit", "bitfit-bias-only", "lora"], required=True)
+    pc.add_argument("--method", choices=["full", "bitfit", "bitfit-bias-only", "lora", "ia3"], required=True)
     pc.add_argument("--lora-r", type=int, default=8)
     pc.add_argument("--lora-targets", default="query,value")
     h = sub.add_parser("head")

@@ -5,6 +5,8 @@ AdamW as the Trainer would use, printing the per-step training losses as JSON.
 Subcommands:
   lora-init  write peft's initial LoRA adapter (A Kaiming-uniform, B zero, head copied) so
              both sides start from the same weights
+  ia3-init   the same for peft's IA3 (vectors of ones, head copied); --perturb S draws the
+             vectors as 1 + S * N(0, 1) instead, an adapter that is not the identity
   train      run the loop and print {"losses": [...], "final": {name: [values]}}
 """
 import argparse
@@ -33,9 +35,16 @@ def lora_config(a):
                       target_modules=a.lora_targets.split(","))
 
 
+def ia3_config(a):
+    from peft import IA3Config, TaskType
+
+    # peft's defaults for RoBERTa/BERT: key, value, output.dense; output.dense feed-forward.
+    return IA3Config(task_type=TaskType.SEQ_CLS)
+
+
 def build(a):
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
-    if a.method == "lora":
+    if a.method in ("lora", "ia3"):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, a.adapter, is_trainable=True)
@@ -51,6 +60,20 @@ def lora_init(a):
     torch.manual_seed(a.seed)
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
     model = get_peft_model(model, lora_config(a))
+    model.save_pretrained(a.out)
+
+
+def ia3_init(a):
+    from peft import get_peft_model
+
+    torch.manual_seed(a.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    model = get_peft_model(model, ia3_config(a))
+    if a.perturb:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "ia3_l" in n:
+                    p.copy_(1.0 + a.perturb * torch.randn_like(p))
     model.save_pretrained(a.out)
 
 
@@ -87,7 +110,8 @@ def train(a):
         norms.append(norm.item())
     final = {}
     for n, p in params:
-        key = n.replace("base_model.model.", "").replace(".modules_to_save.default", "").replace(".default.", ".")
+        key = (n.replace("base_model.model.", "").replace(".modules_to_save.default", "").replace(".default.", ".")
+               .replace(".ia3_l.default", ".ia3_l"))
         final[key] = p.detach().flatten().tolist()
     if a.save_adapter:
         model.save_pretrained(a.save_adapter)
@@ -96,7 +120,7 @@ def train(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["lora-init", "train"])
+    ap.add_argument("cmd", choices=["lora-init", "ia3-init", "train"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--tokenizer")
     ap.add_argument("--tsv")
@@ -116,9 +140,10 @@ def main():
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--lora-alpha", type=float, default=16)
     ap.add_argument("--lora-targets", default="query,value")
+    ap.add_argument("--perturb", type=float, default=0.0)
     a = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    {"lora-init": lora_init, "train": train}[a.cmd](a)
+    {"lora-init": lora_init, "ia3-init": ia3_init, "train": train}[a.cmd](a)
 
 
 if __name__ == "__main__":

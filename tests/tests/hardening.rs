@@ -376,6 +376,7 @@ fn params_counts_from_config_alone_equal_peft_s() {
             ("bitfit", vec!["--method", "bitfit"]),
             ("bitfit-bias-only", vec!["--method", "bitfit", "--bitfit-scope", "bias-only"]),
             ("lora", vec!["--method", "lora", "--lora-r", "4", "--lora-targets", targets]),
+            ("ia3", vec!["--method", "ia3"]),
         ] {
             let mut reference = vec!["params", "--config", dir.to_str().unwrap(), "--method", method];
             if method == "lora" {

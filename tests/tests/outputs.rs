@@ -63,7 +63,7 @@ fn table_metrics_and_train_output() {
     }
 }
 
-fn predict_and_compare(method: &str, via: &str) {
+fn predict_and_compare(method: &str, via: &str, tolerance: f32) {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 3);
     let out = d.path().join("out");
@@ -99,17 +99,24 @@ fn predict_and_compare(method: &str, via: &str) {
     .unwrap();
     let theirs: Vec<f32> = reference["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
     let diff = max_abs_diff(&ours, &theirs);
-    assert!(diff <= 1e-4, "{method}: predict's logits differ from HF ({via}) by {diff}");
+    assert!(diff <= tolerance, "{method}: predict's logits differ from HF ({via}) by {diff}");
 }
 
 #[test]
 fn predict_lora_matches_peft_from_the_saved_adapter() {
-    predict_and_compare("lora", "peft");
+    predict_and_compare("lora", "peft", 1e-4);
+}
+
+/// peft loads peftrain's IA3 adapter (adapter_model.safetensors + adapter_config.json) and
+/// gives peftrain's logits.
+#[test]
+fn predict_ia3_matches_peft_from_the_saved_adapter() {
+    predict_and_compare("ia3", "peft", 1e-5);
 }
 
 #[test]
 fn predict_bitfit_matches_transformers_with_the_saved_weights() {
-    predict_and_compare("bitfit", "state-dict");
+    predict_and_compare("bitfit", "state-dict", 1e-4);
 }
 
 /// `peftrain predict`'s logits (first 50 SST-2 test rows) for `model` + `adapter`.
@@ -155,7 +162,32 @@ fn peftrain_loads_an_adapter_that_peft_trained() {
     assert!(diff <= 1e-4, "logits of a peft-trained adapter differ by {diff}");
 }
 
-fn merged_matches(method: &str) {
+/// An IA3 adapter peft made (vectors drawn away from one, so it is not the identity) and then
+/// trained: peftrain's logits from it equal peft's.
+#[test]
+fn peftrain_loads_an_ia3_adapter_that_peft_made_and_trained() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 13);
+    let (init, trained) = (d.path().join("init"), d.path().join("peft-trained"));
+    run_reference("hf_train.py", &["ia3-init", "--model", model.to_str().unwrap(), "--out", init.to_str().unwrap(), "--seed", "3", "--perturb", "0.3"]);
+    let tsv = glue_dir().join("SST-2/train.tsv");
+    let tok = roberta_dir();
+    for adapter in [&init, &trained] {
+        if adapter == &trained {
+            run_reference(
+                "hf_train.py",
+                &["train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--tsv", tsv.to_str().unwrap(), "--method", "ia3",
+                  "--adapter", init.to_str().unwrap(), "--steps", "10", "--save-adapter", trained.to_str().unwrap()],
+            );
+        }
+        let ours = predicted_logits(&model, adapter, d.path());
+        let theirs = reference_logits(&["--model", model.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--via", "peft"]);
+        let diff = max_abs_diff(&ours, &theirs);
+        assert!(diff <= 1e-5, "logits of a peft IA3 adapter ({}) differ by {diff}", adapter.display());
+    }
+}
+
+fn merged_matches(method: &str, tolerance: f32) {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 14);
     let out = d.path().join("out");
@@ -165,17 +197,22 @@ fn merged_matches(method: &str) {
     let ours = predicted_logits(&model, &out, d.path());
     let theirs = reference_logits(&["--model", merged.to_str().unwrap(), "--via", "merged"]);
     let diff = max_abs_diff(&ours, &theirs);
-    assert!(diff <= 1e-4, "{method}: AutoModelForSequenceClassification on the merged checkpoint differs by {diff}");
+    assert!(diff <= tolerance, "{method}: AutoModelForSequenceClassification on the merged checkpoint differs by {diff}");
 }
 
 #[test]
 fn merged_lora_checkpoint_loads_in_transformers_with_the_same_logits() {
-    merged_matches("lora");
+    merged_matches("lora", 1e-4);
+}
+
+#[test]
+fn merged_ia3_checkpoint_loads_in_transformers_with_the_same_logits() {
+    merged_matches("ia3", 1e-5);
 }
 
 #[test]
 fn merged_bitfit_checkpoint_loads_in_transformers_with_the_same_logits() {
-    merged_matches("bitfit");
+    merged_matches("bitfit", 1e-4);
 }
 
 #[test]
@@ -207,12 +244,38 @@ fn eval_and_compare_from_saved_outputs() {
     let md_again = std::fs::read_to_string(again.join("report.md")).unwrap();
     assert_eq!(md_again.lines().take(6).collect::<Vec<_>>(), md.lines().take(6).collect::<Vec<_>>(), "same table");
     // eval from the saved LoRA output: the run's own final evaluation, again.
+    eval_repeats_the_final_evaluation(&model, &out.join("lora"));
+}
+
+/// `peftrain eval --adapter run` gives the run's own final evaluation again.
+fn eval_repeats_the_final_evaluation(model: &Path, run: &Path) {
+    let (tok, glue) = (roberta_dir(), glue_dir());
     let o = peftrain(&[
         "eval", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--adapter", out.join("lora").to_str().unwrap(), "--eval-limit", "40", "--base-dtype", "fp32",
+        "--task", "sst2", "--adapter", run.to_str().unwrap(), "--eval-limit", "40", "--base-dtype", "fp32",
     ]);
     let v: serde_json::Value = serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim().lines().last().unwrap()).unwrap();
-    let last = metrics(&out.join("lora")).into_iter().filter(|e| e.get("eval_loss").is_some()).last().unwrap();
+    let last = metrics(run).into_iter().filter(|e| e.get("eval_loss").is_some()).last().unwrap();
     assert!((v["eval_loss"].as_f64().unwrap() - last["eval_loss"].as_f64().unwrap()).abs() < 1e-6);
     assert_eq!(v["eval_accuracy"], last["eval_accuracy"]);
+}
+
+/// `--method ia3` through compare (its default learning rate) and eval of what it saved.
+#[test]
+fn ia3_trains_in_compare_and_evaluates_from_its_adapter() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 16);
+    let out = d.path().join("cmp");
+    let (tok, glue) = (roberta_dir(), glue_dir());
+    peftrain(&[
+        "compare", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
+        "--task", "sst2", "--methods", "ia3", "--train-limit", "96", "--eval-limit", "40", "--batch-size", "8",
+        "--max-steps", "12", "--logging-steps", "4", "--eval-steps", "6", "--output-dir", out.to_str().unwrap(), "--base-dtype", "fp32",
+    ]);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.lines().any(|l| l.starts_with("| ia3 |")), "report table row for ia3:
+{md}");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("ia3/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["feedforward_modules"].clone()), (Some("IA3"), serde_json::json!(["output.dense"])));
+    eval_repeats_the_final_evaluation(&model, &out.join("ia3"));
 }

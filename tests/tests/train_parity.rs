@@ -1,7 +1,7 @@
 //! Trajectory parity: a tiny RoBERTa, the same initial weights and data order, dropout 0; the
 //! first 30 per-step training losses of `peftrain train` equal a reference loop written with
 //! HF transformers + peft + torch.optim.AdamW (tests/reference/hf_train.py) within 1e-4, for
-//! full fine-tuning, BitFit (both scopes) and LoRA, each computed padding-free (peftrain's CPU
+//! full fine-tuning, BitFit (both scopes), LoRA and IA3, each computed padding-free (peftrain's CPU
 //! default) and on the padded layout transformers uses.
 
 use std::path::Path;
@@ -47,9 +47,10 @@ fn ours(model: &Path, out: &Path, method: &str, scope: &str, adapter: Option<&Pa
 fn check(method: &str, scope: &str) {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_roberta(dir.path(), 11);
-    let adapter = (method == "lora").then(|| {
-        let a = dir.path().join("lora-init");
-        run_reference("hf_train.py", &["lora-init", "--model", model.to_str().unwrap(), "--out", a.to_str().unwrap(), "--seed", "5"]);
+    // An adapter method starts both sides from peft's initial adapter.
+    let adapter = matches!(method, "lora" | "ia3").then(|| {
+        let a = dir.path().join(format!("{method}-init"));
+        run_reference("hf_train.py", &[&format!("{method}-init"), "--model", model.to_str().unwrap(), "--out", a.to_str().unwrap(), "--seed", "5"]);
         a
     });
     let reference = reference(&model, method, scope, adapter.as_deref());
@@ -100,4 +101,9 @@ fn bitfit_bias_only_follows_the_reference_loop() {
 #[test]
 fn lora_follows_the_reference_loop() {
     check("lora", "all");
+}
+
+#[test]
+fn ia3_follows_the_reference_loop() {
+    check("ia3", "all");
 }

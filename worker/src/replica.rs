@@ -10,7 +10,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::error::ModelError;
 use crate::model::{self, Inputs, LoadOptions, Loaded};
 use crate::optim::{self, AdamW, AdamWConfig};
-use crate::peft::Method;
+use crate::peft::{Method, MethodExt};
 
 /// Everything that defines a replica (the plain-data form of the wire `RunSpec`).
 #[derive(Debug, Clone)]
@@ -199,11 +199,11 @@ impl Replica {
             held: None,
             spare: None,
         };
-        if let Method::Lora(cfg) = &spec.method {
-            if !replica.trainable().keys().any(|n| n.contains(".lora_A.")) {
+        if let Some(targets) = crate::peft::targets_of(&spec.method) {
+            if !replica.trainable().keys().any(|n| crate::peft::is_added(n)) {
                 return Err(ModelError::Method(format!(
-                    "LoRA target modules {:?} not found in the model (module names end in e.g. query, key, value, dense)",
-                    cfg.target_modules
+                    "{} target modules {targets:?} not found in the model (module names end in e.g. query, key, value, dense)",
+                    spec.method.name()
                 )));
             }
         }
@@ -532,28 +532,23 @@ impl Replica {
 }
 
 impl Replica {
-    /// A plain Hugging Face checkpoint of the trained model: LoRA folded into the weights it
-    /// adapts (W + B·A·alpha/r, as peft's merge_and_unload), every other parameter as trained.
-    /// Keys carry the family prefix, as `*ForSequenceClassification.save_pretrained` writes.
+    /// A plain Hugging Face checkpoint of the trained model: the method's adapters folded into
+    /// the weights they adapt (peft's merge_and_unload: LoRA's W + B·A·alpha/r, IA3's scaled
+    /// rows or columns), every other parameter as trained. Keys carry the family prefix, as
+    /// `*ForSequenceClassification.save_pretrained` writes.
     pub fn merged_tensors(&self) -> Vec<(String, Tensor)> {
-        let scaling = match &self.spec.method {
-            Method::Lora(c) => c.scaling(),
-            _ => 1.0,
-        };
-        let all: BTreeMap<&String, &Tensor> = self.loaded.params.trainable.iter().chain(self.loaded.params.frozen.iter()).collect();
         tch::no_grad(|| {
+            let all: BTreeMap<String, Tensor> = self
+                .loaded
+                .params
+                .trainable
+                .iter()
+                .chain(self.loaded.params.frozen.iter())
+                .map(|(n, t)| (n.clone(), t.detach().to_kind(Kind::Float).to_device(Device::Cpu)))
+                .collect();
             all.iter()
-                .filter(|(n, _)| !n.contains(".lora_"))
-                .map(|(n, t)| {
-                    let mut w = t.detach().to_kind(Kind::Float).to_device(Device::Cpu);
-                    if let Some(module) = n.strip_suffix(".weight") {
-                        if let (Some(a), Some(b)) = (all.get(&format!("{module}.lora_A.weight")), all.get(&format!("{module}.lora_B.weight"))) {
-                            let delta = b.to_kind(Kind::Float).to_device(Device::Cpu).mm(&a.to_kind(Kind::Float).to_device(Device::Cpu)) * scaling;
-                            w = w + delta;
-                        }
-                    }
-                    ((*n).clone(), w.contiguous())
-                })
+                .filter(|(n, _)| !crate::peft::is_added(n))
+                .map(|(n, t)| (n.clone(), self.spec.method.merged(n, t.shallow_clone(), &all).contiguous()))
                 .collect()
         })
     }
@@ -568,6 +563,7 @@ pub fn peft_key_to_name(key: &str) -> String {
         .replace(".original_module.", ".")
         .replace(".lora_A.default.", ".lora_A.")
         .replace(".lora_B.default.", ".lora_B.")
+        .replace(".ia3_l.default", ".ia3_l")
 }
 
 /// sha256 over what makes replicas interchangeable: the checkpoint's config and tensor index,

@@ -3,18 +3,8 @@
 //! check in `model_config` uses the same arithmetic. Names are checkpoint keys, so the
 //! methods' rules (which parameters train, where LoRA goes) read as the worker applies them.
 
+use crate::method::{BitFitScope, Method};
 use crate::model_config::{ModelConfig, ModelType};
-
-/// The method whose trainable set is counted.
-#[derive(Debug, Clone, Copy)]
-pub enum CountedMethod<'a> {
-    Full,
-    /// BitFit: every bias, plus the whole head unless `bias_only`.
-    BitFit { bias_only: bool },
-    /// LoRA of rank `r` on the Linear modules matched by `targets` (whole name or last dotted
-    /// components, as peft matches `target_modules`); the head trained as `modules_to_save`.
-    Lora { r: u64, targets: &'a [String] },
-}
 
 /// What peft prints: trainable parameters and "all params" (for LoRA including the frozen
 /// original of the head that `modules_to_save` keeps).
@@ -84,19 +74,16 @@ pub fn base_params(cfg: &ModelConfig, num_labels: i64) -> u128 {
     base(cfg, num_labels).iter().map(|p| p.numel).sum()
 }
 
-/// Whether module `module` is a LoRA target, as peft matches `target_modules`.
-pub fn lora_targets(module: &str, targets: &[String]) -> bool {
-    targets.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
-}
 
 /// Trainable and peft's "all" parameter counts of `method` on the model `cfg` describes.
-pub fn counts(cfg: &ModelConfig, num_labels: i64, method: CountedMethod) -> Counts {
+pub fn counts(cfg: &ModelConfig, num_labels: i64, method: &Method) -> Counts {
     let params = base(cfg, num_labels);
     let all_base: u128 = params.iter().map(|p| p.numel).sum();
     let head: u128 = params.iter().filter(|p| p.name.starts_with(HEAD_PREFIX)).map(|p| p.numel).sum();
     match method {
-        CountedMethod::Full => Counts { trainable: all_base, all: all_base },
-        CountedMethod::BitFit { bias_only } => {
+        Method::Full => Counts { trainable: all_base, all: all_base },
+        Method::BitFit(scope) => {
+            let bias_only = *scope == BitFitScope::BiasOnly;
             let trainable = params
                 .iter()
                 .filter(|p| p.name.ends_with(".bias") || (!bias_only && p.name.starts_with(HEAD_PREFIX)))
@@ -104,13 +91,20 @@ pub fn counts(cfg: &ModelConfig, num_labels: i64, method: CountedMethod) -> Coun
                 .sum();
             Counts { trainable, all: all_base }
         }
-        CountedMethod::Lora { r, targets } => {
+        // Adapters beside the frozen base, the head trained as `modules_to_save` (which keeps a
+        // frozen original: peft counts the head twice in "all").
+        Method::Lora(_) | Method::Ia3(_) => {
             let adapters: u128 = params
                 .iter()
                 .filter_map(|p| {
                     let (i, o) = p.linear?;
                     let module = p.name.strip_suffix(".weight")?;
-                    lora_targets(module, targets).then_some(r as u128 * (i + o))
+                    match method {
+                        Method::Lora(l) => l.targets(module).then_some(l.r as u128 * (i + o)),
+                        // A vector over the input of a feed-forward module, the output of others.
+                        Method::Ia3(a) => a.targets(module).then_some(if a.is_feedforward(module) { i } else { o }),
+                        _ => None,
+                    }
                 })
                 .sum();
             Counts {
@@ -134,9 +128,10 @@ mod tests {
         )
         .unwrap();
         let t = ["query".to_string(), "value".to_string()];
-        assert_eq!(counts(&cfg, 2, CountedMethod::Full), Counts { trainable: 124_647_170, all: 124_647_170 });
-        assert_eq!(counts(&cfg, 2, CountedMethod::BitFit { bias_only: false }).trainable, 694_274);
-        assert_eq!(counts(&cfg, 2, CountedMethod::BitFit { bias_only: true }).trainable, 102_914);
-        assert_eq!(counts(&cfg, 2, CountedMethod::Lora { r: 8, targets: &t }), Counts { trainable: 887_042, all: 125_534_212 });
+        assert_eq!(counts(&cfg, 2, &Method::Full), Counts { trainable: 124_647_170, all: 124_647_170 });
+        assert_eq!(counts(&cfg, 2, &Method::BitFit(BitFitScope::All)).trainable, 694_274);
+        assert_eq!(counts(&cfg, 2, &Method::BitFit(BitFitScope::BiasOnly)).trainable, 102_914);
+        let lora = crate::method::LoraParams { r: 8, target_modules: t.to_vec(), ..Default::default() };
+        assert_eq!(counts(&cfg, 2, &Method::Lora(lora)), Counts { trainable: 887_042, all: 125_534_212 });
     }
 }

@@ -1,7 +1,6 @@
-//! The torch.nn building blocks the encoders use (Linear with an optional LoRA adapter,
-//! LayerNorm, Embedding, activations), holding parameters declared through the `Builder`.
+//! The torch.nn building blocks the encoders use (Linear with an optional adapter, LayerNorm,
+//! Embedding, activations), holding parameters declared through the `Builder`.
 
-use super::dropout::dropout;
 use tch::{Kind, Tensor};
 
 use crate::config::Activation;
@@ -9,26 +8,20 @@ use crate::error::ModelError;
 use crate::params::{Builder, Init};
 use crate::peft::MethodExt;
 
-/// peft's `lora.Linear` adapter beside a frozen base Linear.
-pub struct LoraAdapter {
-    pub a: Tensor,
-    pub b: Tensor,
-    pub scaling: f64,
-    pub dropout: f64,
-}
+use super::adapters::Adapter;
 
-/// `nn.Linear`, with a LoRA adapter when the method targets this module.
+/// `nn.Linear`, with an adapter (LoRA, IA3) when the method targets this module.
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
-    pub lora: Option<LoraAdapter>,
+    pub adapter: Option<Adapter>,
     /// dtype the matmul runs in: the base dtype (bf16 or fp32). A trainable fp32 weight is cast
     /// for the op and its gradient flows back to the fp32 master, as under autocast.
     pub compute: Kind,
 }
 
 /// `t` in `kind`, without a copy when it already is.
-fn as_kind(t: &Tensor, kind: Kind) -> Tensor {
+pub fn as_kind(t: &Tensor, kind: Kind) -> Tensor {
     if t.kind() == kind {
         t.shallow_clone()
     } else {
@@ -42,37 +35,31 @@ impl Linear {
     pub fn new(b: &mut Builder, name: &str, in_dim: i64, out_dim: i64, init_std: f64) -> Result<Linear, ModelError> {
         let weight = b.param(&format!("{name}.weight"), &[out_dim, in_dim], Init::Normal(init_std))?;
         let bias = Some(b.param(&format!("{name}.bias"), &[out_dim], Init::Zeros)?);
-        let lora = match b.method().lora_for(name) {
-            Some(cfg) => Some(LoraAdapter {
-                a: b.added(&format!("{name}.lora_A.weight"), &[cfg.r as i64, in_dim], Init::KaimingUniform)?,
-                b: b.added(&format!("{name}.lora_B.weight"), &[out_dim, cfg.r as i64], Init::Zeros)?,
-                scaling: cfg.scaling(),
-                dropout: cfg.dropout,
-            }),
+        let adapter = match b.method().adapter_for(name) {
+            Some(spec) => Some(Adapter::new(b, name, spec, in_dim, out_dim)?),
             None => None,
         };
         Ok(Linear {
             weight,
             bias,
-            lora,
+            adapter,
             compute: b.compute_kind(),
         })
     }
 
-    /// The output is in the compute dtype (fp32 where a LoRA adapter adds its fp32 update).
+    /// The output is in the compute dtype (fp32 where an adapter's fp32 parameters touch it).
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        match &self.adapter {
+            None => self.base(x),
+            Some(a) => a.forward(x, &|x: &Tensor| self.base(x), train),
+        }
+    }
+
+    /// The frozen (or trained) base Linear alone, in the compute dtype.
+    fn base(&self, x: &Tensor) -> Tensor {
         let c = self.compute;
         let bias = self.bias.as_ref().map(|b| as_kind(b, c));
-        let y = as_kind(x, c).linear(&as_kind(&self.weight, c), bias.as_ref());
-        match &self.lora {
-            None => y,
-            Some(l) => {
-                // peft: result + lora_B(lora_A(dropout(x))) * scaling, the adapter in fp32.
-                let h = dropout(&as_kind(x, l.a.kind()), l.dropout, train);
-                let delta = h.linear::<Tensor>(&l.a, None).linear::<Tensor>(&l.b, None) * l.scaling;
-                y.to_kind(Kind::Float) + delta
-            }
-        }
+        as_kind(x, c).linear(&as_kind(&self.weight, c), bias.as_ref())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Sequence classifiers (RoBERTa and BERT families) and how a replica is built from a model
 //! directory, a method and a seed.
 
+pub mod adapters;
 pub mod bert;
 pub mod dropout;
 pub mod encoder;
@@ -153,7 +154,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
         .trainable
         .iter()
         .chain(built.store.frozen.iter())
-        .filter(|(n, _)| n.starts_with(crate::peft::HEAD_PREFIX) && !n.contains(".lora_"))
+        .filter(|(n, _)| n.starts_with(crate::peft::HEAD_PREFIX) && !crate::peft::is_added(n))
         .map(|(_, t)| t.numel() as i64)
         .sum();
     Ok(Loaded {

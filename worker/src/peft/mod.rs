@@ -1,28 +1,50 @@
-//! Parameter-efficient methods: which base parameters train, and which modules get adapters.
-//! The method itself is `peftrain_spec::Method` (plain data, shared with the coordinator);
-//! this module gives each one its behaviour. The model asks while it is built, so the
-//! trainable set is fixed by construction.
+//! Parameter-efficient methods: which base parameters train, which Linear modules get which
+//! adapter (`model::adapters` computes it), and how it folds back into the base. The method itself is
+//! `peftrain_spec::Method` (plain data, shared with the coordinator); this module gives each
+//! one its behaviour. The model asks while it is built, so the trainable set is fixed by
+//! construction.
 
 pub mod bitfit;
 pub mod full;
+pub mod ia3;
 pub mod lora;
 
-pub use peftrain_spec::{BitFitScope, LoraParams as LoraConfig, Method, MethodKind};
+use std::collections::BTreeMap;
+
+use tch::Tensor;
+
+pub use peftrain_spec::{BitFitScope, Ia3Params, LoraParams as LoraConfig, Method, MethodKind};
 
 /// Module names of the classification head, trained by every method (peft's `modules_to_save`
 /// for `SEQ_CLS`). The seed ran LoRA with this head frozen at random init; never again.
 pub const HEAD_PREFIX: &str = "classifier.";
 
+/// What a method puts on a Linear module, as plain data (`model::adapters` builds and runs it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AdapterSpec {
+    Lora { r: i64, scaling: f64, dropout: f64 },
+    Ia3 { feedforward: bool },
+}
+
+/// Whether `name` is a parameter a method adds beside the base model (never in a base
+/// checkpoint, never in a merged one).
+pub fn is_added(name: &str) -> bool {
+    lora::is_added(name) || ia3::is_added(name)
+}
+
 /// What a method does to the model.
 pub trait MethodExt {
     /// Whether the base parameter `name` (a checkpoint key) is trained.
     fn trains_base(&self, name: &str) -> bool;
-    /// The LoRA adapter for the Linear module at `module` (e.g.
-    /// `roberta.encoder.layer.0.attention.self.query`), if the method puts one there.
-    fn lora_for(&self, module: &str) -> Option<&LoraConfig>;
+    /// The adapter this method puts on the Linear module `module` (e.g.
+    /// `roberta.encoder.layer.0.attention.self.query`), if any.
+    fn adapter_for(&self, module: &str) -> Option<AdapterSpec>;
     /// Parameters peft counts in "all params" beyond the model's own: `modules_to_save` keeps a
     /// frozen original of the head beside the trained copy.
     fn peft_extra_params(&self, head_params: i64) -> i64;
+    /// The base parameter `name` with this method's adapter folded in (peft's
+    /// `merge_and_unload`), from every parameter of the replica in fp32 on the CPU.
+    fn merged(&self, name: &str, value: Tensor, all: &BTreeMap<String, Tensor>) -> Tensor;
 }
 
 impl MethodExt for Method {
@@ -30,21 +52,44 @@ impl MethodExt for Method {
         match self {
             Method::Full => full::trains(name),
             Method::BitFit(scope) => bitfit::trains(name, *scope),
-            Method::Lora(_) => lora::trains_base(name),
+            Method::Lora(_) | Method::Ia3(_) => name.starts_with(HEAD_PREFIX),
         }
     }
 
-    fn lora_for(&self, module: &str) -> Option<&LoraConfig> {
+    fn adapter_for(&self, module: &str) -> Option<AdapterSpec> {
         match self {
-            Method::Lora(cfg) if cfg.targets(module) => Some(cfg),
+            Method::Lora(cfg) if cfg.targets(module) => Some(AdapterSpec::Lora {
+                r: cfg.r as i64,
+                scaling: cfg.scaling(),
+                dropout: cfg.dropout,
+            }),
+            Method::Ia3(cfg) if cfg.targets(module) => Some(AdapterSpec::Ia3 { feedforward: cfg.is_feedforward(module) }),
             _ => None,
         }
     }
 
     fn peft_extra_params(&self, head_params: i64) -> i64 {
         match self {
-            Method::Lora(_) => head_params,
-            _ => 0,
+            Method::Lora(_) | Method::Ia3(_) => head_params,
+            Method::Full | Method::BitFit(_) => 0,
         }
+    }
+
+    fn merged(&self, name: &str, value: Tensor, all: &BTreeMap<String, Tensor>) -> Tensor {
+        match self {
+            Method::Lora(cfg) => lora::merged(name, value, all, cfg.scaling()),
+            Method::Ia3(_) => ia3::merged(name, value, all),
+            Method::Full | Method::BitFit(_) => value,
+        }
+    }
+}
+
+/// Names of the trainable parameters a method adds, for an error when its targets matched no
+/// module of the model.
+pub fn targets_of(method: &Method) -> Option<&[String]> {
+    match method {
+        Method::Lora(c) => Some(&c.target_modules),
+        Method::Ia3(c) => Some(&c.target_modules),
+        Method::Full | Method::BitFit(_) => None,
     }
 }
