@@ -60,7 +60,7 @@ pub struct Session {
     pub observer: Observer,
     local: Option<LocalWorkers>,
     stop_server: Option<oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: tokio::task::JoinHandle<Result<(), crate::service::ServeError>>,
 }
 
 impl Session {

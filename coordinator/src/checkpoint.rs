@@ -44,28 +44,11 @@ impl ReplicaState {
     /// trainable values of the layout) bounds what is allocated: the total a worker sends is
     /// only compared with it, never trusted.
     pub fn from_chunks(chunks: &[pb::StateChunk], expected: usize) -> Result<ReplicaState, String> {
-        let first = chunks.first().ok_or("empty state")?;
-        if first.total != expected as u64 {
-            return Err(format!("a state of {} values, this group's layout holds {expected}", first.total));
-        }
-        // Grown by what actually arrives: `expected` comes from a layout a worker reported too.
-        let mut values = Vec::new();
-        for c in chunks {
-            if c.offset as usize != values.len() || c.total != first.total || c.data.len() % 4 != 0 {
-                return Err(format!("state chunk at offset {} is out of order", c.offset));
-            }
-            if values.len() + c.data.len() / 4 > expected {
-                return Err(format!("state chunk at offset {} runs past the {expected} values", c.offset));
-            }
-            values.extend(peftrain_net::wire::le_bytes_to_f32(&c.data));
-        }
-        if values.len() as u64 != first.total {
-            return Err(format!("state of {} values ended after {}", first.total, values.len()));
-        }
+        let st = peftrain_spec::state::Assembler::assemble(chunks, expected)?;
         Ok(ReplicaState {
-            fingerprint: first.fingerprint.clone(),
-            optimizer_step: first.optimizer_step,
-            values,
+            fingerprint: st.fingerprint,
+            optimizer_step: st.optimizer_step,
+            values: st.values,
         })
     }
 

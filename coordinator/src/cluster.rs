@@ -103,6 +103,15 @@ pub struct Cluster {
     pub padding: Padding,
 }
 
+/// What one try of a retryable phase came to.
+enum Attempt<T> {
+    Done(T),
+    /// These workers are gone: drop them and try again.
+    Lost(BTreeSet<String>),
+    /// An all-reduce was abandoned with every worker alive: set the group up again and retry.
+    Interrupted,
+}
+
 /// What a fan-out brought back.
 struct Gathered<T> {
     ok: Vec<T>,
@@ -118,6 +127,41 @@ enum Failure {
     PeerTrouble,
     /// Anything else ends the run.
     Fatal(ClusterError),
+}
+
+/// Every worker that committed took the same update: the same count of AdamW steps, all
+/// applied or all skipped. Replicas that disagree have diverged, and the run stops rather than
+/// average gradients of different models.
+pub fn check_commits(replies: &[(String, pb::CommitReply)]) -> Result<(), ClusterError> {
+    let Some((first, want)) = replies.first() else { return Ok(()) };
+    match replies.iter().find(|(_, r)| r.optimizer_step != want.optimizer_step || r.applied != want.applied) {
+        None => Ok(()),
+        Some((id, r)) => Err(ClusterError::Inconsistent(format!(
+            "after the commit worker {first} is at optimizer step {} ({}), worker {id} at {} ({})",
+            want.optimizer_step,
+            if want.applied { "applied" } else { "skipped" },
+            r.optimizer_step,
+            if r.applied { "applied" } else { "skipped" },
+        ))),
+    }
+}
+
+/// Calls every worker of `calls` at once (`call` makes one RPC from a client and a request):
+/// the one fan-out every phase uses. Each result carries its call's index; a failure is
+/// classified by what it says about the callee.
+fn fan_out<Q, R, F, Fut>(calls: Vec<(Conn, tonic::Request<Q>)>, call: F) -> JoinSet<Result<(usize, R), Failure>>
+where
+    Q: Send + 'static,
+    R: Send + 'static,
+    F: Fn(WorkerClient<AuthChannel>, tonic::Request<Q>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<R, tonic::Status>> + Send,
+{
+    let mut set = JoinSet::new();
+    for (k, (c, req)) in calls.into_iter().enumerate() {
+        let call = call.clone();
+        set.spawn(async move { call(c.client.clone(), req).await.map(|r| (k, r)).map_err(|s| classify(&c, s)) });
+    }
+    set
 }
 
 fn rpc_error(c: &Conn, s: &tonic::Status) -> ClusterError {
@@ -203,6 +247,11 @@ impl Cluster {
         }
     }
 
+    /// One request per worker, in rank order, each with the RPC deadline.
+    fn each<T>(&self, make: impl Fn(usize, &Conn) -> T) -> Vec<(Conn, tonic::Request<T>)> {
+        self.conns.iter().enumerate().map(|(k, c)| (c.clone(), self.request(make(k, c)))).collect()
+    }
+
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.set_timeout(self.tolerance.rpc_timeout);
@@ -215,21 +264,14 @@ impl Cluster {
         loop {
             self.generation += 1;
             let peers: Vec<String> = self.conns.iter().map(|c| c.member.address.clone()).collect();
-            let mut set = JoinSet::new();
-            for (rank, c) in self.conns.iter().enumerate() {
-                let req = self.request(pb::SetupRequest {
-                    run_id: self.registry.run_id.clone(),
-                    rank: rank as u32,
-                    world_size: peers.len() as u32,
-                    peers: peers.clone(),
-                    generation: self.generation,
-                });
-                let c = c.clone();
-                set.spawn(async move {
-                    let mut client = c.client.clone();
-                    client.setup(req).await.map(|_| ()).map_err(|s| classify(&c, s))
-                });
-            }
+            let calls = self.each(|rank, _| pb::SetupRequest {
+                run_id: self.registry.run_id.clone(),
+                rank: rank as u32,
+                world_size: peers.len() as u32,
+                peers: peers.clone(),
+                generation: self.generation,
+            });
+            let set = fan_out(calls, |mut w, req| async move { w.setup(req).await.map(|_| ()) });
             let g = self.gather(set).await?;
             if g.lost.is_empty() {
                 return Ok(());
@@ -390,12 +432,12 @@ impl Cluster {
         let mut interrupted = 0u32;
         loop {
             match self.try_step(step, examples, lr, seed).await? {
-                Ok(mut out) => {
+                Attempt::Done(mut out) => {
                     self.commit(step).await?;
                     out.redone = redone;
                     return Ok(out);
                 }
-                Err(lost) if lost.is_empty() => {
+                Attempt::Interrupted => {
                     // An all-reduce abandoned with every worker alive: same group, new generation.
                     interrupted += 1;
                     if interrupted > MAX_INTERRUPTED {
@@ -408,7 +450,7 @@ impl Cluster {
                     redone += 1;
                     tracing::warn!(step = step + 1, "an all-reduce was interrupted with every worker alive: redoing the step");
                 }
-                Err(lost) => {
+                Attempt::Lost(lost) => {
                     self.remove(&lost)?;
                     self.setup().await?;
                     redone += 1;
@@ -418,35 +460,30 @@ impl Cluster {
         }
     }
 
-    /// Phase one. Ok(Err(lost)) when workers were lost, or (lost empty) when the all-reduce was
-    /// interrupted with every worker alive: either way the step can be redone.
-    async fn try_step(&self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<Result<StepOutcome, BTreeSet<String>>, ClusterError> {
+    /// Phase one: Lost or Interrupted can be redone, nobody having applied anything.
+    async fn try_step(&self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<Attempt<StepOutcome>, ClusterError> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let shards = shard(&lengths, self.world(), self.shard_cost());
-        let mut set = JoinSet::new();
-        for (rank, (c, positions)) in self.conns.iter().zip(&shards).enumerate() {
-            let req = self.request(pb::StepRequest {
-                step,
-                generation: self.generation,
-                shard: Some(self.batch(examples, positions)),
-                global_batch_size: examples.len() as u32,
-                learning_rate: lr,
-                dropout_seed: seed
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    .wrapping_add(step.wrapping_mul(1_000_003))
-                    .wrapping_add(rank as u64),
-            });
-            let c = c.clone();
-            set.spawn(async move {
-                let mut client = c.client.clone();
-                client.step(req).await.map(|r| r.into_inner()).map_err(|s| classify(&c, s))
-            });
-        }
+        let calls = self.each(|rank, _| pb::StepRequest {
+            step,
+            generation: self.generation,
+            shard: Some(self.batch(examples, &shards[rank])),
+            global_batch_size: examples.len() as u32,
+            learning_rate: lr,
+            dropout_seed: seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(step.wrapping_mul(1_000_003))
+                .wrapping_add(rank as u64),
+        });
+        let set = fan_out(calls, |mut w, req| async move { w.step(req).await.map(|r| r.into_inner()) });
         let g = self.gather_any(set).await?;
-        if !g.lost.is_empty() || g.peer_trouble {
-            return Ok(Err(g.lost));
+        if !g.lost.is_empty() {
+            return Ok(Attempt::Lost(g.lost));
         }
-        let replies = g.ok;
+        if g.peer_trouble {
+            return Ok(Attempt::Interrupted);
+        }
+        let replies = g.ok.into_iter().map(|(_, r)| r);
         let mut out = StepOutcome::default();
         let mut norms = Vec::new();
         for reply in replies {
@@ -468,25 +505,20 @@ impl Cluster {
         if out.examples as usize != examples.len() {
             return Err(ClusterError::Inconsistent(format!("workers trained on {} examples of a batch of {}", out.examples, examples.len())));
         }
-        Ok(Ok(out))
+        Ok(Attempt::Done(out))
     }
 
     /// Phase two. Every worker holds the same reduced gradient; a worker lost now takes
     /// nothing with it (its shard is in the sum), so the survivors commit and carry on.
     async fn commit(&mut self, step: u64) -> Result<(), ClusterError> {
-        let mut set = JoinSet::new();
-        for c in &self.conns {
-            let req = self.request(pb::CommitRequest {
-                step,
-                generation: self.generation,
-            });
-            let c = c.clone();
-            set.spawn(async move {
-                let mut client = c.client.clone();
-                client.commit(req).await.map(|_| ()).map_err(|s| classify(&c, s))
-            });
-        }
+        let calls = self.each(|_, _| pb::CommitRequest {
+            step,
+            generation: self.generation,
+        });
+        let set = fan_out(calls, |mut w, req| async move { w.commit(req).await.map(|r| r.into_inner()) });
         let g = self.gather(set).await?;
+        let replies: Vec<(String, pb::CommitReply)> = g.ok.into_iter().map(|(k, r)| (self.conns[k].member.worker_id.clone(), r)).collect();
+        check_commits(&replies)?;
         if !g.lost.is_empty() {
             self.remove(&g.lost)?;
             self.setup().await?;
@@ -499,33 +531,27 @@ impl Cluster {
     pub async fn evaluate(&mut self, examples: &[&Encoded], want_logits: bool) -> Result<EvalOutcome, ClusterError> {
         loop {
             match self.try_evaluate(examples, want_logits).await? {
-                Ok(out) => return Ok(out),
-                Err(lost) => {
+                Attempt::Done(out) => return Ok(out),
+                Attempt::Lost(lost) => {
                     self.remove(&lost)?;
                     self.setup().await?;
                 }
+                Attempt::Interrupted => self.setup().await?,
             }
         }
     }
 
-    async fn try_evaluate(&self, examples: &[&Encoded], want_logits: bool) -> Result<Result<EvalOutcome, BTreeSet<String>>, ClusterError> {
+    async fn try_evaluate(&self, examples: &[&Encoded], want_logits: bool) -> Result<Attempt<EvalOutcome>, ClusterError> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let shards = shard(&lengths, self.world(), self.shard_cost());
-        let mut set = JoinSet::new();
-        for (k, (c, positions)) in self.conns.iter().zip(&shards).enumerate() {
-            let req = self.request(pb::EvalRequest {
-                shard: Some(self.batch(examples, positions)),
-                return_logits: want_logits,
-            });
-            let c = c.clone();
-            set.spawn(async move {
-                let mut client = c.client.clone();
-                client.evaluate(req).await.map(|r| (k, r.into_inner())).map_err(|s| classify(&c, s))
-            });
-        }
+        let calls = self.each(|k, _| pb::EvalRequest {
+            shard: Some(self.batch(examples, &shards[k])),
+            return_logits: want_logits,
+        });
+        let set = fan_out(calls, |mut w, req| async move { w.evaluate(req).await.map(|r| r.into_inner()) });
         let g = self.gather(set).await?;
         if !g.lost.is_empty() {
-            return Ok(Err(g.lost));
+            return Ok(Attempt::Lost(g.lost));
         }
         let mut out = EvalOutcome::default();
         let mut parts = Vec::new();
@@ -550,7 +576,7 @@ impl Cluster {
             }
             out.logits = logits;
         }
-        Ok(Ok(out))
+        Ok(Attempt::Done(out))
     }
 
     /// The group's current state, from the first worker that answers (a frozen one is passed
@@ -558,24 +584,17 @@ impl Cluster {
     pub async fn get_state(&self) -> Result<ReplicaState, ClusterError> {
         let mut last = None;
         for c in &self.conns {
-            let mut set = JoinSet::new();
-            let (c2, req) = (c.clone(), self.request(pb::GetStateRequest {}));
-            set.spawn(async move {
-                let mut client = c2.client.clone();
-                let res = async {
-                    let mut stream = client.get_state(req).await?.into_inner();
-                    let mut chunks = Vec::new();
-                    while let Some(ch) = stream.message().await? {
-                        chunks.push(ch);
-                    }
-                    Ok::<_, tonic::Status>(chunks)
+            let set = fan_out(vec![(c.clone(), self.request(pb::GetStateRequest {}))], |mut w, req| async move {
+                let mut stream = w.get_state(req).await?.into_inner();
+                let mut chunks = Vec::new();
+                while let Some(ch) = stream.message().await? {
+                    chunks.push(ch);
                 }
-                .await;
-                res.map_err(|s| classify(&c2, s))
+                Ok(chunks)
             });
             match self.gather(set).await {
                 Ok(g) if g.lost.is_empty() => {
-                    let chunks = g.ok.into_iter().next().unwrap_or_default();
+                    let chunks = g.ok.into_iter().next().map(|(_, c)| c).unwrap_or_default();
                     return ReplicaState::from_chunks(&chunks, crate::checkpoint::state_values(&self.layout())).map_err(ClusterError::Inconsistent);
                 }
                 Ok(_) => last = Some(ClusterError::Inconsistent(format!("worker {} was lost while sending its state", c.member.worker_id))),
@@ -587,16 +606,8 @@ impl Cluster {
 
     /// Loads `state` into every worker (resuming from a checkpoint).
     pub async fn set_state(&self, state: &ReplicaState) -> Result<(), ClusterError> {
-        let mut set = JoinSet::new();
-        for c in &self.conns {
-            let c = c.clone();
-            let mut req = tonic::Request::new(tokio_stream::iter(state.to_chunks(256 * 1024)));
-            req.set_timeout(self.tolerance.rpc_timeout);
-            set.spawn(async move {
-                let mut client = c.client.clone();
-                client.set_state(req).await.map(|_| ()).map_err(|s| classify(&c, s))
-            });
-        }
+        let calls = self.conns.iter().map(|c| (c.clone(), self.request(tokio_stream::iter(state.to_chunks(256 * 1024))))).collect();
+        let set = fan_out(calls, |mut w, req| async move { w.set_state(req).await.map(|_| ()) });
         let g = self.gather(set).await?;
         if !g.lost.is_empty() {
             let names: Vec<String> = g.lost.into_iter().collect();
@@ -618,5 +629,25 @@ impl Cluster {
     /// Trainable layout of the group (from the fingerprint all members share).
     pub fn layout(&self) -> Vec<pb::TensorInfo> {
         self.registry.fingerprint().map(|f| f.layout).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(id: &str, step: u64, applied: bool) -> (String, pb::CommitReply) {
+        (id.into(), pb::CommitReply { applied, optimizer_step: step })
+    }
+
+    #[test]
+    fn commits_that_disagree_stop_the_run() {
+        assert!(check_commits(&[]).is_ok());
+        assert!(check_commits(&[reply("w0", 5, true), reply("w1", 5, true)]).is_ok());
+        assert!(check_commits(&[reply("w0", 5, false), reply("w1", 5, false)]).is_ok());
+        let e = check_commits(&[reply("w0", 5, true), reply("w1", 4, true)]).unwrap_err().to_string();
+        assert!(e.contains("w0") && e.contains("step 5") && e.contains("w1") && e.contains(" 4 "), "{e}");
+        let e = check_commits(&[reply("w0", 5, true), reply("w1", 5, true), reply("w2", 5, false)]).unwrap_err().to_string();
+        assert!(e.contains("w2") && e.contains("skipped"), "{e}");
     }
 }

@@ -53,6 +53,16 @@ impl Coordinator for CoordinatorService {
     }
 }
 
+/// Why the Coordinator service could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS configuration is unusable: the service fails closed rather than serving plaintext.
+    #[error("TLS: {0}")]
+    Tls(#[from] peftrain_net::NetError),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
 /// Largest message the coordinator accepts (registrations are small).
 pub const MESSAGE_LIMIT: usize = 4 << 20;
 
@@ -63,20 +73,21 @@ pub async fn serve(
     registry: Arc<Registry>,
     security: &Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    // Before anything listens: a TLS configuration that cannot serve must not become plaintext.
+    let tls = security.server_tls()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CoordinatorServer<CoordinatorService>>().await;
     let mut builder = peftrain_net::serve::server_builder();
-    // Callers validated the TLS files (Session::start); a failure here cannot happen.
-    if let Some(tls) = security.server_tls().ok().flatten() {
+    if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    builder
+    Ok(builder
         .add_service(health_service)
         .add_service(InterceptedService::new(
             CoordinatorServer::new(CoordinatorService(registry)).max_decoding_message_size(MESSAGE_LIMIT),
             security.server_auth(),
         ))
         .serve_with_incoming_shutdown(peftrain_net::serve::incoming(listener), shutdown)
-        .await
+        .await?)
 }

@@ -11,6 +11,7 @@ pub mod method;
 pub mod model_config;
 pub mod padding;
 pub mod paths;
+pub mod state;
 pub mod wire;
 
 pub use model_config::{Activation, ConfigError, ModelConfig, ModelType};

@@ -170,3 +170,31 @@ async fn mutual_tls_trains_and_refuses_clients_without_a_certificate() {
     assert!(status.success(), "the run over mutual TLS finished");
     assert_eq!(step_losses(&out).len(), 60);
 }
+
+/// A TLS configuration the Coordinator service cannot serve with (a CA, but no certificate
+/// and key) is an error before anything listens: never a plaintext server instead.
+#[tokio::test]
+async fn a_tls_configuration_that_cannot_serve_fails_closed() {
+    let d = tempfile::tempdir().unwrap();
+    let (ca, _, _) = pki(d.path());
+    let security = peftrain_net::Security::load(&peftrain_net::SecurityArgs { tls_ca: Some(ca.into()), token: Some(TOKEN.into()), ..Default::default() }).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry = std::sync::Arc::new(peftrain::registry::Registry::new("run-tls".into(), pb::RunSpec::default(), 1));
+    let served = tokio::time::timeout(Duration::from_secs(5), peftrain::service::serve(listener, registry, &security, std::future::pending())).await;
+    match served {
+        Ok(Err(e)) => assert!(e.to_string().contains("--tls-cert"), "{e}"),
+        Ok(Ok(())) => panic!("serve returned without serving"),
+        Err(_) => panic!("the service kept serving (in plaintext) on a TLS configuration it cannot use"),
+    }
+}
+
+/// A peer's gradient chunk that does not fit is refused as what it is, not as a "bad shard".
+#[test]
+fn a_refused_gradient_chunk_is_named_as_one() {
+    let e = peftrain_worker::service::check_chunk(&chunk(7, 28), 40, 0).unwrap_err();
+    let status = tonic::Status::from(e);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("gradient chunk refused: gradient buffer of 7 values"), "{}", status.message());
+    let e = peftrain_worker::service::check_chunk(&pb::GradChunk { offset: 39, ..chunk(40, 8) }, 40, 0).unwrap_err();
+    assert!(!e.to_string().contains("shard"), "{e}");
+}

@@ -23,6 +23,10 @@ pub enum WorkerError {
     StaleGeneration { got: u64, current: u64 },
     #[error("bad shard: {0}")]
     BadShard(String),
+    #[error("bad group setup: {0}")]
+    BadSetup(String),
+    #[error("gradient chunk refused: {0}")]
+    BadChunk(String),
     #[error("no step {0} is held for commit")]
     NothingHeld(u64),
     #[error("state refused: {0}")]
@@ -41,7 +45,7 @@ impl From<WorkerError> for Status {
         match e {
             WorkerError::NotSetUp => Status::failed_precondition(msg),
             WorkerError::StaleGeneration { .. } => Status::aborted(msg),
-            WorkerError::BadShard(_) | WorkerError::BadState(_) => Status::invalid_argument(msg),
+            WorkerError::BadShard(_) | WorkerError::BadSetup(_) | WorkerError::BadChunk(_) | WorkerError::BadState(_) => Status::invalid_argument(msg),
             WorkerError::NothingHeld(_) => Status::failed_precondition(msg),
             // A failed all-reduce is a peer's doing, not this worker's: ABORTED tells the
             // coordinator to look for the lost peer rather than drop this worker.
@@ -240,11 +244,11 @@ impl Engine {
             let addr = req
                 .peers
                 .get(((req.rank + 1) % req.world_size) as usize)
-                .ok_or_else(|| WorkerError::BadShard(format!("{} peers for world size {}", req.peers.len(), req.world_size)))?;
+                .ok_or_else(|| WorkerError::BadSetup(format!("{} peers for world size {}", req.peers.len(), req.world_size)))?;
             let ch = self
                 .security
                 .endpoint(addr, self.collective_timeout)
-                .map_err(|e| WorkerError::BadShard(e.to_string()))?
+                .map_err(|e| WorkerError::BadSetup(e.to_string()))?
                 .connect_lazy();
             Some(
                 pb::collective_client::CollectiveClient::with_interceptor(ch, self.security.client_auth())
@@ -468,43 +472,44 @@ impl Engine {
 
 }
 
-/// A state received in chunks, checked piece by piece.
+/// A state received in chunks, checked piece by piece by `peftrain_spec::state` (the
+/// coordinator's check too).
 pub struct AssembledState {
     pub fingerprint: String,
     pub optimizer_step: u64,
     pub values: Vec<f32>,
+    assembler: Option<peftrain_spec::state::Assembler>,
 }
 
 impl AssembledState {
-    /// Starts from the first chunk; `expected` is the number of values this replica needs, so
-    /// a peer cannot make us allocate more.
+    /// Starts a state whose first chunk is `first` (pushed next, like every other); `expected`
+    /// is the number of values this replica needs, so a peer cannot make us allocate more.
     pub fn start(first: &pb::StateChunk, expected: usize) -> Result<AssembledState, WorkerError> {
-        if first.total as usize != expected {
+        if first.total != expected as u64 {
             return Err(WorkerError::BadState(format!("state of {} values, this replica needs {expected}", first.total)));
         }
         Ok(AssembledState {
             fingerprint: first.fingerprint.clone(),
             optimizer_step: first.optimizer_step,
-            values: Vec::with_capacity(expected),
+            values: Vec::new(),
+            assembler: Some(peftrain_spec::state::Assembler::new(expected)),
         })
     }
 
-    pub fn push(&mut self, c: &pb::StateChunk, expected: usize) -> Result<(), WorkerError> {
-        if c.fingerprint != self.fingerprint || c.optimizer_step != self.optimizer_step || c.total as usize != expected {
-            return Err(WorkerError::BadState("chunks of different states mixed".into()));
-        }
-        if c.offset as usize != self.values.len() || c.data.len() % 4 != 0 || self.values.len() + c.data.len() / 4 > expected {
-            return Err(WorkerError::BadState(format!("chunk at offset {} out of order or too long", c.offset)));
-        }
-        self.values.extend(peftrain_net::wire::le_bytes_to_f32(&c.data));
-        Ok(())
+    pub fn push(&mut self, c: &pb::StateChunk, _expected: usize) -> Result<(), WorkerError> {
+        let a = self.assembler.as_mut().ok_or_else(|| WorkerError::BadState("state already finished".into()))?;
+        a.push(c).map_err(WorkerError::BadState)
     }
 
-    pub fn finish(self, expected: usize) -> Result<AssembledState, WorkerError> {
-        if self.values.len() != expected {
-            return Err(WorkerError::BadState(format!("state ended after {} of {expected} values", self.values.len())));
-        }
-        Ok(self)
+    pub fn finish(mut self, _expected: usize) -> Result<AssembledState, WorkerError> {
+        let a = self.assembler.take().ok_or_else(|| WorkerError::BadState("state already finished".into()))?;
+        let st = a.finish().map_err(WorkerError::BadState)?;
+        Ok(AssembledState {
+            fingerprint: st.fingerprint,
+            optimizer_step: st.optimizer_step,
+            values: st.values,
+            assembler: None,
+        })
     }
 }
 
@@ -538,11 +543,11 @@ fn short(d: &str) -> String {
 /// whether it belongs to the current group (`generation` or newer) rather than an older one.
 pub fn check_chunk(c: &pb::GradChunk, len: u64, generation: u64) -> Result<bool, WorkerError> {
     if c.total != len {
-        return Err(WorkerError::BadShard(format!("gradient buffer of {} values, this group's is {len}", c.total)));
+        return Err(WorkerError::BadChunk(format!("gradient buffer of {} values, this group's is {len}", c.total)));
     }
     if c.data.len() % 4 != 0 || c.offset.saturating_add(c.data.len() as u64 / 4) > len {
-        return Err(WorkerError::BadShard(format!(
-            "gradient chunk of {} bytes at offset {} does not fit the buffer of {len} values",
+        return Err(WorkerError::BadChunk(format!(
+            "{} bytes at offset {} do not fit the buffer of {len} values",
             c.data.len(),
             c.offset
         )));

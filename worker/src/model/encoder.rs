@@ -30,8 +30,10 @@ impl SelfAttention {
         // The key bias adds q·b_k to every score of a query's row, and softmax is invariant to
         // such a shift: its gradient is exactly zero. Computed, it is float noise that AdamW
         // scales up to updates of arbitrary sign, so results would depend on how a batch was
-        // sharded. The forward uses it as transformers does; no gradient flows to it.
-        key.bias = key.bias.map(|t| t.detach());
+        // sharded. The forward uses it as transformers does; no gradient flows to it. It stays
+        // the parameter itself (detached at each use, not copied once at build time), so the
+        // forward always reads the flat buffer a checkpoint or a peer's state was loaded into.
+        key.bias_grad = false;
         Ok(SelfAttention {
             query: Linear::new(b, &format!("{name}.query"), h, h, std)?,
             key,

@@ -14,6 +14,8 @@ use super::adapters::Adapter;
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// false: the bias is used but never receives a gradient (the key projection's).
+    pub bias_grad: bool,
     pub adapter: Option<Adapter>,
     /// dtype the matmul runs in: the base dtype (bf16 or fp32). A trainable fp32 weight is cast
     /// for the op and its gradient flows back to the fp32 master, as under autocast.
@@ -42,6 +44,7 @@ impl Linear {
         Ok(Linear {
             weight,
             bias,
+            bias_grad: true,
             adapter,
             compute: b.compute_kind(),
         })
@@ -58,7 +61,7 @@ impl Linear {
     /// The frozen (or trained) base Linear alone, in the compute dtype.
     fn base(&self, x: &Tensor) -> Tensor {
         let c = self.compute;
-        let bias = self.bias.as_ref().map(|b| as_kind(b, c));
+        let bias = self.bias.as_ref().map(|b| if self.bias_grad { as_kind(b, c) } else { as_kind(&b.detach(), c) });
         as_kind(x, c).linear(&as_kind(&self.weight, c), bias.as_ref())
     }
 }
