@@ -60,7 +60,7 @@ fn main() {
         let local = std::env::var("LOCAL").is_ok();
         let g = if local { Vec::new() } else { r.flat_grads() };
         let t3 = Instant::now();
-        let norm = if local { r.hold_local(s as u64, 1e-4, false) } else { r.hold(s as u64, g, 1e-4) };
+        let norm = if local { r.hold_local(s as u64, 1e-4) } else { r.hold(s as u64, g, 1e-4) };
         let t4 = Instant::now();
         let _ = r.commit(s as u64);
         if s == steps + 2 {

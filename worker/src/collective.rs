@@ -11,6 +11,8 @@ use prost::Message;
 use tokio::sync::{mpsc, Mutex};
 use peftrain_net::AuthChannel;
 
+use crate::replica::Gradient;
+
 /// gRPC's length-prefixed message framing: 1 flag byte + 4 length bytes.
 pub const GRPC_FRAME_BYTES: u64 = 5;
 
@@ -49,6 +51,50 @@ impl Inbox {
     }
 }
 
+/// The all-reduce of a step's fused gradient, as the step sees it: one code path whatever the
+/// group. `Ring` (gRPC streams between workers) and `Alone` (the group of one) implement it;
+/// an NCCL one would reduce `Gradient::Device` in place over a communicator built at Setup
+/// (see ARCHITECTURE, "How to add a collective").
+#[tonic::async_trait]
+pub trait AllReduce: Send + Sync {
+    /// Whether this collective reads the gradient from host memory.
+    fn wants_host(&self) -> bool;
+    /// Sums `grad` over the group in place: afterwards every member holds the same bits.
+    /// `abort` carries the newest generation the coordinator announced.
+    async fn all_reduce(&self, inbox: &Inbox, grad: &mut Gradient, step: u64, abort: &mut tokio::sync::watch::Receiver<u64>) -> Result<ReduceStats, CollectiveError>;
+}
+
+/// The group of one: its gradient is already the group's.
+pub struct Alone;
+
+#[tonic::async_trait]
+impl AllReduce for Alone {
+    fn wants_host(&self) -> bool {
+        false
+    }
+
+    async fn all_reduce(&self, _: &Inbox, _: &mut Gradient, _: u64, _: &mut tokio::sync::watch::Receiver<u64>) -> Result<ReduceStats, CollectiveError> {
+        Ok(ReduceStats::default())
+    }
+}
+
+#[tonic::async_trait]
+impl AllReduce for Ring {
+    fn wants_host(&self) -> bool {
+        true
+    }
+
+    async fn all_reduce(&self, inbox: &Inbox, grad: &mut Gradient, step: u64, abort: &mut tokio::sync::watch::Receiver<u64>) -> Result<ReduceStats, CollectiveError> {
+        match grad {
+            Gradient::Host(buf) => self.reduce(inbox, buf, step, abort).await,
+            Gradient::InPlace => Err(CollectiveError::Send {
+                to: (self.rank + 1) % self.world.max(1),
+                why: "the ring reduces a host buffer; the gradient was left in place".into(),
+            }),
+        }
+    }
+}
+
 /// Traffic of one all-reduce.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReduceStats {
@@ -81,7 +127,7 @@ impl Ring {
     /// Sums `buf` across the ring in place; afterwards every worker holds the same bits.
     /// `abort` carries the newest generation the coordinator announced: when it moves past
     /// ours, the step was abandoned and waiting on peers stops at once.
-    pub async fn all_reduce(
+    pub async fn reduce(
         &self,
         inbox: &Inbox,
         buf: &mut [f32],

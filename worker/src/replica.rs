@@ -164,13 +164,28 @@ struct Held {
     step: u64,
     lr: f64,
     finite: bool,
-    /// CPU fast path: the reduced gradient itself and its clip coefficient (the `.grad`
-    /// tensors are not written back; the fused update reads this buffer).
-    flat: Option<(Vec<f32>, f32)>,
-    /// CPU fast path for a group of one: the clip coefficient; the update reads `.grad`.
-    own_grads: Option<f32>,
-    /// Device path: the flat gradient on the device and its clip coefficient.
-    device_flat: Option<(Tensor, f64)>,
+    grad: HeldGrad,
+}
+
+/// A step's gradient where the group's collective wants it (`collective::AllReduce`).
+pub enum Gradient {
+    /// Still in the parameters' `.grad`: a group of one has nothing to exchange, and the
+    /// gradient never makes a trip through host memory.
+    InPlace,
+    /// The fused fp32 buffer in host memory, in the layout's order.
+    Host(Vec<f32>),
+}
+
+/// Where a held step's reduced gradient is, with its clip coefficient.
+#[derive(Debug)]
+enum HeldGrad {
+    /// CPU fast path: the reduced gradient itself (the `.grad` tensors are not written back;
+    /// the fused update reads this buffer).
+    Flat(Vec<f32>, f32),
+    /// CPU fast path for a group of one: the update reads `.grad`.
+    Own(f32),
+    /// Device path: the flat gradient on the device.
+    Device(Tensor, f64),
 }
 
 impl Replica {
@@ -335,7 +350,7 @@ impl Replica {
     pub fn hold(&mut self, step: u64, buf: Vec<f32>, lr: f64) -> f64 {
         if optim::fusable(&self.loaded.params.trainable, &self.optimizer) {
             let (norm, coef) = optim::flat_clip(&self.loaded.params.trainable, &buf, self.spec.max_grad_norm);
-            self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: Some((buf, coef)), own_grads: None, device_flat: None });
+            self.held = Some(Held { step, lr, finite: norm.is_finite(), grad: HeldGrad::Flat(buf, coef) });
             return norm;
         }
         let g = Tensor::from_slice(&buf).to_device(self.device);
@@ -346,24 +361,54 @@ impl Replica {
     fn hold_device(&mut self, step: u64, g: Tensor, lr: f64) -> f64 {
         let norm = tch::no_grad(|| g.norm().double_value(&[]));
         let coef = optim::clip_coef(norm, self.spec.max_grad_norm);
-        self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: None, device_flat: Some((g, coef)) });
+        self.held = Some(Held { step, lr, finite: norm.is_finite(), grad: HeldGrad::Device(g, coef) });
         norm
+    }
+
+    /// This step's gradient, in host memory when `host` (for an exchange), else where it is.
+    pub fn gradient(&mut self, host: bool) -> Gradient {
+        if host {
+            Gradient::Host(self.flat_grads())
+        } else {
+            Gradient::InPlace
+        }
+    }
+
+    /// Phase one's end: clips the reduced gradient and holds it for the commit. Returns the
+    /// norm before clipping.
+    pub fn hold_gradient(&mut self, step: u64, grad: Gradient, lr: f64) -> f64 {
+        match grad {
+            Gradient::InPlace => self.hold_local(step, lr),
+            Gradient::Host(buf) => self.hold(step, buf, lr),
+        }
+    }
+
+    /// Test failpoint (`PEFTRAIN_FAILPOINT_NAN_STEP`): makes this step's local gradient
+    /// non-finite, as an overflow would, before it is exchanged.
+    pub fn poison(&mut self, grad: &mut Gradient) {
+        match grad {
+            Gradient::Host(buf) => {
+                if let Some(v) = buf.first_mut() {
+                    *v = f32::NAN;
+                }
+            }
+            Gradient::InPlace => {
+                if let Some(p) = self.loaded.params.trainable.values().next() {
+                    let g = p.grad();
+                    if g.defined() {
+                        let _ = g.reshape([-1]).get(0).fill_(f64::NAN);
+                    }
+                }
+            }
+        }
     }
 
     /// Phase one's end for a group of one: the gradients are already the global ones and stay
     /// where they are (no trip through host memory).
-    pub fn hold_local(&mut self, step: u64, lr: f64, poison: bool) -> f64 {
-        if poison {
-            if let Some(p) = self.loaded.params.trainable.values().next() {
-                let g = p.grad();
-                if g.defined() {
-                    let _ = g.reshape([-1]).get(0).fill_(f64::NAN);
-                }
-            }
-        }
+    pub fn hold_local(&mut self, step: u64, lr: f64) -> f64 {
         if optim::fusable(&self.loaded.params.trainable, &self.optimizer) && optim::grads_fusable(&self.loaded.params.trainable) {
             let (norm, coef) = optim::grad_norm_coef(&self.loaded.params.trainable, self.spec.max_grad_norm);
-            self.held = Some(Held { step, lr, finite: norm.is_finite(), flat: None, own_grads: Some(coef), device_flat: None });
+            self.held = Some(Held { step, lr, finite: norm.is_finite(), grad: HeldGrad::Own(coef) });
             return norm;
         }
         let g = tch::no_grad(|| {
@@ -381,14 +426,13 @@ impl Replica {
         if held.finite {
             let threads = tch::get_num_threads().max(1) as usize;
             let params = &self.loaded.params.trainable;
-            match (&held.flat, held.own_grads, &held.device_flat) {
-                (Some((buf, coef)), _, _) => self.optimizer.step_flat(params, buf, *coef, held.lr, threads),
-                (None, Some(coef), _) => self.optimizer.step_grads(params, coef, held.lr, threads),
-                (None, None, Some((g, coef))) => self.optimizer.step_device(&self.flat_params, g, self.decay_mask.as_ref(), *coef, held.lr),
-                (None, None, None) => {}
+            match &held.grad {
+                HeldGrad::Flat(buf, coef) => self.optimizer.step_flat(params, buf, *coef, held.lr, threads),
+                HeldGrad::Own(coef) => self.optimizer.step_grads(params, *coef, held.lr, threads),
+                HeldGrad::Device(g, coef) => self.optimizer.step_device(&self.flat_params, g, self.decay_mask.as_ref(), *coef, held.lr),
             }
         }
-        if let Some((buf, _)) = held.flat {
+        if let HeldGrad::Flat(buf, _) = held.grad {
             self.spare = Some(buf);
         }
         Some(held.finite)

@@ -10,7 +10,7 @@ use pb::worker_server::Worker;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::collective::{CollectiveError, Inbox, Ring};
+use crate::collective::{Alone, AllReduce, CollectiveError, Inbox, Ring};
 use crate::peft::MethodExt;
 use crate::replica::{Replica, Shard};
 
@@ -288,9 +288,11 @@ impl Engine {
         }
         let t0 = Instant::now();
         let seed = req.dropout_seed;
-        let single = ring.world <= 1;
+        // The group's collective: the ring, or the group of one (the factory's two arms).
+        let group: &dyn AllReduce = if ring.world > 1 { ring } else { &Alone };
+        let host = group.wants_host();
         let poison = self.nan_at_step == Some(req.step);
-        let (stats, buf) = self
+        let (stats, mut grad) = self
             .blocking(move |r| {
                 shard
                     .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.loaded.config.type_vocab_size, r.max_tokens())
@@ -299,31 +301,19 @@ impl Engine {
                     return Err(WorkerError::BadShard("training shards need a label per example".into()));
                 }
                 let stats = r.forward_backward(&shard, global, seed);
-                // A group of one keeps its gradients on the device: nothing to exchange.
-                Ok((stats, (!single).then(|| r.flat_grads())))
+                let mut grad = r.gradient(host);
+                if poison {
+                    r.poison(&mut grad);
+                }
+                Ok((stats, grad))
             })
             .await?;
         let compute_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (lr, step) = (req.learning_rate, req.step);
-        let (norm, reduce, t1) = match buf {
-            None => {
-                let t1 = Instant::now();
-                let norm = self.blocking(move |r| Ok(r.hold_local(step, lr, poison))).await?;
-                (norm, crate::collective::ReduceStats::default(), t1)
-            }
-            Some(mut buf) => {
-                if poison {
-                    if let Some(v) = buf.first_mut() {
-                        *v = f32::NAN;
-                    }
-                }
-                let mut abort = self.abort.subscribe();
-                let reduce = ring.all_reduce(&self.inbox, &mut buf, req.step, &mut abort).await?;
-                let t1 = Instant::now();
-                let norm = self.blocking(move |r| Ok(r.hold(step, buf, lr))).await?;
-                (norm, reduce, t1)
-            }
-        };
+        let mut abort = self.abort.subscribe();
+        let reduce = group.all_reduce(&self.inbox, &mut grad, step, &mut abort).await?;
+        let t1 = Instant::now();
+        let norm = self.blocking(move |r| Ok(r.hold_gradient(step, grad, lr))).await?;
         self.stat(|s| {
             s.steps += 1;
             s.examples += stats.examples as u64;
