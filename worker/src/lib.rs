@@ -1,10 +1,13 @@
 //! peftrain's worker library: the RoBERTa/BERT encoders in libtorch, the PEFT methods, AdamW,
 //! the ring all-reduce and the gRPC services a worker process serves.
 
+pub mod adapter_io;
 pub mod collective;
+pub mod compute;
 pub mod config;
 pub mod cuda;
 pub mod error;
+pub mod fingerprint;
 pub mod model;
 pub mod optim;
 pub mod params;
@@ -12,3 +15,4 @@ pub mod peft;
 pub mod replica;
 pub mod run;
 pub mod service;
+pub mod state;

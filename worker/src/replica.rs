@@ -1,16 +1,18 @@
 //! One model replica and its optimizer: forward/backward on a shard, the fused gradient buffer,
-//! clip and AdamW, evaluation, and the trainable weights on disk. No networking here.
+//! clip and AdamW, evaluation, state export and import. No networking here (its weights on
+//! disk are adapter_io.rs, its identity fingerprint.rs).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::error::ModelError;
 use crate::model::{self, Inputs, LoadOptions, Loaded};
 use crate::optim::{self, AdamW, AdamWConfig};
-use crate::peft::{Method, MethodExt};
+use crate::fingerprint::fingerprint;
+pub use crate::fingerprint::Fingerprint;
+use crate::peft::Method;
 
 /// Everything that defines a replica (the plain-data form of the wire `RunSpec`).
 #[derive(Debug, Clone)]
@@ -97,17 +99,6 @@ pub struct EvalStats {
     pub examples: u32,
     /// Row-major [examples, num_labels], when asked for.
     pub logits: Vec<f32>,
-}
-
-/// The replica's identity: equal fingerprints train together.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fingerprint {
-    pub digest: String,
-    pub model_type: String,
-    pub trainable_params: u64,
-    pub total_params: u64,
-    /// Sorted trainable names, shapes, dtype.
-    pub layout: Vec<(String, Vec<i64>, String)>,
 }
 
 pub struct Replica {
@@ -526,151 +517,5 @@ impl Replica {
         })
     }
 
-    /// Loads trainable weights saved by peftrain or by peft (`adapter_model.safetensors`),
-    /// strictly: every trainable parameter must be there with its shape, and nothing else.
-    pub fn load_trainable(&mut self, dir: &Path) -> Result<(), ModelError> {
-        let path = ["trainable.safetensors", "adapter_model.safetensors"]
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|p| p.is_file())
-            .ok_or_else(|| ModelError::Missing {
-                path: dir.to_path_buf(),
-                what: "trainable.safetensors or adapter_model.safetensors".into(),
-            })?;
-        let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Checkpoint {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
-        let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
-        for (k, t) in tensors {
-            by_name.insert(peft_key_to_name(&k), t);
-        }
-        tch::no_grad(|| -> Result<(), ModelError> {
-            for (name, p) in &self.loaded.params.trainable {
-                let t = by_name.remove(name).ok_or_else(|| ModelError::MissingTensor {
-                    path: path.clone(),
-                    name: name.clone(),
-                })?;
-                crate::params::check_float(&path, name, &t)?;
-                if t.size() != p.size() {
-                    return Err(ModelError::ShapeMismatch {
-                        path: path.clone(),
-                        name: name.clone(),
-                        expected: p.size(),
-                        found: t.size(),
-                    });
-                }
-                let mut p = p.shallow_clone();
-                p.copy_(&t.to_kind(p.kind()).to_device(p.device()));
-            }
-            Ok(())
-        })?;
-        if let Some(extra) = by_name.keys().next() {
-            return Err(ModelError::Checkpoint {
-                path,
-                why: format!("tensor `{extra}` is not a trainable parameter of this model and method"),
-            });
-        }
-        Ok(())
-    }
 }
 
-impl Replica {
-    /// A plain Hugging Face checkpoint of the trained model: the method's adapters folded into
-    /// the weights they adapt (peft's merge_and_unload: LoRA's W + B·A·alpha/r, IA3's scaled
-    /// rows or columns), every other parameter as trained. Keys carry the family prefix, as
-    /// `*ForSequenceClassification.save_pretrained` writes.
-    pub fn merged_tensors(&self) -> Vec<(String, Tensor)> {
-        tch::no_grad(|| {
-            let all: BTreeMap<String, Tensor> = self
-                .loaded
-                .params
-                .trainable
-                .iter()
-                .chain(self.loaded.params.frozen.iter())
-                .map(|(n, t)| (n.clone(), t.detach().to_kind(Kind::Float).to_device(Device::Cpu)))
-                .collect();
-            all.iter()
-                .filter(|(n, _)| !crate::peft::is_added(n))
-                .map(|(n, t)| (n.clone(), self.spec.method.merged(n, t.shallow_clone(), &all).contiguous()))
-                .collect()
-        })
-    }
-}
-
-/// peft's saved key to the model's parameter name:
-/// `base_model.model.classifier.modules_to_save.default.dense.weight` -> `classifier.dense.weight`,
-/// `...query.lora_A.default.weight` -> `...query.lora_A.weight`.
-pub fn peft_key_to_name(key: &str) -> String {
-    let k = key.strip_prefix("base_model.model.").unwrap_or(key);
-    k.replace(".modules_to_save.default.", ".")
-        .replace(".original_module.", ".")
-        .replace(".lora_A.default.", ".lora_A.")
-        .replace(".lora_B.default.", ".lora_B.")
-        .replace(".ia3_l.default", ".ia3_l")
-}
-
-/// sha256 over what makes replicas interchangeable: the checkpoint's config and tensor index,
-/// the method, and the trainable layout.
-fn fingerprint(loaded: &Loaded, method: &Method) -> Result<Fingerprint, ModelError> {
-    let mut h = Sha256::new();
-    let cfg = std::fs::read(&loaded.files.config).map_err(|e| ModelError::Io {
-        path: loaded.files.config.clone(),
-        source: e,
-    })?;
-    h.update(&cfg);
-    if let Some(w) = &loaded.files.weights {
-        h.update(checkpoint_identity(w)?);
-    }
-    h.update(method.describe().as_bytes());
-    h.update(loaded.num_labels.to_le_bytes());
-    let layout: Vec<(String, Vec<i64>, String)> = loaded
-        .params
-        .trainable
-        .iter()
-        .map(|(n, t)| (n.clone(), t.size(), format!("{:?}", t.kind()).to_lowercase()))
-        .collect();
-    for (n, s, k) in &layout {
-        h.update(n.as_bytes());
-        for d in s {
-            h.update(d.to_le_bytes());
-        }
-        h.update(k.as_bytes());
-    }
-    Ok(Fingerprint {
-        digest: hex::encode(h.finalize()),
-        model_type: loaded.config.model_type.clone(),
-        trainable_params: loaded.params.trainable_count() as u64,
-        total_params: loaded.params.total_count() as u64,
-        layout,
-    })
-}
-
-/// Cheap identity of a weights file: its size, the safetensors header (names, dtypes, shapes,
-/// offsets) and 16 samples of 64 KiB spread over the data, so that two checkpoints of the same
-/// shape but different values differ without hashing 500 MB.
-fn checkpoint_identity(path: &Path) -> Result<Vec<u8>, ModelError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let io = |e| ModelError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let size = f.metadata().map_err(io)?.len();
-    let mut out = size.to_le_bytes().to_vec();
-    let mut header_len = [0u8; 8];
-    if path.extension().is_some_and(|e| e == "safetensors") && f.read_exact(&mut header_len).is_ok() {
-        let n = u64::from_le_bytes(header_len).min(size.saturating_sub(8)).min(100 << 20);
-        let mut header = vec![0u8; n as usize];
-        f.read_exact(&mut header).map_err(io)?;
-        out.extend(header);
-    }
-    const SAMPLES: u64 = 16;
-    let mut buf = vec![0u8; 64 << 10];
-    for k in 0..SAMPLES {
-        f.seek(SeekFrom::Start(size * k / SAMPLES)).map_err(io)?;
-        let n = f.read(&mut buf).map_err(io)?;
-        out.extend_from_slice(&buf[..n]);
-    }
-    Ok(out)
-}
