@@ -11,7 +11,6 @@ use prost::Message;
 use tokio::sync::{mpsc, Mutex};
 use peftrain_net::AuthChannel;
 
-use crate::replica::Gradient;
 
 /// gRPC's length-prefixed message framing: 1 flag byte + 4 length bytes.
 pub const GRPC_FRAME_BYTES: u64 = 5;
@@ -49,6 +48,15 @@ impl Inbox {
         // The receiver lives as long as the inbox; a send can only fail during shutdown.
         let _ = self.tx.send(chunk);
     }
+}
+
+/// A step's gradient where the group's collective wants it (`AllReduce`).
+pub enum Gradient {
+    /// Still in the parameters' `.grad`: a group of one has nothing to exchange, and the
+    /// gradient never makes a trip through host memory.
+    InPlace,
+    /// The fused fp32 buffer in host memory, in the layout's order.
+    Host(Vec<f32>),
 }
 
 /// The all-reduce of a step's fused gradient, as the step sees it: one code path whatever the

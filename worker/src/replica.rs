@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use tch::{Device, Kind, Reduction, Tensor};
 
+pub use crate::collective::Gradient;
 use crate::error::ModelError;
 use crate::model::{self, Inputs, LoadOptions, Loaded};
 use crate::optim::{self, AdamW, AdamWConfig};
@@ -156,15 +157,6 @@ struct Held {
     lr: f64,
     finite: bool,
     grad: HeldGrad,
-}
-
-/// A step's gradient where the group's collective wants it (`collective::AllReduce`).
-pub enum Gradient {
-    /// Still in the parameters' `.grad`: a group of one has nothing to exchange, and the
-    /// gradient never makes a trip through host memory.
-    InPlace,
-    /// The fused fp32 buffer in host memory, in the layout's order.
-    Host(Vec<f32>),
 }
 
 /// Where a held step's reduced gradient is, with its clip coefficient.

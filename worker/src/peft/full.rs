@@ -1,5 +1,12 @@
 //! Full fine-tuning: every base parameter trains.
 
-pub fn trains(_name: &str) -> bool {
-    true
+use super::Peft;
+
+/// Full fine-tuning has no parameters.
+pub struct Full;
+
+impl Peft for Full {
+    fn trains_base(&self, _name: &str) -> bool {
+        true
+    }
 }

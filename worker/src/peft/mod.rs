@@ -32,64 +32,71 @@ pub fn is_added(name: &str) -> bool {
     lora::is_added(name) || ia3::is_added(name)
 }
 
-/// What a method does to the model.
-pub trait MethodExt {
+/// What a method does to the model: the one trait a PEFT method implements, in its own file
+/// (full.rs, bitfit.rs, lora.rs, ia3.rs), on its `peftrain_spec` parameters.
+pub trait Peft {
     /// Whether the base parameter `name` (a checkpoint key) is trained.
     fn trains_base(&self, name: &str) -> bool;
     /// The adapter this method puts on the Linear module `module` (e.g.
     /// `roberta.encoder.layer.0.attention.self.query`), if any.
-    fn adapter_for(&self, module: &str) -> Option<AdapterSpec>;
+    fn adapter_for(&self, _module: &str) -> Option<AdapterSpec> {
+        None
+    }
     /// Parameters peft counts in "all params" beyond the model's own: `modules_to_save` keeps a
     /// frozen original of the head beside the trained copy.
-    fn peft_extra_params(&self, head_params: i64) -> i64;
+    fn peft_extra_params(&self, _head_params: i64) -> i64 {
+        0
+    }
     /// The base parameter `name` with this method's adapter folded in (peft's
     /// `merge_and_unload`), from every parameter of the replica in fp32 on the CPU.
+    fn merged(&self, _name: &str, value: Tensor, _all: &BTreeMap<String, Tensor>) -> Tensor {
+        value
+    }
+    /// The module names its adapters target (None: it adds none), for an error when they
+    /// matched no module of the model.
+    fn target_modules(&self) -> Option<&[String]> {
+        None
+    }
+}
+
+/// The method's behaviour: the one place a new method is registered.
+pub fn peft(method: &Method) -> &dyn Peft {
+    match method {
+        Method::Full => &full::Full,
+        Method::BitFit(scope) => scope,
+        Method::Lora(params) => params,
+        Method::Ia3(params) => params,
+    }
+}
+
+/// `Peft` called on the method itself (`method.trains_base(name)`).
+pub trait MethodExt {
+    fn trains_base(&self, name: &str) -> bool;
+    fn adapter_for(&self, module: &str) -> Option<AdapterSpec>;
+    fn peft_extra_params(&self, head_params: i64) -> i64;
     fn merged(&self, name: &str, value: Tensor, all: &BTreeMap<String, Tensor>) -> Tensor;
 }
 
 impl MethodExt for Method {
     fn trains_base(&self, name: &str) -> bool {
-        match self {
-            Method::Full => full::trains(name),
-            Method::BitFit(scope) => bitfit::trains(name, *scope),
-            Method::Lora(_) | Method::Ia3(_) => name.starts_with(HEAD_PREFIX),
-        }
+        peft(self).trains_base(name)
     }
 
     fn adapter_for(&self, module: &str) -> Option<AdapterSpec> {
-        match self {
-            Method::Lora(cfg) if cfg.targets(module) => Some(AdapterSpec::Lora {
-                r: cfg.r as i64,
-                scaling: cfg.scaling(),
-                dropout: cfg.dropout,
-            }),
-            Method::Ia3(cfg) if cfg.targets(module) => Some(AdapterSpec::Ia3 { feedforward: cfg.is_feedforward(module) }),
-            _ => None,
-        }
+        peft(self).adapter_for(module)
     }
 
     fn peft_extra_params(&self, head_params: i64) -> i64 {
-        match self {
-            Method::Lora(_) | Method::Ia3(_) => head_params,
-            Method::Full | Method::BitFit(_) => 0,
-        }
+        peft(self).peft_extra_params(head_params)
     }
 
     fn merged(&self, name: &str, value: Tensor, all: &BTreeMap<String, Tensor>) -> Tensor {
-        match self {
-            Method::Lora(cfg) => lora::merged(name, value, all, cfg.scaling()),
-            Method::Ia3(_) => ia3::merged(name, value, all),
-            Method::Full | Method::BitFit(_) => value,
-        }
+        peft(self).merged(name, value, all)
     }
 }
 
 /// Names of the trainable parameters a method adds, for an error when its targets matched no
 /// module of the model.
 pub fn targets_of(method: &Method) -> Option<&[String]> {
-    match method {
-        Method::Lora(c) => Some(&c.target_modules),
-        Method::Ia3(c) => Some(&c.target_modules),
-        Method::Full | Method::BitFit(_) => None,
-    }
+    peft(method).target_modules()
 }
