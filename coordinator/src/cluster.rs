@@ -344,10 +344,10 @@ impl Cluster {
 
     /// Drops lost workers from the group (and the registry, so their slots reopen).
     fn remove(&mut self, lost: &BTreeSet<String>) -> Result<(), ClusterError> {
-        self.conns.retain(|c| !lost.contains(&c.member.worker_id));
-        for id in lost {
-            self.registry.remove(id);
+        for c in self.conns.iter().filter(|c| lost.contains(&c.member.worker_id)) {
+            self.registry.remove_at(&c.member.worker_id, &c.member.address);
         }
+        self.conns.retain(|c| !lost.contains(&c.member.worker_id));
         let names = lost.iter().cloned().collect::<Vec<_>>().join(", ");
         if self.conns.len() < self.tolerance.min_workers.max(1) {
             return Err(ClusterError::TooFewWorkers {

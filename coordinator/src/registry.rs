@@ -280,6 +280,19 @@ impl Registry {
         self.changed.notify_waiters();
     }
 
+    /// Removes `worker_id` only while it is still registered at `address`: a replacement that
+    /// registered under the same name (a restarted pod) before its predecessor was found lost
+    /// has another address, and keeps its place.
+    pub fn remove_at(&self, worker_id: &str, address: &str) {
+        let mut st = self.state();
+        st.members.retain(|m| m.worker_id != worker_id || m.address != address);
+        if st.members.is_empty() {
+            st.fingerprint = None;
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
     pub fn members(&self) -> Vec<Member> {
         self.state().members.clone()
     }
