@@ -180,7 +180,11 @@ pub fn write_checkpoint<T: Serialize>(
     run_id: &str,
 ) -> Result<(PathBuf, u64), CheckpointError> {
     let final_dir = output_dir.join(format!("checkpoint-{step}"));
-    let tmp = output_dir.join(format!(".checkpoint-{step}.tmp"));
+    // Named for this run: a leftover found here is this run's own (an earlier attempt that
+    // died), never another process's checkpoint in the making.
+    // (run_id comes back from trainer_state.json on resume: only its plain characters name a path.)
+    let tag: String = run_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(64).collect();
+    let tmp = output_dir.join(format!(".checkpoint-{step}.{tag}.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
@@ -204,7 +208,7 @@ pub fn write_checkpoint<T: Serialize>(
     // Replacing a checkpoint of the same step (a stop right after a save, a resumed run's last
     // step): the old one is moved aside and removed only once the new one is in place, so a
     // crash or SIGKILL in between never leaves the step without a checkpoint.
-    let old = output_dir.join(format!(".checkpoint-{step}.old"));
+    let old = output_dir.join(format!(".checkpoint-{step}.{tag}.old"));
     let replacing = final_dir.exists();
     if replacing && checkpoint_run_id(&final_dir).as_deref() != Some(run_id) {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;

@@ -59,8 +59,12 @@ pub fn temp_beside(path: &Path) -> PathBuf {
 /// crash) never sees a half-written file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = temp_beside(path);
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // Only the temporary file this call created; the target is untouched.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Whether one path is the other or lies inside it.
