@@ -12,12 +12,11 @@ pub mod model_config;
 pub mod padding;
 pub mod paths;
 pub mod state;
-pub mod wire;
 
 pub use model_config::{Activation, ConfigError, ModelConfig, ModelType};
 pub use dtype::BaseDtype;
 pub use model_config::counts;
-pub use method::{BitFitScope, Ia3Params, LoraParams, Method, MethodArgs, MethodKind};
+pub use method::{BitFitScope, Ia3Params, LoraParams, Method, MethodArgs, MethodKind, MethodRules};
 pub use padding::Padding;
 
 /// A flag's value parsed by the type's own `FromStr`, for clap: the refusal is the type's one

@@ -9,7 +9,8 @@ use peftrain::data::{read_parquet, read_tsv, Split, Task};
 use peftrain::registry::Registry;
 use peftrain_proto::v1 as pb;
 use peftrain_worker::replica::Shard;
-use peftrain_worker::service::{check_chunk, AssembledState};
+use peftrain_worker::service::check_chunk;
+use peftrain_worker::state::AssembledState;
 use prost::Message;
 use proptest::prelude::*;
 

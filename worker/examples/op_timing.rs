@@ -19,10 +19,10 @@ fn main() {
     time("tch dropout", || x.dropout(0.1, true));
     let t = Instant::now();
     for _ in 0..100 {
-        let _ = peftrain_worker::model::dropout::mask(208 * 384, 0.1);
+        let _ = peftrain_worker::ops::dropout::mask(208 * 384, 0.1);
     }
     println!("mask alone: {:.1} us", t.elapsed().as_secs_f64() * 1e4);
-    time("host dropout", || peftrain_worker::model::dropout::dropout(&x, 0.1, true));
+    time("host dropout", || peftrain_worker::ops::dropout::dropout(&x, 0.1, true));
     let xb = x.to_kind(Kind::BFloat16);
     let w = Tensor::randn([384, 384], (Kind::BFloat16, tch::Device::Cpu));
     time("linear bf16", || xb.linear::<Tensor>(&w, None));

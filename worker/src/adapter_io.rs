@@ -7,7 +7,6 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::ModelError;
-use crate::peft::MethodExt;
 use crate::replica::Replica;
 
 impl Replica {
@@ -76,8 +75,8 @@ impl Replica {
                 .map(|(n, t)| (n.clone(), t.detach().to_kind(Kind::Float).to_device(Device::Cpu)))
                 .collect();
             all.iter()
-                .filter(|(n, _)| !crate::peft::is_added(n))
-                .map(|(n, t)| (n.clone(), self.spec.method.merged(n, t.shallow_clone(), &all).contiguous()))
+                .filter(|(n, _)| !self.loaded.params.is_added(n))
+                .map(|(n, t)| (n.clone(), crate::peft::peft(&self.spec.method).merged(n, t.shallow_clone(), &all).contiguous()))
                 .collect()
         })
     }
@@ -85,13 +84,15 @@ impl Replica {
 
 /// peft's saved key to the model's parameter name:
 /// `base_model.model.classifier.modules_to_save.default.dense.weight` -> `classifier.dense.weight`,
-/// `...query.lora_A.default.weight` -> `...query.lora_A.weight`.
+/// `...query.lora_A.default.weight` -> `...query.lora_A.weight`, `...key.ia3_l.default` ->
+/// `...key.ia3_l`: peft names every adapter tensor `{module}.{tensor}.{adapter}[.weight]`, so
+/// dropping the adapter name `default` maps any method's keys.
 pub fn peft_key_to_name(key: &str) -> String {
     let k = key.strip_prefix("base_model.model.").unwrap_or(key);
     k.replace(".modules_to_save.default.", ".")
         .replace(".original_module.", ".")
-        .replace(".lora_A.default.", ".lora_A.")
-        .replace(".lora_B.default.", ".lora_B.")
-        .replace(".ia3_l.default", ".ia3_l")
+        .replace(".default.", ".")
+        .trim_end_matches(".default")
+        .to_string()
 }
 

@@ -122,6 +122,15 @@ pub struct Ring {
     pub timeout: Duration,
 }
 
+/// A lazily connected client to the ring successor at `addr`, the token and TLS of
+/// `security` on every call.
+pub fn connect(security: &peftrain_net::Security, addr: &str, timeout: Duration) -> Result<CollectiveClient<AuthChannel>, String> {
+    let ch = security.endpoint(addr, timeout).map_err(|e| e.to_string())?.connect_lazy();
+    Ok(CollectiveClient::with_interceptor(ch, security.client_auth())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
 /// Element range of segment `i` of `n` over a buffer of `len`.
 fn segment(len: usize, n: usize, i: usize) -> (usize, usize) {
     (i * len / n, (i + 1) * len / n)

@@ -2,7 +2,6 @@
 //! panics come back as values; and what the rest of the worker learns of the replica.
 
 use crate::error::WorkerError;
-use crate::peft::MethodExt;
 use crate::replica::Replica;
 
 /// The replica lives on one dedicated thread: libtorch's OpenMP team belongs to the thread
@@ -81,7 +80,7 @@ pub struct ReplicaInfo {
 
 impl ReplicaInfo {
     pub fn of(r: &Replica) -> Self {
-        let extra = r.spec.method.peft_extra_params(r.loaded.head_params);
+        let extra = r.loaded.peft_extra_params(&r.spec.method);
         ReplicaInfo {
             fingerprint: r.fingerprint.clone(),
             newly_initialized: r.loaded.newly_initialized.clone(),

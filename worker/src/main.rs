@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use peftrain_worker::model::{self, LoadOptions};
-use peftrain_worker::peft::{Method, MethodExt};
+use peftrain_worker::peft::Method;
 use peftrain_worker::run::{run_worker, WorkerOptions};
 
 #[derive(Parser, Debug)]
@@ -181,7 +181,7 @@ fn params(a: ParamsArgs) -> anyhow::Result<()> {
     };
     let loaded = model::load(&a.model, &opts)?;
     let trainable = loaded.params.trainable_count();
-    let all = loaded.params.total_count() + method.peft_extra_params(loaded.head_params);
+    let all = loaded.params.total_count() + loaded.peft_extra_params(&method);
     // Raw counts; `peftrain params` formats peft's line from them.
     println!("{}", serde_json::json!({ "trainable": trainable, "all": all }));
     Ok(())

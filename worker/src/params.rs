@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::ModelType;
 use crate::error::ModelError;
-use crate::peft::{Method, MethodExt};
+use peftrain_spec::Method;
 
 /// The named tensors of a checkpoint file, as stored (any dtype), with the keys it used.
 pub struct Checkpoint {
@@ -128,6 +128,9 @@ pub struct ParamStore {
     pub trainable: BTreeMap<String, Tensor>,
     /// Everything else, in the base dtype, never requiring grad.
     pub frozen: BTreeMap<String, Tensor>,
+    /// Names of the parameters the method added beside the base model (never in a base
+    /// checkpoint, never in a merged one).
+    pub added: BTreeSet<String>,
 }
 
 impl ParamStore {
@@ -136,6 +139,9 @@ impl ParamStore {
     }
     pub fn total_count(&self) -> i64 {
         self.trainable_count() + self.frozen.values().map(|t| t.numel() as i64).sum::<i64>()
+    }
+    pub fn is_added(&self, name: &str) -> bool {
+        self.added.contains(name)
     }
 }
 
@@ -196,13 +202,14 @@ impl<'a> Builder<'a> {
 
     /// Declares a base-model parameter under its checkpoint key.
     pub fn param(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, ModelError> {
-        let trainable = self.method.trains_base(name);
+        let trainable = self.method.rules().trains_base(name);
         self.declare(name, shape, init, trainable, true)
     }
 
     /// Declares a parameter the method adds (LoRA matrices): never in the base checkpoint, always
     /// trainable.
     pub fn added(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, ModelError> {
+        self.store.added.insert(name.to_string());
         self.declare(name, shape, init, true, false)
     }
 

@@ -197,8 +197,8 @@ impl Replica {
             held: None,
             spare: None,
         };
-        if let Some(targets) = crate::peft::targets_of(&spec.method) {
-            if !replica.trainable().keys().any(|n| crate::peft::is_added(n)) {
+        if let Some(targets) = spec.method.rules().target_modules() {
+            if replica.loaded.params.added.is_empty() {
                 return Err(ModelError::Method(format!(
                     "{} target modules {targets:?} not found in the model (module names end in e.g. query, key, value, dense)",
                     spec.method.name()
@@ -269,7 +269,7 @@ impl Replica {
             return PassStats::default();
         }
         tch::manual_seed(dropout_seed as i64);
-        model::dropout::seed(dropout_seed);
+        crate::ops::dropout::seed(dropout_seed);
         let inputs = self.inputs(shard);
         let labels = Tensor::from_slice(&shard.labels).to_device(self.device);
         let logits = self.loaded.model.forward(&inputs, true);

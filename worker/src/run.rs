@@ -22,7 +22,9 @@ use crate::optim::AdamWConfig;
 use crate::peft::Method;
 use peftrain_spec::BaseDtype;
 use crate::replica::{Replica, ReplicaSpec};
-use crate::service::{CollectiveService, ComputeThread, Engine, WorkerService};
+use crate::compute::ComputeThread;
+use crate::engine::Engine;
+use crate::service::{CollectiveService, WorkerService};
 
 /// How a worker process is started.
 #[derive(Debug, Clone)]

@@ -1,6 +1,10 @@
-//! A replica's state received from the wire (SetState), assembled by `peftrain_spec::state`.
+//! A replica's state on the wire: sent as chunks (GetState), received and assembled by
+//! `peftrain_spec::state` (SetState, or pulled from a peer).
+
+use std::time::Duration;
 
 use peftrain_proto::v1 as pb;
+use peftrain_spec::state::State;
 use tonic::Streaming;
 
 use crate::error::WorkerError;
@@ -44,6 +48,44 @@ impl AssembledState {
             assembler: None,
         })
     }
+}
+
+impl AssembledState {
+    pub fn into_state(self) -> State {
+        State { fingerprint: self.fingerprint, optimizer_step: self.optimizer_step, values: self.values }
+    }
+}
+
+/// `state` as chunks of at most `chunk_elems` values (one empty chunk for an empty state, so
+/// the receiver still learns the fingerprint and step).
+pub fn to_chunks(state: State, chunk_elems: usize) -> Vec<pb::StateChunk> {
+    let n = chunk_elems.max(1);
+    let total = state.values.len() as u64;
+    let mut chunks: Vec<pb::StateChunk> = state
+        .values
+        .chunks(n)
+        .enumerate()
+        .map(|(k, part)| pb::StateChunk {
+            fingerprint: state.fingerprint.clone(),
+            optimizer_step: state.optimizer_step,
+            total,
+            offset: (k * n) as u64,
+            data: crate::collective::to_le_bytes(part),
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(pb::StateChunk { fingerprint: state.fingerprint, optimizer_step: state.optimizer_step, total, offset: 0, data: Default::default() });
+    }
+    chunks
+}
+
+/// The state of the live peer at `peer`, at most `expected` values.
+pub async fn fetch(security: &peftrain_net::Security, peer: &str, timeout: Duration, expected: usize) -> Result<State, WorkerError> {
+    let bad = |e: String| WorkerError::BadState(format!("peer {peer}: {e}"));
+    let ch = security.endpoint(peer, timeout).map_err(|e| bad(e.to_string()))?.timeout(timeout * 4).connect().await.map_err(|e| bad(e.to_string()))?;
+    let mut client = pb::worker_client::WorkerClient::with_interceptor(ch, security.client_auth()).max_decoding_message_size(64 << 20);
+    let mut stream = client.get_state(pb::GetStateRequest {}).await.map_err(|s| bad(s.message().to_string()))?.into_inner();
+    Ok(receive_state(&mut stream, expected).await?.into_state())
 }
 
 /// Reads a whole state from a stream of chunks.

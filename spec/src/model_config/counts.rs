@@ -1,9 +1,10 @@
 //! Parameter counts from config.json alone, as peft's `print_trainable_parameters` reports
 //! them: `peftrain params` answers without building (or allocating) a model, and the bounds
-//! check in `model_config` uses the same arithmetic. Names are checkpoint keys, so the
-//! methods' rules (which parameters train, where LoRA goes) read as the worker applies them.
+//! check in `model_config` uses the same arithmetic. Names are checkpoint keys, so each
+//! method's `MethodRules` (which parameters train, what it adds where) read as the worker's
+//! model applies them.
 
-use crate::method::{BitFitScope, Method};
+use crate::method::{Method, HEAD_PREFIX};
 use crate::model_config::{ModelConfig, ModelType};
 
 /// What peft prints: trainable parameters and "all params" (for LoRA including the frozen
@@ -21,8 +22,6 @@ struct Param {
     numel: u128,
     linear: Option<(u128, u128)>,
 }
-
-const HEAD_PREFIX: &str = "classifier.";
 
 fn base(cfg: &ModelConfig, num_labels: i64) -> Vec<Param> {
     let u = |v: i64| v.max(0) as u128;
@@ -80,44 +79,27 @@ pub fn counts(cfg: &ModelConfig, num_labels: i64, method: &Method) -> Counts {
     let params = base(cfg, num_labels);
     let all_base: u128 = params.iter().map(|p| p.numel).sum();
     let head: u128 = params.iter().filter(|p| p.name.starts_with(HEAD_PREFIX)).map(|p| p.numel).sum();
-    match method {
-        Method::Full => Counts { trainable: all_base, all: all_base },
-        Method::BitFit(scope) => {
-            let bias_only = *scope == BitFitScope::BiasOnly;
-            let trainable = params
-                .iter()
-                .filter(|p| p.name.ends_with(".bias") || (!bias_only && p.name.starts_with(HEAD_PREFIX)))
-                .map(|p| p.numel)
-                .sum();
-            Counts { trainable, all: all_base }
-        }
-        // Adapters beside the frozen base, the head trained as `modules_to_save` (which keeps a
-        // frozen original: peft counts the head twice in "all").
-        Method::Lora(_) | Method::Ia3(_) => {
-            let adapters: u128 = params
-                .iter()
-                .filter_map(|p| {
-                    let (i, o) = p.linear?;
-                    let module = p.name.strip_suffix(".weight")?;
-                    match method {
-                        Method::Lora(l) => l.targets(module).then_some(l.r as u128 * (i + o)),
-                        // A vector over the input of a feed-forward module, the output of others.
-                        Method::Ia3(a) => a.targets(module).then_some(if a.is_feedforward(module) { i } else { o }),
-                        _ => None,
-                    }
-                })
-                .sum();
-            Counts {
-                trainable: adapters + head,
-                all: all_base + adapters + head,
-            }
-        }
+    let rules = method.rules();
+    let trainable_base: u128 = params.iter().filter(|p| rules.trains_base(&p.name)).map(|p| p.numel).sum();
+    let added: u128 = params
+        .iter()
+        .filter_map(|p| {
+            let (i, o) = p.linear?;
+            rules.added_numel(p.name.strip_suffix(".weight")?, i, o)
+        })
+        .sum();
+    // peft counts the frozen original `modules_to_save` keeps beside the trained head.
+    let head_copy = if rules.keeps_head_copy() { head } else { 0 };
+    Counts {
+        trainable: trainable_base + added,
+        all: all_base + added + head_copy,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::method::BitFitScope;
 
     #[test]
     fn roberta_base_counts_are_peft_s() {

@@ -2,7 +2,7 @@
 //! module names. Here because it is the encoder RoBERTa copies, and because the only real
 //! pretrained checkpoint reachable offline (all-MiniLM-L6-v2) is BERT-family.
 
-use super::dropout::dropout;
+use crate::ops::dropout::dropout;
 use tch::{Kind, Tensor};
 
 use super::encoder::Encoder;

@@ -1,7 +1,7 @@
 //! The Transformer encoder BERT and RoBERTa share (transformers copies `RobertaEncoder` from
 //! `BertEncoder` line for line), ported module by module with Hugging Face's names.
 
-use super::dropout::dropout;
+use crate::ops::dropout::dropout;
 use tch::{Device, Kind, Tensor};
 
 use super::layers::{activate, LayerNorm, Linear};

@@ -6,9 +6,9 @@ use tch::{Kind, Tensor};
 use crate::config::Activation;
 use crate::error::ModelError;
 use crate::params::{Builder, Init};
-use crate::peft::MethodExt;
+use crate::peft::{peft, LinearAdapter};
 
-use super::adapters::Adapter;
+pub use crate::ops::as_kind;
 
 /// `nn.Linear`, with an adapter (LoRA, IA3) when the method targets this module.
 pub struct Linear {
@@ -16,19 +16,10 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// false: the bias is used but never receives a gradient (the key projection's).
     pub bias_grad: bool,
-    pub adapter: Option<Adapter>,
+    pub adapter: Option<Box<dyn LinearAdapter>>,
     /// dtype the matmul runs in: the base dtype (bf16 or fp32). A trainable fp32 weight is cast
     /// for the op and its gradient flows back to the fp32 master, as under autocast.
     pub compute: Kind,
-}
-
-/// `t` in `kind`, without a copy when it already is.
-pub fn as_kind(t: &Tensor, kind: Kind) -> Tensor {
-    if t.kind() == kind {
-        t.shallow_clone()
-    } else {
-        t.to_kind(kind)
-    }
 }
 
 impl Linear {
@@ -37,10 +28,7 @@ impl Linear {
     pub fn new(b: &mut Builder, name: &str, in_dim: i64, out_dim: i64, init_std: f64) -> Result<Linear, ModelError> {
         let weight = b.param(&format!("{name}.weight"), &[out_dim, in_dim], Init::Normal(init_std))?;
         let bias = Some(b.param(&format!("{name}.bias"), &[out_dim], Init::Zeros)?);
-        let adapter = match b.method().adapter_for(name) {
-            Some(spec) => Some(Adapter::new(b, name, spec, in_dim, out_dim)?),
-            None => None,
-        };
+        let adapter = peft(b.method()).adapter(b, name, in_dim, out_dim)?;
         Ok(Linear {
             weight,
             bias,

@@ -1,9 +1,7 @@
 //! Sequence classifiers (RoBERTa and BERT families) and how a replica is built from a model
 //! directory, a method and a seed.
 
-pub mod adapters;
 pub mod bert;
-pub mod dropout;
 pub mod encoder;
 pub mod layers;
 pub mod packing;
@@ -154,7 +152,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
         .trainable
         .iter()
         .chain(built.store.frozen.iter())
-        .filter(|(n, _)| n.starts_with(crate::peft::HEAD_PREFIX) && !crate::peft::is_added(n))
+        .filter(|(n, _)| n.starts_with(crate::peft::HEAD_PREFIX) && !built.store.is_added(n))
         .map(|(_, t)| t.numel() as i64)
         .sum();
     Ok(Loaded {
@@ -170,6 +168,16 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded, ModelError> {
 }
 
 impl Loaded {
+    /// Parameters peft counts in "all params" beyond the model's own: `modules_to_save` keeps a
+    /// frozen original of the head beside the trained copy.
+    pub fn peft_extra_params(&self, method: &Method) -> i64 {
+        if method.rules().keeps_head_copy() {
+            self.head_params
+        } else {
+            0
+        }
+    }
+
     /// Parameters outside the embedding tables, as transformers'
     /// `num_parameters(exclude_embeddings=True)` counts them (used for total_flos).
     pub fn non_embedding_params(&self) -> i64 {

@@ -1,7 +1,7 @@
 //! RoBERTa: `RobertaModel` and `RobertaForSequenceClassification`, ported from transformers with
 //! its module names, so every parameter's path is its checkpoint key.
 
-use super::dropout::dropout;
+use crate::ops::dropout::dropout;
 use tch::{Kind, Tensor};
 
 use super::encoder::Encoder;

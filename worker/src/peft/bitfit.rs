@@ -1,13 +1,6 @@
-//! BitFit (Ben Zaken et al., 2022): only bias terms train, plus the classification head.
+//! BitFit (Ben Zaken et al., 2022): the biases (and head) train where they are
+//! (`peftrain_spec::method::bitfit` says which); no tensor is added, nothing to merge.
 
-use super::{BitFitScope, Peft, HEAD_PREFIX};
+use super::{BitFitScope, Peft};
 
-impl Peft for BitFitScope {
-    fn trains_base(&self, name: &str) -> bool {
-        let is_bias = name.ends_with(".bias") || name == "bias";
-        match self {
-            BitFitScope::All => is_bias || name.starts_with(HEAD_PREFIX),
-            BitFitScope::BiasOnly => is_bias,
-        }
-    }
-}
+impl Peft for BitFitScope {}

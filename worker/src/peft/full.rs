@@ -1,12 +1,8 @@
-//! Full fine-tuning: every base parameter trains.
+//! Full fine-tuning: every base parameter trains (`peftrain_spec::method::full`); no tensor is
+//! added, nothing to merge.
 
 use super::Peft;
 
-/// Full fine-tuning has no parameters.
-pub struct Full;
+pub use peftrain_spec::method::Full;
 
-impl Peft for Full {
-    fn trains_base(&self, _name: &str) -> bool {
-        true
-    }
-}
+impl Peft for Full {}

@@ -1,0 +1,307 @@
+//! The worker's domain engine, in plain Rust types (no protobuf): a group to join, a step to
+//! take, a commit, an evaluation, a state to give or load. Tensors are computed on the
+//! replica's thread (`compute.rs`); the all-reduce runs on the async runtime between them.
+//! `service.rs` adapts the gRPC services to it.
+
+use std::time::{Duration, Instant};
+
+use peftrain_spec::state::State;
+use tokio::sync::Notify;
+
+use crate::collective::{AllReduce, Alone, Inbox, Ring};
+use crate::compute::{ComputeThread, ReplicaInfo};
+use crate::error::WorkerError;
+use crate::replica::{Replica, Shard};
+use crate::stats::{peak_rss_bytes, WorkerStats};
+
+/// This worker's place in a group, as the coordinator announces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub rank: u32,
+    pub world: u32,
+    pub generation: u64,
+    /// Every member's address, by rank.
+    pub peers: Vec<String>,
+}
+
+/// One training step's order: this worker's shard of the global batch.
+#[derive(Debug, Clone)]
+pub struct StepOrder {
+    pub generation: u64,
+    pub step: u64,
+    pub shard: Shard,
+    pub global_batch_size: usize,
+    pub learning_rate: f64,
+    pub dropout_seed: u64,
+}
+
+/// What a step did here: the shard's loss, the reduced gradient's norm, where the time went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    pub step: u64,
+    pub loss_sum: f64,
+    pub examples: u32,
+    pub tokens: u64,
+    pub grad_norm: f64,
+    pub allreduce_bytes: u64,
+    pub allreduce_ms: f64,
+    pub compute_ms: f64,
+    pub optimizer_ms: f64,
+    pub nonfinite: bool,
+    pub peak_rss_bytes: u64,
+}
+
+/// Whether a held step was applied, and the optimizer's step count after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Committed {
+    pub applied: bool,
+    pub optimizer_step: u64,
+}
+
+/// One evaluation shard's sums (and logits when asked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalOutcome {
+    pub loss_sum: f64,
+    pub correct: u32,
+    pub examples: u32,
+    pub logits: Vec<f32>,
+    pub num_labels: u32,
+}
+
+/// The replica's thread, its place in the ring and the chunks waiting for it.
+pub struct Engine {
+    pub compute: ComputeThread,
+    /// Values in a state transfer (3 x trainable parameters).
+    pub state_len: usize,
+    pub ring: tokio::sync::RwLock<Option<Ring>>,
+    pub inbox: Inbox,
+    pub shutdown: Notify,
+    pub collective_timeout: Duration,
+    pub chunk_elems: usize,
+    /// The newest group generation announced; moving it aborts a running all-reduce.
+    pub abort: tokio::sync::watch::Sender<u64>,
+    /// Token and TLS for calls to peers.
+    pub security: peftrain_net::Security,
+    /// Test failpoint (`PEFTRAIN_FAILPOINT_NAN_STEP`): poison this step's gradient with a NaN,
+    /// to exercise the non-finite skip end to end.
+    pub nan_at_step: Option<u64>,
+    pub stats: std::sync::Mutex<WorkerStats>,
+}
+
+impl Engine {
+    pub fn new(
+        compute: ComputeThread,
+        info: &ReplicaInfo,
+        security: peftrain_net::Security,
+        collective_timeout: Duration,
+        chunk_elems: usize,
+    ) -> Engine {
+        Engine {
+            compute,
+            state_len: 3 * info.fingerprint.trainable_params as usize,
+            ring: tokio::sync::RwLock::new(None),
+            inbox: Inbox::default(),
+            shutdown: Notify::new(),
+            collective_timeout,
+            chunk_elems,
+            abort: tokio::sync::watch::channel(0).0,
+            security,
+            nan_at_step: std::env::var("PEFTRAIN_FAILPOINT_NAN_STEP").ok().and_then(|v| v.parse().ok()),
+            stats: std::sync::Mutex::new(WorkerStats {
+                fingerprint: info.fingerprint.digest.clone(),
+                trainable_params: info.fingerprint.trainable_params,
+                ..Default::default()
+            }),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Replica) -> Result<T, WorkerError> + Send + 'static,
+    ) -> Result<T, WorkerError> {
+        self.compute.run(f).await
+    }
+
+    /// Length of the gradient buffer the group all-reduces.
+    pub fn grad_len(&self) -> u64 {
+        (self.state_len / 3) as u64
+    }
+
+    /// The newest generation announced.
+    pub fn generation(&self) -> u64 {
+        *self.abort.borrow()
+    }
+
+    pub async fn setup(&self, group: Group) -> Result<(), WorkerError> {
+        // Abandon a step of the old group still waiting on a lost peer, then take the ring.
+        self.abort.send_replace(group.generation);
+        self.stat(|s| {
+            s.rank = group.rank;
+            s.world = group.world;
+            s.generation = group.generation;
+        });
+        let next = if group.world > 1 {
+            let addr = group
+                .peers
+                .get(((group.rank + 1) % group.world) as usize)
+                .ok_or_else(|| WorkerError::BadSetup(format!("{} peers for world size {}", group.peers.len(), group.world)))?;
+            Some(crate::collective::connect(&self.security, addr, self.collective_timeout).map_err(WorkerError::BadSetup)?)
+        } else {
+            None
+        };
+        *self.ring.write().await = Some(Ring {
+            rank: group.rank,
+            world: group.world,
+            generation: group.generation,
+            next,
+            chunk_elems: self.chunk_elems,
+            timeout: self.collective_timeout,
+        });
+        Ok(())
+    }
+
+    pub async fn step(&self, order: StepOrder) -> Result<StepOutcome, WorkerError> {
+        let ring_guard = self.ring.read().await;
+        let ring = ring_guard.as_ref().ok_or(WorkerError::NotSetUp)?;
+        if order.generation != ring.generation {
+            return Err(WorkerError::StaleGeneration {
+                got: order.generation,
+                current: ring.generation,
+            });
+        }
+        let StepOrder { step, shard, global_batch_size: global, learning_rate: lr, dropout_seed: seed, .. } = order;
+        if global == 0 || shard.len() > global {
+            return Err(WorkerError::BadShard(format!(
+                "shard of {} examples in a global batch of {global}",
+                shard.len()
+            )));
+        }
+        let t0 = Instant::now();
+        // The group's collective: the ring, or the group of one (the factory's two arms).
+        let group: &dyn AllReduce = if ring.world > 1 { ring } else { &Alone };
+        let host = group.wants_host();
+        let poison = self.nan_at_step == Some(step);
+        let (stats, mut grad) = self
+            .blocking(move |r| {
+                shard
+                    .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.loaded.config.type_vocab_size, r.max_tokens())
+                    .map_err(WorkerError::BadShard)?;
+                if shard.labels.len() != shard.len() {
+                    return Err(WorkerError::BadShard("training shards need a label per example".into()));
+                }
+                let stats = r.forward_backward(&shard, global, seed);
+                let mut grad = r.gradient(host);
+                if poison {
+                    r.poison(&mut grad);
+                }
+                Ok((stats, grad))
+            })
+            .await?;
+        let compute_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let mut abort = self.abort.subscribe();
+        let reduce = group.all_reduce(&self.inbox, &mut grad, step, &mut abort).await?;
+        let t1 = Instant::now();
+        let norm = self.blocking(move |r| Ok(r.hold_gradient(step, grad, lr))).await?;
+        self.stat(|s| {
+            s.steps += 1;
+            s.examples += stats.examples as u64;
+            s.compute_seconds += compute_ms / 1000.0;
+            s.allreduce_bytes += reduce.bytes_sent;
+            s.allreduce_seconds += reduce.millis / 1000.0;
+        });
+        Ok(StepOutcome {
+            step,
+            loss_sum: stats.loss_sum,
+            examples: stats.examples,
+            tokens: stats.tokens,
+            grad_norm: norm,
+            allreduce_bytes: reduce.bytes_sent,
+            allreduce_ms: reduce.millis,
+            compute_ms,
+            optimizer_ms: t1.elapsed().as_secs_f64() * 1000.0,
+            nonfinite: !norm.is_finite(),
+            peak_rss_bytes: peak_rss_bytes(),
+        })
+    }
+
+    pub async fn commit(&self, generation: u64, step: u64) -> Result<Committed, WorkerError> {
+        self.check_generation(generation).await?;
+        self.blocking(move |r| {
+            let applied = r.commit(step).ok_or(WorkerError::NothingHeld(step))?;
+            Ok(Committed { applied, optimizer_step: r.optimizer.step })
+        })
+        .await
+    }
+
+    async fn check_generation(&self, generation: u64) -> Result<(), WorkerError> {
+        let ring = self.ring.read().await;
+        let current = ring.as_ref().ok_or(WorkerError::NotSetUp)?.generation;
+        if generation != current {
+            return Err(WorkerError::StaleGeneration { got: generation, current });
+        }
+        Ok(())
+    }
+
+    /// The replica's whole state.
+    pub async fn state(&self) -> Result<State, WorkerError> {
+        self.blocking(|r| {
+            let (values, optimizer_step) = r.state();
+            Ok(State { fingerprint: r.fingerprint.digest.clone(), optimizer_step, values })
+        })
+        .await
+    }
+
+    /// Pulls the group's state from a live peer.
+    pub async fn sync_from(&self, generation: u64, peer: &str) -> Result<u64, WorkerError> {
+        self.check_generation(generation).await?;
+        let state = crate::state::fetch(&self.security, peer, self.collective_timeout, self.state_len).await?;
+        self.load_state(state).await
+    }
+
+    /// Loads a state into the replica; returns its optimizer step.
+    pub async fn load_state(&self, state: State) -> Result<u64, WorkerError> {
+        let step = state.optimizer_step;
+        self.blocking(move |r| {
+            if state.fingerprint != r.fingerprint.digest {
+                return Err(WorkerError::BadState(format!(
+                    "state from a replica with fingerprint {} (this one is {})",
+                    short(&state.fingerprint),
+                    short(&r.fingerprint.digest)
+                )));
+            }
+            r.set_state(&state.values, state.optimizer_step).map_err(WorkerError::BadState)?;
+            Ok(step)
+        })
+        .await
+    }
+
+    pub fn stat(&self, f: impl FnOnce(&mut WorkerStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub async fn evaluate(&self, shard: Shard, return_logits: bool) -> Result<EvalOutcome, WorkerError> {
+        self.stat(|s| s.evaluations += 1);
+        self.blocking(move |r| {
+            shard
+                .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.loaded.config.type_vocab_size, r.max_tokens())
+                .map_err(WorkerError::BadShard)?;
+            let s = r.evaluate(&shard, return_logits);
+            Ok(EvalOutcome {
+                loss_sum: s.loss_sum,
+                correct: s.correct,
+                examples: s.examples,
+                logits: s.logits,
+                num_labels: r.spec.num_labels as u32,
+            })
+        })
+        .await
+    }
+}
+
+fn short(d: &str) -> String {
+    d.chars().take(12).collect()
+}
