@@ -18,7 +18,7 @@ use crate::signals::StopSignal;
 use peftrain_net::{Security, SecurityArgs};
 use crate::cluster::{Cluster, Tolerance};
 use crate::config::{read_model_config, TrainConfig};
-use crate::data::{load_split, Split};
+use crate::data::{infer_labels, load_split, read_user_file, Example, Labels, Split};
 use crate::local::LocalWorkers;
 use crate::observe::{Observer, Phase};
 use crate::registry::Registry;
@@ -75,7 +75,7 @@ impl Session {
         // TLS mistakes surface here, before anything listens.
         security.server_tls()?;
         let run_id = format!("run-{}-{}", std::process::id(), now_millis());
-        let observer = Observer::new(&run_id, cfg.task.name(), cfg.method.kind.as_str(), cfg.workers);
+        let observer = Observer::new(&run_id, &cfg.task_name(), cfg.method.kind.as_str(), cfg.workers, cfg.metric_keys());
         if let Some(addr) = net.metrics_listen {
             let l = TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
             tracing::info!(metrics_address = %l.local_addr()?, "serving /metrics and /status");
@@ -199,11 +199,26 @@ fn now_millis() -> u128 {
         .unwrap_or(0)
 }
 
+/// The examples of a split: the GLUE task's, or the user's file for it (labels read as the
+/// run's labels say).
+pub fn load_examples(cfg: &TrainConfig, split: Split) -> anyhow::Result<Vec<Example>> {
+    match cfg.glue_task() {
+        Some(task) => {
+            let glue = cfg.glue_dir.as_deref().ok_or_else(|| anyhow!("no GLUE directory: pass --glue-dir or set GLUE_DIR"))?;
+            Ok(load_split(glue, task, split)?)
+        }
+        None => {
+            let path = cfg.split_file(split).map_err(usage)?;
+            // With --task, the files' labels may be the task's ids as well as its names.
+            Ok(read_user_file(path, &cfg.user_columns(), &cfg.labels(), split.is_test(), cfg.task.is_some())?)
+        }
+    }
+}
+
 /// Reads and tokenizes a split, applying `limit` (first N rows); also returns how many rows
 /// were truncated to `--max-length`.
 pub fn prepare_split(cfg: &TrainConfig, tok: &TextTokenizer, split: Split, limit: Option<usize>) -> anyhow::Result<(Vec<Encoded>, usize)> {
-    let glue = cfg.glue_dir.as_deref().ok_or_else(|| anyhow!("no GLUE directory: pass --glue-dir or set GLUE_DIR"))?;
-    let mut rows = load_split(glue, cfg.task, split)?;
+    let mut rows = load_examples(cfg, split)?;
     if let Some(n) = limit {
         rows.truncate(n);
     }
@@ -247,7 +262,16 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let (train, truncated) = prepare_split(cfg, &tok, Split::Train, cfg.train_limit)?;
-    let (dev, _) = prepare_split(cfg, &tok, Split::Dev, cfg.eval_limit)?;
+    // The validation sets (MNLI: matched, then mismatched); none for your own data without a
+    // --validation-file.
+    let mut devs: Vec<(Vec<Encoded>, &'static str)> = Vec::new();
+    if cfg.glue_task().is_some() || cfg.validation_file.is_some() {
+        for (split, suffix) in cfg.eval_splits() {
+            devs.push((prepare_split(cfg, &tok, split, cfg.eval_limit)?.0, suffix));
+        }
+    }
+    let dev: Vec<(&[Encoded], &str)> = devs.iter().map(|(d, s)| (d.as_slice(), *s)).collect();
+    let dev_len = devs.first().map_or(0, |(d, _)| d.len());
     let resume_dir = match &cfg.resume {
         None => None,
         Some(p) if p.as_os_str() == "latest" && !p.is_dir() => {
@@ -321,11 +345,11 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             "{} | {} x {} | {} workers | base {} | {} train / {} dev examples{}",
             peft_line(fp.trainable_params, lead.peft_all_params),
             cfg.method.kind,
-            cfg.task,
+            cfg.task_name(),
             session.cluster.world(),
             if lead.base_dtype.is_empty() { "?" } else { &lead.base_dtype },
             train.len(),
-            dev.len(),
+            dev_len,
             if truncated > 0 { format!(" ({truncated} truncated to {} tokens)", cfg.max_length) } else { String::new() }
         );
         let obs = session.observer.clone();
@@ -345,20 +369,22 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         println!("{}", summary.output);
         let record = crate::compare::RunSummaryFile {
             method: cfg.method.kind.as_str().into(),
-            task: cfg.task.name().into(),
+            task: cfg.task_name(),
             model: cfg.model.display().to_string(),
             trainable_params: fp.trainable_params,
             all_params: lead.peft_all_params,
             train_runtime: summary.output.metrics.train_runtime,
             train_samples_per_second: summary.output.metrics.train_samples_per_second,
-            best_accuracy: summary.best_accuracy,
-            final_accuracy: summary.last_eval.map(|e| e.accuracy),
-            final_eval_loss: summary.last_eval.map(|e| e.loss),
+            metric_keys: cfg.metric_keys(),
+            best_metric_key: cfg.best_model_metric().key,
+            best_metric: summary.best_metric,
+            final_metrics: summary.last_eval.as_ref().map(|e| e.metrics.iter().cloned().collect()).unwrap_or_default(),
+            final_eval_loss: summary.last_eval.as_ref().map(|e| e.loss),
             workers: session.cluster.world(),
         };
         std::fs::write(cfg.output_dir.join("run_summary.json"), serde_json::to_vec_pretty(&record)?)?;
         let run = crate::compare::RunRecord::read(&cfg.output_dir).map_err(|e| anyhow!(e))?;
-        let title = format!("peftrain {} on {}", cfg.method.kind, cfg.task);
+        let title = format!("peftrain {} on {}", cfg.method.kind, cfg.task_name());
         let (md, png) = crate::compare::write_report(&cfg.output_dir, &title, &[run]).map_err(|e| anyhow!(e))?;
         println!(
             "trainable weights: {} | report: {} | plot: {}",
@@ -423,18 +449,19 @@ pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) ->
     let mut session = Session::start(cfg, workers, type_ids, net, &StopSignal::default()).await?;
     let result = async {
         let mut out = String::from(if p.with_logits { "index\tprediction\tlogits\n" } else { "index\tprediction\n" });
-        let names = cfg.task.label_names();
+        let labels = cfg.labels();
         for chunk in rows.chunks(cfg.eval_batch_size.max(1)) {
             let refs: Vec<&Encoded> = chunk.iter().collect();
             let ev = session.cluster.evaluate(&refs, true).await?;
             let nl = ev.num_labels.max(1);
             for (e, logits) in chunk.iter().zip(ev.logits.chunks(nl)) {
-                let pred = logits
-                    .iter()
-                    .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
-                    .0;
-                out.push_str(&format!("{}\t{}", e.idx, names.get(pred).copied().unwrap_or("?")));
+                // run_glue.py's predict file: the label name, or a regression's score to 3 decimals.
+                let pred = if labels.is_regression() {
+                    format!("{:.3}", logits.first().copied().unwrap_or(f32::NAN))
+                } else {
+                    labels.names.get(crate::metrics::argmax(logits) as usize).cloned().unwrap_or_else(|| "?".into())
+                };
+                out.push_str(&format!("{}\t{pred}", e.idx));
                 if p.with_logits {
                     let l: Vec<String> = logits.iter().map(|v| format!("{v}")).collect();
                     out.push_str(&format!("\t{}", l.join(",")));
@@ -465,7 +492,9 @@ pub async fn run_eval(cfg: &TrainConfig, split: Split, workers: &Workers, net: &
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let (rows, _) = prepare_split(cfg, &tok, split, cfg.eval_limit)?;
     let mut session = Session::start(cfg, workers, type_ids, net, &StopSignal::default()).await?;
-    let result = trainer::evaluate(&mut session.cluster, &rows, cfg.eval_batch_size).await.map_err(anyhow::Error::from);
+    let result = trainer::evaluate_sets(&mut session.cluster, &[(&rows, "")], cfg.eval_batch_size, &cfg.metrics(), cfg.labels().is_regression(), cfg.quiet)
+        .await
+        .map_err(anyhow::Error::from);
     session.finish(false).await;
     result
 }
@@ -491,7 +520,7 @@ pub async fn run_compare(cfg: &TrainConfig, methods: &[MethodKind], workers: &Wo
         records.push(crate::compare::RunRecord::read(&c.output_dir).map_err(|e| anyhow!(e))?);
     }
     let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
-    let title = format!("peftrain compare: {} on {}", names.join(", "), cfg.task);
+    let title = format!("peftrain compare: {} on {}", names.join(", "), cfg.task_name());
     crate::compare::write_report(&cfg.output_dir, &title, &records).map_err(|e| anyhow!(e))
 }
 
@@ -510,8 +539,22 @@ pub fn resolve_inputs(cfg: &mut TrainConfig) -> anyhow::Result<()> {
             cfg.tokenizer = Some(crate::hub::resolve_model(&t.display().to_string(), &opts)?);
         }
     }
-    if cfg.glue_dir.is_none() {
-        cfg.glue_dir = Some(crate::hub::resolve_glue(cfg.task.name(), &opts)?);
+    if let Some(task) = cfg.glue_task() {
+        cfg.task = Some(task);
+        if cfg.glue_dir.is_none() {
+            cfg.glue_dir = Some(crate::hub::resolve_glue(task, &opts)?);
+        }
+    }
+    if cfg.labels.is_none() {
+        cfg.labels = Some(match (cfg.task, &cfg.train_file) {
+            (Some(t), _) => Labels::of_task(t),
+            (None, Some(train)) => infer_labels(train, &cfg.user_columns())?,
+            (None, None) => {
+                return Err(usage(
+                    "your data's labels are unknown: pass --train-file (their names come from it), --task, or --adapter trained weights whose trainable_config.json names them",
+                ))
+            }
+        });
     }
     Ok(())
 }
@@ -529,9 +572,22 @@ pub fn apply_adapter_method(cfg: &mut TrainConfig, dir: &Path) -> anyhow::Result
         Ok(Some((p, v)))
     };
     if let Some((p, v)) = read("trainable_config.json")? {
+        let labels = match v.get("labels") {
+            Some(l) => {
+                let l: Labels = serde_path_to_error::deserialize(l).map_err(|e| anyhow!("{}: field `labels.{}`: {}", p.display(), e.path(), e.inner()))?;
+                l.validate().map_err(|e| anyhow!("{}: field `labels`: {e}", p.display()))?;
+                Some(l)
+            }
+            None => None,
+        };
         let m: MethodArgs = serde_path_to_error::deserialize(v).map_err(|e| anyhow!("{}: field `{}`: {}", p.display(), e.path(), e.inner()))?;
         m.method().validate().map_err(|e| anyhow!("{}: {e}", p.display()))?;
         cfg.method = m;
+        // The labels the weights were trained on name what they predict, unless the task
+        // says otherwise.
+        if cfg.labels.is_none() && cfg.task.is_none() {
+            cfg.labels = labels;
+        }
         return Ok(());
     }
     if let Some((p, v)) = read("adapter_config.json")? {

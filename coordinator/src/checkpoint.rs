@@ -152,7 +152,9 @@ pub fn write_trainable(dir: &Path, cfg: &TrainConfig, layout: &[pb::TensorInfo],
     let mut config = serde_json::json!({
         "format": "peftrain-trainable/1",
         "model_dir": cfg.model,
-        "num_labels": cfg.task.num_labels(),
+        "num_labels": cfg.labels().num_labels(),
+        // What the head predicts (problem_type and names by id): eval, predict and merge read it.
+        "labels": cfg.labels(),
         "fingerprint": state.fingerprint,
     });
     if let (Some(o), Ok(serde_json::Value::Object(m))) = (config.as_object_mut(), serde_json::to_value(&cfg.method)) {
@@ -167,6 +169,14 @@ pub fn write_trainable(dir: &Path, cfg: &TrainConfig, layout: &[pb::TensorInfo],
     Ok(bytes)
 }
 
+/// Which checkpoints a new one leaves: the newest `keep` of this run (all when None), and
+/// always `protect` (the best model's step under --load-best-model-at-end).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rotation {
+    pub keep: Option<usize>,
+    pub protect: Option<u64>,
+}
+
 /// Writes `checkpoint-{step}` under `output_dir` atomically (a temporary directory renamed into
 /// place), then keeps only the newest `keep` checkpoints. Returns its path and size.
 pub fn write_checkpoint<T: Serialize>(
@@ -176,7 +186,7 @@ pub fn write_checkpoint<T: Serialize>(
     layout: &[pb::TensorInfo],
     state: &ReplicaState,
     loop_state: &T,
-    keep: Option<usize>,
+    rotation: Rotation,
     run_id: &str,
 ) -> Result<(PathBuf, u64), CheckpointError> {
     let final_dir = output_dir.join(format!("checkpoint-{step}"));
@@ -228,10 +238,15 @@ pub fn write_checkpoint<T: Serialize>(
     if replacing {
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     }
-    if let Some(keep) = keep {
-        // Only this run's checkpoints rotate: anything else in the directory is not ours to delete.
-        let mut all: Vec<(u64, PathBuf)> = list_checkpoints(output_dir)?.into_iter().filter(|(_, p)| checkpoint_run_id(p).as_deref() == Some(run_id)).collect();
-        while all.len() > keep.max(1) {
+    if let Some(keep) = rotation.keep {
+        // Only this run's checkpoints rotate: anything else in the directory is not ours to
+        // delete, and the best model's checkpoint stays whatever its age.
+        let mut all: Vec<(u64, PathBuf)> = list_checkpoints(output_dir)?
+            .into_iter()
+            .filter(|(s, p)| checkpoint_run_id(p).as_deref() == Some(run_id) && Some(*s) != rotation.protect)
+            .collect();
+        let kept_best = rotation.protect.is_some_and(|b| output_dir.join(format!("checkpoint-{b}")).is_dir()) as usize;
+        while all.len() + kept_best > keep.max(1 + kept_best.min(1)) && !all.is_empty() {
             let (_, old) = all.remove(0);
             std::fs::remove_dir_all(&old).map_err(io(&old))?;
         }

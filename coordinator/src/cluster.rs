@@ -17,6 +17,7 @@ use tonic::Code;
 use crate::checkpoint::ReplicaState;
 use crate::registry::{Member, Registry};
 use crate::sampler::{shard, ShardCost};
+use crate::data::Label;
 use crate::tokenize::Encoded;
 
 #[derive(Debug, thiserror::Error)]
@@ -417,8 +418,10 @@ impl Cluster {
                 b.token_type_ids.extend_from_slice(&e.type_ids);
             }
             b.lengths.push(e.ids.len() as u32);
-            if let Some(l) = e.label {
-                b.labels.push(l as i64);
+            match e.label {
+                Some(Label::Class(c)) => b.labels.push(c as i64),
+                Some(Label::Score(s)) => b.scores.push(s),
+                None => {}
             }
         }
         b

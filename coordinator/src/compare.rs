@@ -1,6 +1,7 @@
 //! The report of one or several runs (`peftrain compare`, and `train` for its own run):
-//! `report.md` with a table of method, trainable parameters, runtime, throughput and accuracy,
-//! each run's step table, and `curves.png` (accuracy and loss against the step).
+//! `report.md` with a table of method, trainable parameters, runtime, throughput and the
+//! task's metrics, each run's step table, and `curves.png` (the main metric and the loss
+//! against the step).
 
 use std::path::{Path, PathBuf};
 
@@ -20,10 +21,22 @@ pub struct RunSummaryFile {
     pub all_params: u64,
     pub train_runtime: f64,
     pub train_samples_per_second: f64,
-    pub best_accuracy: Option<f64>,
-    pub final_accuracy: Option<f64>,
+    /// The evaluations' metrics keys (without `eval_`), the main one first.
+    #[serde(default = "accuracy_only")]
+    pub metric_keys: Vec<String>,
+    /// The metric that chose the model, and its best value.
+    #[serde(default)]
+    pub best_metric_key: String,
+    pub best_metric: Option<f64>,
+    /// The last (or, with --load-best-model-at-end, the best) evaluation's metrics.
+    #[serde(default)]
+    pub final_metrics: std::collections::BTreeMap<String, f64>,
     pub final_eval_loss: Option<f64>,
     pub workers: usize,
+}
+
+fn accuracy_only() -> Vec<String> {
+    vec!["accuracy".into()]
 }
 
 /// A run as a report reads it.
@@ -59,7 +72,7 @@ impl RunRecord {
     /// The run's step table, rebuilt from its events as the live one was printed.
     fn table(&self) -> String {
         let mut buf = Vec::new();
-        let mut t = StepTable::new(&mut buf);
+        let mut t = StepTable::new(&mut buf, &self.summary.metric_keys);
         let mut last_loss = None;
         let mut steps: Vec<u64> = self
             .events
@@ -71,12 +84,13 @@ impl RunRecord {
         for s in steps {
             let at = |k: &str| self.events.iter().find(|e| e.get("step").and_then(|v| v.as_u64()) == Some(s) && e.get(k).is_some()).and_then(|e| e[k].as_f64());
             let loss = at("loss");
-            let (el, acc) = (at("eval_loss"), at("eval_accuracy"));
+            let el = at("eval_loss");
+            let cells: Vec<Option<f64>> = self.summary.metric_keys.iter().map(|k| at(&format!("eval_{k}"))).collect();
             let shown = loss.or(if el.is_some() { last_loss } else { None });
             if loss.is_some() {
                 last_loss = loss;
             }
-            let _ = t.row(s, shown, el, acc);
+            let _ = t.row(s, shown, el, &cells);
         }
         String::from_utf8_lossy(&buf).to_string()
     }
@@ -92,33 +106,44 @@ pub fn write_report(out: &Path, title: &str, runs: &[RunRecord]) -> Result<(Path
     let png = out.join("curves.png");
     // Drawn under a temporary name and renamed, as every output is.
     let png_tmp = peftrain_spec::paths::temp_beside(&png).with_extension("png");
-    let acc: Vec<Series> = runs.iter().map(|r| Series { name: r.summary.method.clone(), points: r.series("eval_accuracy") }).collect();
+    // The main metric of the first run (a comparison shares its task).
+    let main = runs.first().and_then(|r| r.summary.metric_keys.first().cloned()).unwrap_or_else(|| "accuracy".into());
+    let title_of = peftrain_spec::task::column_title;
+    let acc: Vec<Series> = runs.iter().map(|r| Series { name: r.summary.method.clone(), points: r.series(&format!("eval_{main}")) }).collect();
     let loss: Vec<Series> = runs.iter().map(|r| Series { name: r.summary.method.clone(), points: r.series("loss") }).collect();
     let eval_loss: Vec<Series> = runs.iter().map(|r| Series { name: format!("{} (validation)", r.summary.method), points: r.series("eval_loss") }).collect();
     let all_loss: Vec<Series> = loss.into_iter().chain(eval_loss).collect();
-    curves(&png_tmp, &[("Validation accuracy", "accuracy", &acc), ("Loss", "loss", &all_loss)])?;
+    let main_title = title_of(&main);
+    curves(&png_tmp, &[(&format!("Validation {main_title}"), &main_title.to_lowercase(), &acc), ("Loss", "loss", &all_loss)])?;
     std::fs::rename(&png_tmp, &png).map_err(|e| format!("{}: {e}", png.display()))?;
 
     let mut md = format!("# {title}\n\n");
-    md.push_str("| method | trainable params | trainable % | train runtime (s) | samples/s | best dev accuracy | final dev accuracy | validation loss |\n");
-    md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let keys = runs.first().map(|r| r.summary.metric_keys.clone()).unwrap_or_default();
+    let best_key = runs.first().map(|r| r.summary.best_metric_key.clone()).filter(|k| !k.is_empty()).unwrap_or_else(|| main.clone());
+    let dev = |k: &str| format!("dev {}", title_of(k).to_lowercase());
+    md.push_str(&format!(
+        "| method | trainable params | trainable % | train runtime (s) | samples/s | best {} |{} validation loss |\n",
+        dev(&best_key),
+        keys.iter().map(|k| format!(" final {} |", dev(k))).collect::<String>()
+    ));
+    md.push_str(&format!("| --- | ---: | ---: | ---: | ---: | ---: |{} ---: |\n", " ---: |".repeat(keys.len())));
     for r in runs {
         let s = &r.summary;
         md.push_str(&format!(
-            "| {} | {} | {:.4} | {:.1} | {:.2} | {} | {} | {} |\n",
+            "| {} | {} | {:.4} | {:.1} | {:.2} | {} |{} {} |\n",
             s.method,
             crate::report::thousands(s.trainable_params),
             100.0 * s.trainable_params as f64 / s.all_params.max(1) as f64,
             s.train_runtime,
             s.train_samples_per_second,
-            f(s.best_accuracy),
-            f(s.final_accuracy),
+            f(s.best_metric),
+            keys.iter().map(|k| format!(" {} |", f(s.final_metrics.get(k).copied()))).collect::<String>(),
             f(s.final_eval_loss),
         ));
     }
     if let Some(first) = runs.first() {
         md.push_str(&format!(
-            "\nModel `{}`, task {}, {} worker(s).\n\n![accuracy and loss against the step](curves.png)\n",
+            "\nModel `{}`, task {}, {} worker(s).\n\n![the main metric and the loss against the step](curves.png)\n",
             first.summary.model, first.summary.task, first.summary.workers
         ));
     }

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use peftrain_spec::{BaseDtype, MethodArgs, Padding};
 
-use crate::data::Task;
+use crate::data::{Labels, Split, Task, UserColumns};
+use peftrain_spec::task::Metric;
 
 /// Everything a run is, as plain data: the flags of `peftrain train` (clap derives them from
 /// this struct, so each default is written once, in its `#[arg]`), `run_config.json`, and what
@@ -22,13 +23,44 @@ pub struct TrainConfig {
     /// Tokenizer directory (default: the model directory).
     #[arg(long, env = "PEFTRAIN_TOKENIZER")]
     pub tokenizer: Option<PathBuf>,
-    /// sst2 or rte.
-    #[arg(long, default_value = "sst2", value_parser = peftrain_spec::flag::<Task>, env = "PEFTRAIN_TASK")]
-    pub task: Task,
+    /// A GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli (default sst2; with
+    /// --train-file, the task whose labels and metrics the files have, if any).
+    #[arg(long, value_parser = peftrain_spec::flag::<Task>, env = "PEFTRAIN_TASK")]
+    pub task: Option<Task>,
     /// Directory with the GLUE layout (SST-2/, RTE/) or the HF parquet layout (sst2/, rte/).
     /// Default: ../shared/data/glue where it exists, else the Hugging Face Hub's `glue` dataset.
     #[arg(long, env = "GLUE_DIR")]
     pub glue_dir: Option<PathBuf>,
+    /// Your own training data instead of GLUE (CSV, TSV, JSON Lines or parquet, by extension),
+    /// as run_glue.py's --train_file.
+    #[arg(long, env = "PEFTRAIN_TRAIN_FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_file: Option<PathBuf>,
+    #[arg(long, env = "PEFTRAIN_VALIDATION_FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_file: Option<PathBuf>,
+    /// Data to predict (`predict --split test`); it may lack the label column.
+    #[arg(long, env = "PEFTRAIN_TEST_FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_file: Option<PathBuf>,
+    /// The text column of your files (default: `sentence`, or `sentence1` with `sentence2`).
+    #[arg(long, env = "PEFTRAIN_TEXT_COLUMN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_column: Option<String>,
+    /// The second text of a pair (default: `sentence2` when `sentence1` is the first).
+    #[arg(long, env = "PEFTRAIN_TEXT_PAIR_COLUMN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_pair_column: Option<String>,
+    /// The label column of your files: strings or integers are classes (their names sorted,
+    /// as run_glue.py sorts them), floats a regression.
+    #[arg(long, env = "PEFTRAIN_LABEL_COLUMN", default_value = "label")]
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// What the head predicts, resolved from the task, the training file or the trained
+    /// weights (`run_config.json` records it).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Labels>,
     #[command(flatten)]
     #[serde(flatten)]
     pub method: MethodArgs,
@@ -113,9 +145,33 @@ pub struct TrainConfig {
     /// Write a checkpoint every N steps (one is always written at the end).
     #[arg(long, env = "PEFTRAIN_SAVE_STEPS")]
     pub save_steps: Option<u64>,
-    /// Keep only the newest N checkpoints.
+    /// Keep only the newest N checkpoints (never deleting the best one with
+    /// --load-best-model-at-end).
     #[arg(long, env = "PEFTRAIN_SAVE_TOTAL_LIMIT")]
     pub save_total_limit: Option<usize>,
+    /// The evaluation metric that chooses the model: `loss` or a metric of the task (`f1`,
+    /// `eval_matthews_correlation`, ...; default: the task's main metric).
+    #[arg(long, env = "PEFTRAIN_METRIC_FOR_BEST_MODEL")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_for_best_model: Option<String>,
+    /// Whether a larger --metric-for-best-model is better (default: false for loss and mse,
+    /// true otherwise).
+    #[arg(long, env = "PEFTRAIN_GREATER_IS_BETTER")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greater_is_better: Option<bool>,
+    /// Write a checkpoint at each evaluation that improves the metric, and leave the best
+    /// evaluation's weights (not the last step's) in the output directory.
+    #[arg(long, env = "PEFTRAIN_LOAD_BEST_MODEL_AT_END")]
+    #[serde(default)]
+    pub load_best_model_at_end: bool,
+    /// Stop after this many evaluations in a row without improving the metric by more than
+    /// --early-stopping-threshold (transformers' EarlyStoppingCallback).
+    #[arg(long, env = "PEFTRAIN_EARLY_STOPPING_PATIENCE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping_patience: Option<u64>,
+    #[arg(long, env = "PEFTRAIN_EARLY_STOPPING_THRESHOLD", default_value_t = 0.0)]
+    #[serde(default)]
+    pub early_stopping_threshold: f64,
     /// Resume from a checkpoint directory, or (no value, or `latest`) from the newest in --output-dir.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest", env = "PEFTRAIN_RESUME")]
     pub resume: Option<PathBuf>,
@@ -160,6 +216,10 @@ pub fn default_max_skipped_steps() -> u64 {
     10
 }
 
+fn default_label_column() -> String {
+    "label".into()
+}
+
 /// Largest global batch, evaluation batch and token count a run may ask for: bounds what the
 /// coordinator allocates per step and what a worker is sent.
 pub const MAX_BATCH: usize = 1 << 16;
@@ -193,6 +253,83 @@ impl TrainConfig {
         self
     }
 
+    /// Whether the data is the user's own files rather than a GLUE task's.
+    pub fn uses_files(&self) -> bool {
+        self.train_file.is_some() || self.validation_file.is_some() || self.test_file.is_some()
+    }
+
+    /// The GLUE task the data comes from (sst2 unless --task names another), when it is not
+    /// the user's own files.
+    pub fn glue_task(&self) -> Option<Task> {
+        if self.uses_files() {
+            None
+        } else {
+            Some(self.task.unwrap_or(Task::Sst2))
+        }
+    }
+
+    /// The run's name of its data: the task, or `custom` for files without one.
+    pub fn task_name(&self) -> String {
+        self.glue_task().or(self.task).map_or_else(|| "custom".to_string(), |t| t.name().to_string())
+    }
+
+    /// The user's columns, as the flags name them.
+    pub fn user_columns(&self) -> UserColumns {
+        UserColumns { text: self.text_column.clone(), text_pair: self.text_pair_column.clone(), label: self.label_column.clone() }
+    }
+
+    /// The file of a split of the user's data, naming its flag.
+    pub fn split_file(&self, split: Split) -> Result<&std::path::Path, String> {
+        let (f, flag) = match split {
+            Split::Train => (&self.train_file, "--train-file"),
+            Split::Dev | Split::DevMismatched => (&self.validation_file, "--validation-file"),
+            Split::Test | Split::TestMismatched => (&self.test_file, "--test-file"),
+        };
+        f.as_deref().ok_or_else(|| format!("the {split} split of your data needs {flag}"))
+    }
+
+    /// The resolved labels (the task's until resolved otherwise).
+    pub fn labels(&self) -> Labels {
+        self.labels.clone().unwrap_or_else(|| Labels::of_task(self.task.unwrap_or(Task::Sst2)))
+    }
+
+    /// The metrics evaluations report, the first the main one: the task's, or for the user's
+    /// own data run_glue.py's (accuracy, or mse for a regression).
+    pub fn metrics(&self) -> Vec<Metric> {
+        match self.glue_task().or(self.task) {
+            Some(t) => t.info().metrics.to_vec(),
+            None if self.labels().is_regression() => vec![Metric::Mse],
+            None => vec![Metric::Accuracy],
+        }
+    }
+
+    /// The metrics keys an evaluation reports, in order: each metric of each evaluation set
+    /// (MNLI's mismatched one suffixed `_mm`).
+    pub fn metric_keys(&self) -> Vec<String> {
+        let metrics = self.metrics();
+        self.eval_splits().iter().flat_map(|(_, suffix)| metrics.iter().map(move |m| format!("{}{suffix}", m.key()))).collect()
+    }
+
+    /// The evaluation sets of a run and the suffix of their metrics keys: MNLI's matched and
+    /// mismatched validation sets, else the one.
+    pub fn eval_splits(&self) -> Vec<(Split, &'static str)> {
+        match self.glue_task() {
+            Some(t) => t.info().dev.iter().zip([Split::Dev, Split::DevMismatched]).map(|(e, s)| (s, e.suffix)).collect(),
+            None => vec![(Split::Dev, "")],
+        }
+    }
+
+    /// The metric that chooses the model, checked against what evaluations report.
+    pub fn best_model_metric(&self) -> BestMetric {
+        let keys = self.metric_keys();
+        let key = match &self.metric_for_best_model {
+            Some(m) => m.strip_prefix("eval_").unwrap_or(m).to_string(),
+            None => keys.first().cloned().unwrap_or_else(|| "loss".into()),
+        };
+        let lower = key == "loss" || key.starts_with("loss_") || key.starts_with("mse");
+        BestMetric { greater_is_better: self.greater_is_better.unwrap_or(!lower), key }
+    }
+
     pub fn lr(&self) -> f64 {
         self.lr.unwrap_or_else(|| self.method.kind.default_lr())
     }
@@ -208,6 +345,11 @@ impl TrainConfig {
         }
         if let Some(a) = &self.init_adapter {
             v.push(("--init-adapter", a));
+        }
+        for (flag, f) in [("--train-file", &self.train_file), ("--validation-file", &self.validation_file), ("--test-file", &self.test_file)] {
+            if let Some(f) = f {
+                v.push((flag, f));
+            }
         }
         v
     }
@@ -234,16 +376,17 @@ impl TrainConfig {
         pb::RunSpec {
             model_dir: if self.random_weights { format!("random:{model}") } else { model },
             method: Some(self.method.method().to_proto()),
-            num_labels: self.task.num_labels() as u32,
+            num_labels: self.labels().num_labels() as u32,
+            regression: self.labels().is_regression(),
             seed: self.seed,
             init_adapter: self.init_adapter.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            optimizer: Some(pb::OptimizerSpec {
-                weight_decay: self.weight_decay as f32,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                max_grad_norm: self.max_grad_norm as f32,
-            }),
+            optimizer: Some(
+                peftrain_spec::optimizer::Optimizer {
+                    adamw: peftrain_spec::optimizer::AdamW { weight_decay: self.weight_decay, ..Default::default() },
+                    max_grad_norm: self.max_grad_norm,
+                }
+                .to_proto(),
+            ),
             base_dtype: self.base_dtype.as_str().into(),
             padding: self.padding.as_str().into(),
         }
@@ -274,6 +417,10 @@ impl TrainConfig {
         int("--max-length", self.max_length, 8..=MAX_LENGTH)?;
         int("--workers", self.workers, 1..=MAX_WORKERS)?;
         int("--max-skipped-steps", self.max_skipped_steps, 1..=1_000_000)?;
+        float("--early-stopping-threshold", self.early_stopping_threshold, Interval::closed(0.0, 1e12))?;
+        if let Some(p) = self.early_stopping_patience {
+            int("--early-stopping-patience", p, 1..=1_000_000)?;
+        }
         Ok(())
     }
 
@@ -296,10 +443,56 @@ impl TrainConfig {
         if !(self.epochs > 0.0) && self.max_steps.is_none() {
             return Err("--epochs must be positive (or give --max-steps)".into());
         }
+        let best = self.best_model_metric();
+        let keys = self.metric_keys();
+        if self.metric_for_best_model.is_some() && best.key != "loss" && !keys.contains(&best.key) {
+            return Err(format!(
+                "--metric-for-best-model {:?}: not a metric of this run (loss, {})",
+                self.metric_for_best_model.as_deref().unwrap_or_default(),
+                keys.join(", ")
+            ));
+        }
         if !self.model.join("config.json").is_file() {
             return Err(format!("--model {}: config.json not found", self.model.display()));
         }
         Ok(())
+    }
+}
+
+/// The evaluation metric that chooses the model, and which way is better.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BestMetric {
+    /// `loss`, or a metrics key (`f1`, `accuracy_mm`).
+    pub key: String,
+    pub greater_is_better: bool,
+}
+
+impl BestMetric {
+    /// Its value in an evaluation of `loss` and `metrics` (by key).
+    pub fn value(&self, loss: f64, metrics: &[(String, f64)]) -> f64 {
+        if self.key == "loss" {
+            loss
+        } else {
+            metrics.iter().find(|(k, _)| *k == self.key).map_or(f64::NAN, |(_, v)| *v)
+        }
+    }
+
+    /// Whether `value` beats `best` by more than `threshold` (the Trainer's comparison; a NaN
+    /// never improves).
+    pub fn improves_by(&self, value: f64, best: Option<f64>, threshold: f64) -> bool {
+        match best {
+            _ if value.is_nan() => false,
+            None => true,
+            Some(b) if b.is_nan() => true,
+            Some(b) => {
+                let better = if self.greater_is_better { value > b } else { value < b };
+                better && (value - b).abs() > threshold
+            }
+        }
+    }
+
+    pub fn improves(&self, value: f64, best: Option<f64>) -> bool {
+        self.improves_by(value, best, 0.0)
     }
 }
 

@@ -1,156 +1,218 @@
-//! GLUE SST-2 and RTE, from the GLUE TSV layout (`$GLUE_DIR/SST-2/train.tsv`, fields unquoted)
-//! or the Hugging Face `glue` parquet layout (`$GLUE_DIR/sst2/train-*.parquet`). Every bad row
-//! is an error naming the file and line.
+//! Examples from disk: GLUE's nine tasks in the GLUE TSV layout (`$GLUE_DIR/SST-2/train.tsv`,
+//! fields unquoted; CoLA without a header) or the Hugging Face `glue` parquet layout
+//! (`$GLUE_DIR/sst2/train-*.parquet`, MNLI's `validation_matched-*`), and the user's own files
+//! (CSV, TSV, JSON Lines or parquet) named by run_glue.py's flags. A table (`table.rs`) becomes
+//! examples through the columns and labels of its task (`peftrain_spec::task`, one table entry
+//! per task). Every bad row is an error naming the file and line.
 
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}: {why}")]
-    Row { path: PathBuf, line: usize, why: String },
-    #[error("{path}: {why}")]
-    File { path: PathBuf, why: String },
-    #[error(
-        "GLUE data for {task} not found under {dir} (looked for {tsv} and {parquet}). \
-         Set GLUE_DIR to a directory holding the GLUE layout (SST-2/, RTE/ with train.tsv, dev.tsv, test.tsv), \
-         e.g. from https://gluebenchmark.com/tasks or the Hugging Face `glue` dataset's parquet files"
-    )]
-    Missing {
-        task: Task,
-        dir: PathBuf,
-        tsv: String,
-        parquet: String,
-    },
-}
+pub use peftrain_spec::task::{Labels, Metric, Problem, Task, TaskInfo};
 
-/// The GLUE tasks peftrain trains on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Sst2,
-    Rte,
-}
+pub use crate::table::DataError;
+use crate::table::{read_parquet_table, Cell, Table};
 
-impl std::str::FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Task, String> {
-        Task::parse(s).ok_or_else(|| format!("{s:?}: unknown task (sst2, rte)"))
-    }
-}
-
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl Task {
-    pub fn parse(s: &str) -> Option<Task> {
-        match s.to_ascii_lowercase().replace('-', "").as_str() {
-            "sst2" => Some(Task::Sst2),
-            "rte" => Some(Task::Rte),
-            _ => None,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::Sst2 => "sst2",
-            Task::Rte => "rte",
-        }
-    }
-    /// Directory of the GLUE TSV layout.
-    pub fn glue_dir(self) -> &'static str {
-        match self {
-            Task::Sst2 => "SST-2",
-            Task::Rte => "RTE",
-        }
-    }
-    pub fn is_pair(self) -> bool {
-        matches!(self, Task::Rte)
-    }
-    /// Label names in id order, as in the Hugging Face `glue` dataset.
-    pub fn label_names(self) -> &'static [&'static str] {
-        match self {
-            Task::Sst2 => &["0", "1"],
-            Task::Rte => &["entailment", "not_entailment"],
-        }
-    }
-    pub fn num_labels(self) -> usize {
-        self.label_names().len()
-    }
-    fn text_columns(self) -> &'static [&'static str] {
-        match self {
-            Task::Sst2 => &["sentence"],
-            Task::Rte => &["sentence1", "sentence2"],
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A split of a data set. MNLI has two validation and two test sets (matched, mismatched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Split {
     Train,
     Dev,
     Test,
+    DevMismatched,
+    TestMismatched,
 }
 
 impl Split {
+    /// run_glue.py's and the hub's names too (`validation`, `validation_matched`).
     pub fn parse(s: &str) -> Option<Split> {
         match s {
             "train" => Some(Split::Train),
-            "dev" | "validation" => Some(Split::Dev),
-            "test" => Some(Split::Test),
+            "dev" | "validation" | "dev_matched" | "validation_matched" => Some(Split::Dev),
+            "test" | "test_matched" => Some(Split::Test),
+            "dev_mismatched" | "validation_mismatched" => Some(Split::DevMismatched),
+            "test_mismatched" => Some(Split::TestMismatched),
             _ => None,
         }
     }
-    fn tsv_name(self) -> &'static str {
-        match self {
-            Split::Train => "train.tsv",
-            Split::Dev => "dev.tsv",
-            Split::Test => "test.tsv",
-        }
+
+    pub fn is_test(self) -> bool {
+        matches!(self, Split::Test | Split::TestMismatched)
     }
-    fn parquet_prefix(self) -> &'static str {
+
+    /// The task's file stem and hub split for this split (None: the task has no such split).
+    fn files(self, info: &TaskInfo) -> Option<(&'static str, &'static str)> {
+        let set = |v: &[peftrain_spec::task::EvalSet], i: usize| v.get(i).map(|e| (e.tsv, e.hub));
         match self {
-            Split::Train => "train-",
-            Split::Dev => "validation-",
-            Split::Test => "test-",
+            Split::Train => Some(("train", "train")),
+            Split::Dev => set(info.dev, 0),
+            Split::DevMismatched => set(info.dev, 1),
+            Split::Test => set(info.test, 0),
+            Split::TestMismatched => set(info.test, 1),
         }
     }
 }
 
-/// One row of a GLUE split.
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Dev => "validation",
+            Split::Test => "test",
+            Split::DevMismatched => "validation_mismatched",
+            Split::TestMismatched => "test_mismatched",
+        })
+    }
+}
+
+/// An example's gold answer: a class id, or a regression's target.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Label {
+    Class(u32),
+    Score(f32),
+}
+
+/// One row of a split.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
     /// GLUE's `index`/`idx`, else the row number.
     pub idx: u64,
     pub text_a: String,
     pub text_b: Option<String>,
-    /// Label id; None for test splits.
-    pub label: Option<u32>,
+    /// None for test splits.
+    pub label: Option<Label>,
+}
+
+/// Which columns of a table hold what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Columns {
+    /// One text column, or a pair.
+    pub text: Vec<String>,
+    pub label: String,
+    /// Class labels may be written as ids (GLUE's TSV writes SST-2's as 0/1) besides names.
+    pub ids_ok: bool,
+}
+
+impl Columns {
+    fn of(text: &[&str], label: &str, ids_ok: bool) -> Columns {
+        Columns { text: text.iter().map(|s| s.to_string()).collect(), label: label.into(), ids_ok }
+    }
+}
+
+/// The examples of `table`: texts from `cols.text`, labels read as `labels` says (required
+/// unless `test`: a test file may lack the label column or leave it empty).
+pub fn examples(table: &Table, cols: &Columns, labels: &Labels, test: bool) -> Result<Vec<Example>, DataError> {
+    let missing = |c: &str| {
+        let why = format!("missing column `{c}` (columns found: {})", table.column_list());
+        if table.typed {
+            table.file_err(why)
+        } else {
+            table.row_err(1, why)
+        }
+    };
+    let text: Vec<usize> = cols.text.iter().map(|c| table.column(c).ok_or_else(|| missing(c))).collect::<Result<_, _>>()?;
+    let label_col = table.column(&cols.label);
+    if !test && label_col.is_none() {
+        return Err(missing(&cols.label));
+    }
+    let index_col = ["index", "idx", "id"].iter().find_map(|c| table.column(c));
+    let mut out = Vec::with_capacity(table.rows.len());
+    for row in &table.rows {
+        let err = |why: String| table.row_err(row.line, why);
+        let idx = match index_col.map(|c| &row.cells[c]) {
+            None => out.len() as u64,
+            Some(Cell::Int(v)) => u64::try_from(*v).map_err(|_| err(format!("idx {v} is negative")))?,
+            Some(Cell::Str(s)) => s.trim().parse::<u64>().map_err(|_| err(format!("index {s:?} is not a non-negative integer")))?,
+            Some(other) => return Err(err(format!("index {} is not a non-negative integer", other.describe()))),
+        };
+        let mut texts = Vec::with_capacity(text.len());
+        for (&c, name) in text.iter().zip(&cols.text) {
+            match &row.cells[c] {
+                Cell::Str(s) => texts.push(s.clone()),
+                Cell::Null => return Err(err(format!("column `{name}` is null"))),
+                other => return Err(err(format!("column `{name}` is not a string ({})", other.describe()))),
+            }
+        }
+        let label = match label_col.map(|c| &row.cells[c]) {
+            None => None,
+            Some(cell) => read_label(cell, labels, cols.ids_ok, test).map_err(&err)?,
+        };
+        if !test && label.is_none() {
+            return Err(err(format!("column `{}` is empty", cols.label)));
+        }
+        let mut texts = texts.into_iter();
+        out.push(Example { idx, text_a: texts.next().unwrap_or_default(), text_b: texts.next(), label });
+    }
+    Ok(out)
+}
+
+/// One label cell as `labels` reads it; None for a test row without one (empty, null, or the
+/// hub's -1).
+fn read_label(cell: &Cell, labels: &Labels, ids_ok: bool, test: bool) -> Result<Option<Label>, String> {
+    let absent = match cell {
+        Cell::Null => true,
+        Cell::Str(s) => s.trim().is_empty(),
+        Cell::Int(-1) => test,
+        Cell::Float(f) => test && *f == -1.0,
+        _ => false,
+    };
+    if absent {
+        return Ok(None);
+    }
+    if labels.is_regression() {
+        let v = match cell {
+            Cell::Str(s) => s.trim().parse::<f64>().map_err(|_| format!("label {s:?} is not a number (a regression's target)"))?,
+            Cell::Int(i) => *i as f64,
+            Cell::Float(f) => *f,
+            Cell::Null => unreachable!("handled above"),
+        };
+        if !v.is_finite() || v.abs() > f32::MAX as f64 {
+            return Err(format!("label {v} is not a finite number"));
+        }
+        return Ok(Some(Label::Score(v as f32)));
+    }
+    let n = labels.names.len();
+    let name = match cell {
+        Cell::Str(s) => s.trim().to_string(),
+        Cell::Int(i) => i.to_string(),
+        Cell::Float(f) => f.to_string(),
+        Cell::Null => unreachable!("handled above"),
+    };
+    if let Some(i) = labels.names.iter().position(|l| *l == name) {
+        return Ok(Some(Label::Class(i as u32)));
+    }
+    if ids_ok {
+        match (cell, name.parse::<i64>()) {
+            (_, Ok(i)) if (0..n as i64).contains(&i) => return Ok(Some(Label::Class(i as u32))),
+            // A typed file's integer is an id (the hub's ClassLabel).
+            (Cell::Int(i), _) => return Err(format!("label {i} is outside 0..{n}")),
+            _ => {}
+        }
+    }
+    let shown: Vec<String> = labels.names.iter().take(20).map(|l| format!("{l:?}")).collect();
+    let ids = if ids_ok { format!(" (nor an id in 0..{n})") } else { String::new() };
+    Err(format!("label {name:?} is not one of {}{}{ids}", shown.join(", "), if n > 20 { ", ..." } else { "" }))
 }
 
 /// Reads a split of `task` from `glue_dir`, in whichever layout is there.
 pub fn load_split(glue_dir: &Path, task: Task, split: Split) -> Result<Vec<Example>, DataError> {
-    let tsv = glue_dir.join(task.glue_dir()).join(split.tsv_name());
+    let info = task.info();
+    let Some((stem, hub)) = split.files(info) else {
+        return Err(DataError::File { path: glue_dir.to_path_buf(), why: format!("{task} has no {split} split") });
+    };
+    let tsv = glue_dir.join(info.glue_dir).join(format!("{stem}.tsv"));
     if tsv.is_file() {
         return read_tsv(&tsv, task, split);
     }
-    let pq_dir = glue_dir.join(task.name());
+    let pq_dir = glue_dir.join(info.name);
+    let prefix = format!("{hub}-");
     let parquet: Vec<PathBuf> = std::fs::read_dir(&pq_dir)
         .map(|rd| {
             let mut v: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                    n.starts_with(split.parquet_prefix()) && n.ends_with(".parquet")
+                    n.starts_with(&prefix) && n.ends_with(".parquet")
                 })
                 .collect();
             v.sort();
@@ -161,8 +223,8 @@ pub fn load_split(glue_dir: &Path, task: Task, split: Split) -> Result<Vec<Examp
         return Err(DataError::Missing {
             task,
             dir: glue_dir.to_path_buf(),
-            tsv: format!("{}/{}", task.glue_dir(), split.tsv_name()),
-            parquet: format!("{}/{}*.parquet", task.name(), split.parquet_prefix()),
+            tsv: format!("{}/{stem}.tsv", info.glue_dir),
+            parquet: format!("{}/{prefix}*.parquet", info.name),
         });
     }
     let mut out = Vec::new();
@@ -172,260 +234,126 @@ pub fn load_split(glue_dir: &Path, task: Task, split: Split) -> Result<Vec<Examp
     Ok(out)
 }
 
-/// GLUE TSV: a header row naming the columns, tab-separated fields, no quoting.
+/// A GLUE TSV file of `task`, with its columns and label names.
 pub fn read_tsv(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let row_err = |line: usize, why: String| DataError::Row {
-        path: path.to_path_buf(),
-        line,
-        why,
-    };
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-        row_err(line, "not valid UTF-8".into())
-    })?;
-    // GLUE's own MRPC files start with a UTF-8 byte-order mark; it is not part of a column name.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut lines = text.lines().enumerate();
-    let header: Vec<&str> = match lines.next() {
-        Some((_, h)) if !h.trim().is_empty() => h.trim_end_matches('\r').split('\t').collect(),
-        _ => {
-            return Err(DataError::File {
-                path: path.to_path_buf(),
-                why: "empty file (expected a header row)".into(),
-            })
-        }
-    };
-    for (k, h) in header.iter().enumerate() {
-        if header[..k].contains(h) {
-            return Err(row_err(1, format!("column `{h}` appears twice in the header")));
-        }
-    }
-    let col = |name: &str| header.iter().position(|h| *h == name);
-    let text_cols: Vec<usize> = task
-        .text_columns()
-        .iter()
-        .map(|c| col(c).ok_or_else(|| row_err(1, format!("missing column `{c}` (header: {})", header.join(", ")))))
-        .collect::<Result<_, _>>()?;
-    let label_col = col("label");
-    if split != Split::Test && label_col.is_none() {
-        return Err(row_err(1, format!("missing column `label` (header: {})", header.join(", "))));
-    }
-    let index_col = col("index").or_else(|| col("idx"));
-    let mut out = Vec::new();
-    for (i, raw) in lines {
-        let line = i + 1;
-        let raw = raw.trim_end_matches('\r');
-        if raw.is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = raw.split('\t').collect();
-        if fields.len() != header.len() {
-            return Err(row_err(
-                line,
-                format!("expected {} tab-separated fields, found {}", header.len(), fields.len()),
-            ));
-        }
-        let idx = match index_col {
-            Some(c) => fields[c]
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| row_err(line, format!("index {:?} is not a non-negative integer", fields[c])))?,
-            None => out.len() as u64,
-        };
-        let label = match label_col {
-            Some(c) if split != Split::Test || !fields[c].is_empty() => Some(parse_label(task, fields[c]).map_err(|why| row_err(line, why))?),
-            _ => None,
-        };
-        let text_a = fields[text_cols[0]].to_string();
-        let text_b = text_cols.get(1).map(|&c| fields[c].to_string());
-        out.push(Example {
-            idx,
-            text_a,
-            text_b,
-            label,
-        });
-    }
-    if out.is_empty() {
-        return Err(DataError::File {
-            path: path.to_path_buf(),
-            why: "no data rows".into(),
-        });
-    }
-    Ok(out)
+    let info = task.info();
+    let table = crate::table::read(path, info.tsv_columns, info.tsv_text)?;
+    examples(&table, &Columns::of(info.tsv_text, info.tsv_label, true), &Labels::of_task(task), split.is_test()).map_err(|e| name_task(e, task))
 }
 
-/// A label as written in GLUE TSV (a name or an id) to its id.
-fn parse_label(task: Task, s: &str) -> Result<u32, String> {
-    let s = s.trim();
-    let names = task.label_names();
-    if let Some(i) = names.iter().position(|n| *n == s) {
-        return Ok(i as u32);
-    }
-    Err(format!(
-        "label {s:?} is not one of {} for {}",
-        names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
-        task
-    ))
-}
-
-/// Hugging Face `glue` parquet: columns `sentence` or `sentence1`/`sentence2`, `label`, `idx`;
-/// test rows carry label -1.
+/// A hub `glue` parquet file of `task`: its text columns, `label` (ids; -1 in test splits),
+/// `idx`.
 pub fn read_parquet(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, DataError> {
-    // The checks below turn damaged metadata into errors, but the parquet crate still panics
-    // (asserts, expect()s in its decoders) on some damaged pages. Such a panic is caught and
-    // reported as a damaged file, and its message is kept off the user's terminal.
-    let read = quiet_panics::catch(|| read_parquet_checked(path, task, split)).unwrap_or_else(|why| {
-        Err(DataError::File {
-            path: path.to_path_buf(),
-            why: format!("damaged parquet file: the reader failed on it ({why})"),
-        })
-    });
-    // The parquet crate's messages may span lines; the user gets one.
-    let flat = |why: String| why.split_whitespace().collect::<Vec<_>>().join(" ");
-    read.map_err(|e| match e {
-        DataError::File { path, why } => DataError::File { path, why: flat(why) },
-        DataError::Row { path, line, why } => DataError::Row { path, line, why: flat(why) },
+    let info = task.info();
+    let table = read_parquet_table(path)?;
+    examples(&table, &Columns::of(info.hub_text, "label", true), &Labels::of_task(task), split.is_test()).map_err(|e| name_task(e, task))
+}
+
+/// A label error with the task named, as `label "maybe" is not one of ... for rte`.
+fn name_task(e: DataError, task: Task) -> DataError {
+    match e {
+        DataError::Row { path, line, why } if why.contains("label ") => DataError::Row { path, line, why: format!("{why} for {task}") },
+        other => other,
+    }
+}
+
+/// The user's own columns (run_glue.py's `--train_file` data), as the flags name them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserColumns {
+    pub text: Option<String>,
+    pub text_pair: Option<String>,
+    pub label: String,
+}
+
+impl UserColumns {
+    /// The text columns of `table`: the flags', else `sentence1`/`sentence2` when both are
+    /// there, else `sentence`.
+    fn resolve(&self, table: &Table) -> Result<Columns, DataError> {
+        let text = match (&self.text, &self.text_pair) {
+            (Some(a), Some(b)) => vec![a.clone(), b.clone()],
+            (Some(a), None) => vec![a.clone()],
+            (None, pair) => {
+                let mut v = if table.column("sentence1").is_some() && table.column("sentence2").is_some() {
+                    vec!["sentence1".to_string(), "sentence2".to_string()]
+                } else if table.column("sentence").is_some() {
+                    vec!["sentence".to_string()]
+                } else {
+                    return Err(table.row_err(
+                        1,
+                        format!("no text column: pass --text-column (columns found: {}; the defaults are `sentence`, or `sentence1` and `sentence2`)", table.column_list()),
+                    ));
+                };
+                if let Some(b) = pair {
+                    v.truncate(1);
+                    v.push(b.clone());
+                }
+                v
+            }
+        };
+        Ok(Columns { text, label: self.label.clone(), ids_ok: false })
+    }
+}
+
+/// The labels of a training file, as run_glue.py reads them: float values make a regression;
+/// otherwise the distinct values, sorted (numbers as numbers), are the label names in id order.
+pub fn infer_labels(path: &Path, cols: &UserColumns) -> Result<Labels, DataError> {
+    let table = crate::table::read(path, None, &[])?;
+    let c = table.column(&cols.label).ok_or_else(|| table.row_err(1, format!("missing column `{}` (columns found: {})", cols.label, table.column_list())))?;
+    let (mut ints, mut floats, mut strings) = (Vec::new(), Vec::new(), Vec::new());
+    for row in &table.rows {
+        match &row.cells[c] {
+            Cell::Null => return Err(table.row_err(row.line, format!("column `{}` is empty", cols.label))),
+            Cell::Int(i) => ints.push((row.line, *i)),
+            Cell::Float(f) => floats.push((row.line, *f)),
+            // Text formats hold strings: a column of integers or of numbers is typed by its values.
+            Cell::Str(s) if !table.typed => match (s.trim().parse::<i64>(), s.trim().parse::<f64>()) {
+                (Ok(i), _) => ints.push((row.line, i)),
+                (_, Ok(f)) if f.is_finite() => floats.push((row.line, f)),
+                _ if s.trim().is_empty() => return Err(table.row_err(row.line, format!("column `{}` is empty", cols.label))),
+                _ => strings.push((row.line, s.trim().to_string())),
+            },
+            Cell::Str(s) => strings.push((row.line, s.trim().to_string())),
+        }
+    }
+    let kinds = [!ints.is_empty(), !floats.is_empty(), !strings.is_empty()];
+    // Integers among floats are numbers all the same (pandas reads the column as float).
+    if !strings.is_empty() && (kinds[0] || kinds[1]) {
+        let (line, s) = &strings[0];
+        let number = ints.first().map(|(l, i)| (*l, i.to_string())).or_else(|| floats.first().map(|(l, f)| (*l, f.to_string()))).unwrap_or_default();
+        return Err(table.row_err(
+            (*line).max(number.0),
+            format!("column `{}` mixes label types: {s:?} (line {line}) and the number {} (line {})", cols.label, number.1, number.0),
+        ));
+    }
+    if !floats.is_empty() {
+        return Ok(Labels::regression());
+    }
+    let names: Vec<String> = if !ints.is_empty() {
+        let mut v: Vec<i64> = ints.iter().map(|(_, i)| *i).collect();
+        v.sort_unstable();
+        v.dedup();
+        v.iter().map(|i| i.to_string()).collect()
+    } else {
+        let mut v: Vec<String> = strings.into_iter().map(|(_, s)| s).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let labels = Labels::classes(names);
+    labels.validate().map_err(|why| table.file_err(format!("column `{}`: {why}", cols.label)))?;
+    Ok(labels)
+}
+
+/// One of the user's files as examples, its labels read as `labels` (a label never seen in
+/// training is an error naming it); `test` files may lack the label column.
+pub fn read_user_file(path: &Path, cols: &UserColumns, labels: &Labels, test: bool, ids_ok: bool) -> Result<Vec<Example>, DataError> {
+    let table = crate::table::read(path, None, &[])?;
+    let mut columns = cols.resolve(&table)?;
+    columns.ids_ok = ids_ok;
+    examples(&table, &columns, labels, test).map_err(|e| match e {
+        DataError::Row { path, line, why } if why.contains("is not one of") => DataError::Row { path, line, why: format!("{why} (the labels of the training file)") },
         other => other,
     })
-}
-
-/// Catching a library's panic without its message reaching stderr: a process-wide hook,
-/// installed once around whatever hook was there, that stays silent only on a thread that is
-/// inside `catch`.
-mod quiet_panics {
-    use std::cell::Cell;
-    use std::panic::{self, AssertUnwindSafe};
-    use std::sync::Once;
-
-    thread_local! {
-        static QUIET: Cell<bool> = const { Cell::new(false) };
-    }
-
-    pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-        static INSTALL: Once = Once::new();
-        INSTALL.call_once(|| {
-            let previous = panic::take_hook();
-            panic::set_hook(Box::new(move |info| {
-                if !QUIET.with(|q| q.get()) {
-                    previous(info);
-                }
-            }));
-        });
-        let was = QUIET.with(|q| q.replace(true));
-        let r = panic::catch_unwind(AssertUnwindSafe(f));
-        QUIET.with(|q| q.set(was));
-        r.map_err(|p| {
-            p.downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into())
-        })
-    }
-}
-
-fn read_parquet_checked(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, DataError> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    use parquet::record::Field;
-
-    let file_err = |why: String| DataError::File {
-        path: path.to_path_buf(),
-        why,
-    };
-    let file = File::open(path).map_err(|e| DataError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-    let reader = SerializedFileReader::new(file).map_err(|e| file_err(format!("not a readable parquet file: {e}")))?;
-    // The parquet crate asserts (panics) on column chunks with negative offsets or sizes when
-    // it reads them; damaged metadata is checked here first and reported as such.
-    for (g, group) in reader.metadata().row_groups().iter().enumerate() {
-        for (c, col) in group.columns().iter().enumerate() {
-            let start = col.dictionary_page_offset().unwrap_or_else(|| col.data_page_offset());
-            let len = col.compressed_size();
-            let end = (start as i128) + (len as i128);
-            if start < 0 || len < 0 || end > file_len as i128 {
-                return Err(file_err(format!(
-                    "damaged parquet metadata: column chunk {c} of row group {g} claims bytes {start}..{end} of a {file_len}-byte file"
-                )));
-            }
-        }
-    }
-    let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    let names: Vec<String> = schema.columns().iter().map(|c| c.name().to_string()).collect();
-    for c in task.text_columns().iter().chain(["label"].iter()) {
-        if !names.iter().any(|n| n == c) {
-            return Err(file_err(format!("missing column `{c}` (columns: {})", names.join(", "))));
-        }
-    }
-    let rows = reader.get_row_iter(None).map_err(|e| file_err(e.to_string()))?;
-    let mut out = Vec::new();
-    for (i, row) in rows.enumerate() {
-        // Rows are numbered from 1 like lines, so messages read the same for both layouts.
-        let line = i + 1;
-        let row_err = |why: String| DataError::Row {
-            path: path.to_path_buf(),
-            line,
-            why: format!("row {line}: {why}"),
-        };
-        let row = row.map_err(|e| row_err(e.to_string()))?;
-        let mut texts: Vec<Option<String>> = vec![None; task.text_columns().len()];
-        let mut label: Option<i64> = None;
-        let mut idx: Option<u64> = None;
-        for (name, field) in row.get_column_iter() {
-            let as_int = |f: &Field| -> Option<i64> {
-                match f {
-                    Field::Byte(v) => Some(*v as i64),
-                    Field::Short(v) => Some(*v as i64),
-                    Field::Int(v) => Some(*v as i64),
-                    Field::Long(v) => Some(*v),
-                    Field::UByte(v) => Some(*v as i64),
-                    Field::UShort(v) => Some(*v as i64),
-                    Field::UInt(v) => Some(*v as i64),
-                    Field::ULong(v) => i64::try_from(*v).ok(),
-                    _ => None,
-                }
-            };
-            if let Some(k) = task.text_columns().iter().position(|c| c == name) {
-                match field {
-                    Field::Str(s) => texts[k] = Some(s.clone()),
-                    other => return Err(row_err(format!("column `{name}` is not a string ({other})"))),
-                }
-            } else if name == "label" {
-                label = Some(as_int(field).ok_or_else(|| row_err(format!("column `label` is not an integer ({field})")))?);
-            } else if name == "idx" {
-                let v = as_int(field).ok_or_else(|| row_err(format!("column `idx` is not an integer ({field})")))?;
-                idx = Some(u64::try_from(v).map_err(|_| row_err(format!("idx {v} is negative")))?);
-            }
-        }
-        let mut texts = texts.into_iter().zip(task.text_columns());
-        let mut text = || -> Result<String, DataError> {
-            let (t, c) = texts.next().ok_or_else(|| row_err("missing text".into()))?;
-            t.ok_or_else(|| row_err(format!("column `{c}` is null")))
-        };
-        let text_a = text()?;
-        let text_b = if task.is_pair() { Some(text()?) } else { None };
-        let label = match label {
-            Some(-1) | None if split == Split::Test => None,
-            Some(l) if l >= 0 && (l as usize) < task.num_labels() => Some(l as u32),
-            Some(l) => return Err(row_err(format!("label {l} is outside 0..{} for {task}", task.num_labels()))),
-            None => return Err(row_err("column `label` is null".into())),
-        };
-        out.push(Example {
-            idx: idx.unwrap_or(i as u64),
-            text_a,
-            text_b,
-            label,
-        });
-    }
-    if out.is_empty() {
-        return Err(file_err("no data rows".into()));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -445,10 +373,10 @@ mod tests {
         let v = read_tsv(&p, Task::Sst2, Split::Train).unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].text_a, "it 's \"great\" ");
-        assert_eq!(v[0].label, Some(1));
+        assert_eq!(v[0].label, Some(Label::Class(1)));
         let p = write(d.path(), "rte.tsv", "index\tsentence1\tsentence2\tlabel\n7\tA.\tB.\tnot_entailment\n");
         let v = read_tsv(&p, Task::Rte, Split::Dev).unwrap();
-        assert_eq!((v[0].idx, v[0].text_b.as_deref(), v[0].label), (7, Some("B."), Some(1)));
+        assert_eq!((v[0].idx, v[0].text_b.as_deref(), v[0].label), (7, Some("B."), Some(Label::Class(1))));
         let p = write(d.path(), "test.tsv", "index\tsentence\n0\thello\n");
         let v = read_tsv(&p, Task::Sst2, Split::Test).unwrap();
         assert_eq!(v[0].label, None);

@@ -133,12 +133,10 @@ pub fn resolve_model(spec: &str, opts: &HubOptions) -> Result<PathBuf, HubError>
 
 /// The snapshot directory of the hub's `nyu-mll/glue` dataset holding `task`'s parquet files
 /// (`{task}/train-00000-of-00001.parquet`, ...), the layout `data::load_split` reads.
-pub fn resolve_glue(task: &str, opts: &HubOptions) -> Result<PathBuf, HubError> {
-    let task = Task::parse(task).ok_or_else(|| HubError::BadSpec { spec: task.into(), flag: "--task", example: "sst2 or rte" })?;
-    let needs: Vec<Need> = ["train", "validation", "test"]
-        .iter()
-        .map(|split| Need { names: vec![format!("{task}/{split}-00000-of-00001.parquet")], required: true })
-        .collect();
+pub fn resolve_glue(task: Task, opts: &HubOptions) -> Result<PathBuf, HubError> {
+    let info = task.info();
+    let splits = std::iter::once("train").chain(info.dev.iter().map(|e| e.hub)).chain(info.test.iter().map(|e| e.hub));
+    let needs: Vec<Need> = splits.map(|split| Need { names: vec![format!("{task}/{split}-00000-of-00001.parquet")], required: true }).collect();
     let command = format!("huggingface-cli download {GLUE_REPO} --repo-type dataset --include '{task}/*'");
     resolve(&Repo { id: GLUE_REPO, dataset: true, flag: "--glue-dir", command }, &needs, opts)
 }
@@ -325,8 +323,8 @@ mod tests {
         for s in ["train", "validation", "test"] {
             std::fs::write(glue.join(format!("{s}-00000-of-00001.parquet")), "p").unwrap();
         }
-        assert_eq!(resolve_glue("rte", &opts(d.path())).unwrap(), d.path().join("datasets--nyu-mll--glue/snapshots/main"));
-        let e = resolve_glue("sst2", &opts(d.path())).unwrap_err().to_string();
+        assert_eq!(resolve_glue(Task::Rte, &opts(d.path())).unwrap(), d.path().join("datasets--nyu-mll--glue/snapshots/main"));
+        let e = resolve_glue(Task::Sst2, &opts(d.path())).unwrap_err().to_string();
         assert!(e.contains("nyu-mll/glue") && e.contains("--glue-dir") && e.contains("--repo-type dataset"), "{e}");
     }
 

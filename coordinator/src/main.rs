@@ -54,7 +54,11 @@ fn eval(cmd: &peftrain::cli::EvalCmd, mut cfg: peftrain::config::TrainConfig) ->
     }
     let split = Split::parse(&cmd.split).ok_or_else(|| anyhow::anyhow!("--split {:?}: expected dev or train", cmd.split))?;
     let r = runtime()?.block_on(app::run_eval(&cfg, split, &local(&cmd.local), &cmd.net.to_args()))?;
-    println!("{}", serde_json::json!({ "eval_loss": r.loss, "eval_accuracy": r.accuracy, "eval_samples": r.examples, "eval_runtime": r.runtime }));
+    // The Trainer's evaluate() keys: eval_loss, eval_<metric>..., and the run's size and time.
+    let mut out = r.log_entries();
+    out.insert("eval_samples".into(), serde_json::json!(r.examples));
+    out.insert("eval_runtime".into(), serde_json::json!(r.runtime));
+    println!("{}", serde_json::Value::Object(out));
     Ok(())
 }
 
@@ -74,6 +78,9 @@ fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
         .arg("--output")
         .arg(&m.output)
         .args(cfg.method.to_flags())
+        // The labels the weights were trained on (none for a peft adapter: the worker counts
+        // them from its head).
+        .args(cfg.labels.as_ref().map(|l| ["--labels".to_string(), serde_json::to_string(l).unwrap_or_default()]).into_iter().flatten())
         .output()?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

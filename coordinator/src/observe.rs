@@ -31,7 +31,11 @@ pub struct Status {
     pub loss: Option<f64>,
     pub learning_rate: f64,
     pub eval_loss: Option<f64>,
-    pub eval_accuracy: Option<f64>,
+    /// The last evaluation's metrics by key (`accuracy`, `matthews_correlation`, ...).
+    pub eval_metrics: std::collections::BTreeMap<String, f64>,
+    /// The keys evaluations report, so their gauges exist before the first one.
+    #[serde(skip)]
+    pub metric_keys: Vec<String>,
     pub allreduce_bytes: u64,
     pub allreduce_seconds: f64,
     pub workers_alive: usize,
@@ -47,7 +51,7 @@ pub struct Status {
 pub struct Observer(Arc<Mutex<Status>>);
 
 impl Observer {
-    pub fn new(run_id: &str, task: &str, method: &str, workers_expected: usize) -> Observer {
+    pub fn new(run_id: &str, task: &str, method: &str, workers_expected: usize, metric_keys: Vec<String>) -> Observer {
         Observer(Arc::new(Mutex::new(Status {
             run_id: run_id.to_string(),
             phase: Phase::WaitingForWorkers,
@@ -61,7 +65,8 @@ impl Observer {
             loss: None,
             learning_rate: 0.0,
             eval_loss: None,
-            eval_accuracy: None,
+            eval_metrics: Default::default(),
+            metric_keys,
             allreduce_bytes: 0,
             allreduce_seconds: 0.0,
             workers_alive: 0,
@@ -96,7 +101,6 @@ impl Observer {
             .metric("peftrain_train_loss", "gauge", "Mean training loss of the last logging window.", s.loss.unwrap_or(f64::NAN))
             .metric("peftrain_learning_rate", "gauge", "Learning rate of the next step.", s.learning_rate)
             .metric("peftrain_eval_loss", "gauge", "Validation loss of the last evaluation.", s.eval_loss.unwrap_or(f64::NAN))
-            .metric("peftrain_eval_accuracy", "gauge", "Validation accuracy of the last evaluation.", s.eval_accuracy.unwrap_or(f64::NAN))
             .metric("peftrain_allreduce_bytes_total", "counter", "Bytes one worker sent in all-reduces.", s.allreduce_bytes as f64)
             .metric("peftrain_allreduce_seconds_total", "counter", "Seconds spent in all-reduces (slowest worker).", s.allreduce_seconds)
             .metric("peftrain_workers_alive", "gauge", "Workers in the group.", s.workers_alive as f64)
@@ -106,6 +110,11 @@ impl Observer {
             .metric("peftrain_phase_training", "gauge", "1 while training.", phase(Phase::Training))
             .metric("peftrain_phase_finished", "gauge", "1 once the run finished.", phase(Phase::Finished))
             .metric("peftrain_phase_failed", "gauge", "1 if the run failed.", phase(Phase::Failed));
+        // One gauge per metric of the task (`peftrain_eval_f1`, `peftrain_eval_accuracy_mm`).
+        for k in &s.metric_keys {
+            let v = s.eval_metrics.get(k).copied().unwrap_or(f64::NAN);
+            e.metric(&format!("peftrain_eval_{k}"), "gauge", &format!("Validation {k} of the last evaluation."), v);
+        }
         e.finish()
     }
 

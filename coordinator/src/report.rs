@@ -8,41 +8,47 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-const HEADER: [&str; 4] = ["Step", "Training Loss", "Validation Loss", "Accuracy"];
-
-/// The notebook table of the Hugging Face Trainer, as plain text: each column left-aligned to
-/// its header's width plus two spaces, six decimals.
+/// The notebook table of the Hugging Face Trainer, as plain text: `Step | Training Loss |
+/// Validation Loss` and a column per metric titled as the Trainer titles it (`Matthews
+/// Correlation`, `F1`, `Spearmanr`), each left-aligned to its header's width plus two spaces,
+/// six decimals.
 pub struct StepTable<W: Write> {
     out: W,
+    header: Vec<String>,
     printed_header: bool,
 }
 
 impl<W: Write> StepTable<W> {
-    pub fn new(out: W) -> Self {
-        StepTable {
-            out,
-            printed_header: false,
-        }
+    /// `metric_keys`: the evaluation's metrics keys, in column order (`f1`, `accuracy`).
+    pub fn new(out: W, metric_keys: &[String]) -> Self {
+        let mut header: Vec<String> = ["Step", "Training Loss", "Validation Loss"].map(String::from).to_vec();
+        header.extend(metric_keys.iter().map(|k| peftrain_spec::task::column_title(k)));
+        StepTable { out, header, printed_header: false }
     }
 
-    pub fn row(&mut self, step: u64, train_loss: Option<f64>, eval_loss: Option<f64>, accuracy: Option<f64>) -> std::io::Result<()> {
+    /// `metrics`: one value (or none) per metric column.
+    pub fn row(&mut self, step: u64, train_loss: Option<f64>, eval_loss: Option<f64>, metrics: &[Option<f64>]) -> std::io::Result<()> {
         if !self.printed_header {
-            writeln!(self.out, "{}", format_row(&HEADER.map(String::from)))?;
+            writeln!(self.out, "{}", self.format_row(&self.header))?;
             self.printed_header = true;
         }
         let f = |v: Option<f64>, missing: &str| v.map(|x| format!("{x:.6}")).unwrap_or_else(|| missing.to_string());
-        let cells = [step.to_string(), f(train_loss, "No log"), f(eval_loss, ""), f(accuracy, "")];
-        writeln!(self.out, "{}", format_row(&cells).trim_end())?;
+        let mut cells = vec![step.to_string(), f(train_loss, "No log"), f(eval_loss, "")];
+        cells.extend(metrics.iter().map(|m| f(*m, "")));
+        writeln!(self.out, "{}", self.format_row(&cells).trim_end())?;
         self.out.flush()
     }
-}
 
-fn format_row(cells: &[String; 4]) -> String {
-    let mut s = String::new();
-    for (c, h) in cells.iter().zip(HEADER) {
-        s.push_str(&format!("{c:<w$}", w = h.len() + 2));
+    /// Columns are their header's width plus two spaces; a metric column at least a value's
+    /// (`0.000000`, so `F1` does not run into the next), and a longer cell still gets two.
+    fn format_row(&self, cells: &[String]) -> String {
+        let mut s = String::new();
+        for (k, (c, h)) in cells.iter().zip(&self.header).enumerate() {
+            let w = if k >= 3 { h.len().max(8) } else { h.len() };
+            s.push_str(&format!("{c:<w$}", w = w.max(c.len()) + 2));
+        }
+        s.trim_end().to_string()
     }
-    s.trim_end().to_string()
 }
 
 /// `metrics.jsonl`: one JSON object per log or evaluation event.
@@ -198,14 +204,28 @@ mod tests {
     #[test]
     fn table_matches_the_trainer_layout() {
         let mut buf = Vec::new();
-        let mut t = StepTable::new(&mut buf);
-        t.row(500, Some(0.355), Some(0.241495), Some(0.915138)).unwrap();
-        t.row(510, None, Some(0.2), Some(0.9)).unwrap();
+        let mut t = StepTable::new(&mut buf, &["accuracy".to_string()]);
+        t.row(500, Some(0.355), Some(0.241495), &[Some(0.915138)]).unwrap();
+        t.row(510, None, Some(0.2), &[Some(0.9)]).unwrap();
         let s = String::from_utf8(buf).unwrap();
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[0], "Step  Training Loss  Validation Loss  Accuracy");
         assert_eq!(lines[1], "500   0.355000       0.241495         0.915138");
         assert_eq!(lines[2], "510   No log         0.200000         0.900000");
+        let mut buf = Vec::new();
+        let mut t = StepTable::new(&mut buf, &["pearson".to_string(), "spearmanr".to_string()]);
+        t.row(10, Some(1.5), Some(0.75), &[Some(0.5), None]).unwrap();
+        let s = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "Step  Training Loss  Validation Loss  Pearson   Spearmanr");
+        assert_eq!(lines[1], "10    1.500000       0.750000         0.500000");
+        let mut buf = Vec::new();
+        let mut t = StepTable::new(&mut buf, &["f1".to_string(), "accuracy".to_string()]);
+        t.row(1234567, None, Some(0.5), &[Some(0.8), Some(0.75)]).unwrap();
+        let s = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "Step  Training Loss  Validation Loss  F1        Accuracy");
+        assert_eq!(lines[1], "1234567  No log         0.500000         0.800000  0.750000");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokenizers::processors::bert::BertProcessing;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::data::Example;
+use crate::data::{Example, Label};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
@@ -26,11 +26,11 @@ pub enum TokenizeError {
 }
 
 /// One tokenized example, unpadded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
-    pub label: Option<u32>,
+    pub label: Option<Label>,
     /// The example's `idx` (GLUE test index or row number).
     pub idx: u64,
 }

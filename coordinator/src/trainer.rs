@@ -12,6 +12,8 @@ use serde_json::{json, Map, Value};
 use crate::checkpoint::{self, ReplicaState};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::TrainConfig;
+use crate::data::Label;
+use crate::metrics::{Gold, Scored};
 use crate::observe::{Observer, Phase};
 use crate::progress::Progress;
 use crate::report::{MetricsLog, StepTable, TrainOutput};
@@ -19,14 +21,52 @@ use crate::signals::StopSignal;
 use crate::sampler::{epoch_order, group_by_length};
 use crate::schedule::{linear_lr, warmup_steps};
 use crate::tokenize::Encoded;
+use peftrain_spec::task::Metric;
 
-/// Result of an evaluation pass over the dev set.
-#[derive(Debug, Clone, Copy)]
+/// Result of an evaluation pass over the validation set(s).
+#[derive(Debug, Clone, PartialEq)]
 pub struct EvalResult {
+    /// Mean loss of the first (main) set.
     pub loss: f64,
-    pub accuracy: f64,
+    /// Metrics by key, without `eval_`, in the task's order (`f1`, `accuracy`; MNLI's
+    /// mismatched set as `accuracy_mm` and `loss_mm`).
+    pub metrics: Vec<(String, f64)>,
     pub runtime: f64,
     pub examples: u64,
+}
+
+impl EvalResult {
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.metrics.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// `eval_loss`, `eval_<metric>`..., `eval_runtime`, `eval_samples_per_second`, as the
+    /// Trainer logs an evaluation.
+    pub fn log_entries(&self) -> Map<String, Value> {
+        let mut ev = Map::new();
+        ev.insert("eval_loss".into(), json!(self.loss));
+        for (k, v) in &self.metrics {
+            ev.insert(format!("eval_{k}"), json!(v));
+        }
+        ev.insert("eval_runtime".into(), json!((self.runtime * 1e4).round() / 1e4));
+        ev.insert("eval_samples_per_second".into(), json!((self.examples as f64 / self.runtime.max(1e-9) * 1e3).round() / 1e3));
+        ev
+    }
+}
+
+/// Gold answers of labelled examples, in order (None if one is missing or of the other kind).
+fn gold(examples: &[Encoded], regression: bool) -> Option<Gold> {
+    if regression {
+        examples.iter().map(|e| match e.label {
+            Some(Label::Score(s)) => Some(s as f64),
+            _ => None,
+        }).collect::<Option<Vec<_>>>().map(Gold::Scores)
+    } else {
+        examples.iter().map(|e| match e.label {
+            Some(Label::Class(c)) => Some(c),
+            _ => None,
+        }).collect::<Option<Vec<_>>>().map(Gold::Classes)
+    }
 }
 
 /// Everything a finished run reports.
@@ -34,7 +74,8 @@ pub struct EvalResult {
 pub struct RunSummary {
     pub output: TrainOutput,
     pub last_eval: Option<EvalResult>,
-    pub best_accuracy: Option<f64>,
+    /// The best value of the metric that chooses the model (`--metric-for-best-model`).
+    pub best_metric: Option<f64>,
     /// The trained state (weights and AdamW moments), as the last checkpoint holds it.
     pub state: ReplicaState,
     /// The run stopped early at a step boundary on this signal (its checkpoint written).
@@ -54,7 +95,14 @@ pub struct LoopState {
     pub last_logged_loss: Option<f64>,
     pub total_flos: f64,
     pub samples: u64,
-    pub best_accuracy: Option<f64>,
+    /// The best value so far of the metric that chooses the model, and its step.
+    #[serde(default, alias = "best_accuracy")]
+    pub best_metric: Option<f64>,
+    #[serde(default)]
+    pub best_step: Option<u64>,
+    /// Evaluations in a row that did not improve the metric (early stopping's count).
+    #[serde(default)]
+    pub evals_without_improvement: u64,
     pub bytes_window: u64,
     pub reduce_ms_window: f64,
     pub step_ms_window: f64,
@@ -72,32 +120,59 @@ pub struct LoopState {
     pub consecutive_skipped: u64,
 }
 
-/// Evaluates `examples` in batches of `batch_size`, sharded across the workers.
-pub async fn evaluate(cluster: &mut Cluster, examples: &[Encoded], batch_size: usize) -> Result<EvalResult, ClusterError> {
-    evaluate_with(cluster, examples, batch_size, true).await
-}
-
-/// `evaluate`, with a progress display unless `quiet`.
-pub async fn evaluate_with(cluster: &mut Cluster, examples: &[Encoded], batch_size: usize, quiet: bool) -> Result<EvalResult, ClusterError> {
+/// Loss sum and row-major logits of `examples`, in batches of `batch_size`, sharded across
+/// the workers.
+pub async fn logits(cluster: &mut Cluster, examples: &[Encoded], batch_size: usize, quiet: bool) -> Result<(f64, Vec<f32>, usize), ClusterError> {
     let started = Instant::now();
-    let (mut loss_sum, mut correct, mut n) = (0.0, 0u64, 0u64);
+    let (mut loss_sum, mut n, mut num_labels) = (0.0, 0u64, 1usize);
+    let mut all = Vec::new();
     let mut progress = Progress::new("eval", examples.len() as u64, 0, quiet);
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        let out = cluster.evaluate(&refs, false).await?;
+        let out = cluster.evaluate(&refs, true).await?;
         loss_sum += out.loss_sum;
-        correct += out.correct;
         n += out.examples;
+        num_labels = out.num_labels.max(1);
+        all.extend(out.logits);
         progress.set(n, n as f64 / started.elapsed().as_secs_f64().max(1e-9));
     }
     progress.finish();
-    let n_f = n.max(1) as f64;
-    Ok(EvalResult {
-        loss: loss_sum / n_f,
-        accuracy: correct as f64 / n_f,
-        runtime: started.elapsed().as_secs_f64(),
-        examples: n,
-    })
+    Ok((loss_sum, all, num_labels))
+}
+
+/// Evaluates each set (`(examples, key suffix)`, the first the main one): loss, and `metrics`
+/// computed here from the logits as `evaluate`'s `glue` metric computes them.
+pub async fn evaluate_sets(
+    cluster: &mut Cluster,
+    sets: &[(&[Encoded], &str)],
+    batch_size: usize,
+    metrics: &[Metric],
+    regression: bool,
+    quiet: bool,
+) -> Result<EvalResult, ClusterError> {
+    let started = Instant::now();
+    let mut result = EvalResult { loss: f64::NAN, metrics: Vec::new(), runtime: 0.0, examples: 0 };
+    for (k, (examples, suffix)) in sets.iter().enumerate() {
+        let (loss_sum, logits, num_labels) = logits(cluster, examples, batch_size, quiet).await?;
+        let loss = loss_sum / examples.len().max(1) as f64;
+        let gold = gold(examples, regression).ok_or_else(|| ClusterError::Inconsistent("an evaluation set without a label on every example".into()))?;
+        let scored = Scored::from_logits(&logits, num_labels, &gold);
+        if k == 0 {
+            result.loss = loss;
+            result.examples = examples.len() as u64;
+        } else {
+            result.metrics.push((format!("loss{suffix}"), loss));
+        }
+        for &m in metrics {
+            if let Some(v) = scored.metric(m) {
+                result.metrics.push((format!("{}{suffix}", m.key()), v));
+            }
+        }
+    }
+    // Keys in the order the table shows them: the main set's metrics, then the others'.
+    result.metrics.sort_by_key(|(k, _)| k.starts_with("loss"));
+    result.runtime = started.elapsed().as_secs_f64();
+    Ok(result)
 }
 
 /// Errors of the loop: the cluster's, or the outputs'.
@@ -118,7 +193,16 @@ fn out_err(what: &str) -> impl Fn(std::io::Error) -> TrainError + '_ {
 /// Writes `checkpoint-{step}` from the group's current state and says how big it is.
 pub async fn save_checkpoint(cfg: &TrainConfig, cluster: &Cluster, st: &LoopState) -> Result<ReplicaState, TrainError> {
     let state = cluster.get_state().await?;
-    let (dir, bytes) = checkpoint::write_checkpoint(&cfg.output_dir, st.global_step, cfg, &cluster.layout(), &state, st, cfg.save_total_limit, &st.run_id)?;
+    let (dir, bytes) = checkpoint::write_checkpoint(
+        &cfg.output_dir,
+        st.global_step,
+        cfg,
+        &cluster.layout(),
+        &state,
+        st,
+        checkpoint::Rotation { keep: cfg.save_total_limit, protect: if cfg.load_best_model_at_end { st.best_step } else { None } },
+        &st.run_id,
+    )?;
     tracing::info!(
         "{} written: {} ({} trainable values with their AdamW moments)",
         dir.display(),
@@ -134,7 +218,7 @@ pub async fn train<W: Write>(
     cfg: &TrainConfig,
     cluster: &mut Cluster,
     train: &[Encoded],
-    dev: &[Encoded],
+    dev: &[(&[Encoded], &str)],
     non_embedding_params: u64,
     table_out: W,
     metrics: &mut MetricsLog,
@@ -149,12 +233,17 @@ pub async fn train<W: Write>(
     let warmup = warmup_steps(total, cfg.warmup_steps, cfg.warmup_ratio);
     let base_lr = cfg.lr();
     let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
-    let mut table = StepTable::new(table_out);
+    let keys = cfg.metric_keys();
+    let metrics_of_run = cfg.metrics();
+    let regression = cfg.labels().is_regression();
+    let best = cfg.best_model_metric();
+    let mut table = StepTable::new(table_out, &keys);
     let write = |m: &mut MetricsLog, ev: &Map<String, Value>| m.write(ev).map_err(out_err("metrics.jsonl"));
 
     let started = Instant::now();
     let mut order: Vec<usize> = Vec::new();
     let mut last_eval = None;
+    let mut best_eval: Option<EvalResult> = None;
     let mut window_samples = 0u64;
     let mut progress = Progress::new("train", total, st.global_step, cfg.quiet);
     let mut last_rate = 0.0f64;
@@ -175,7 +264,7 @@ pub async fn train<W: Write>(
             return Ok(RunSummary {
                 output: TrainOutput::new(st.global_step, st.loss_total, runtime, st.samples as f64, st.total_flos, epoch_f),
                 last_eval,
-                best_accuracy: st.best_accuracy,
+                best_metric: st.best_metric,
                 state,
                 stopped: Some(sig),
             });
@@ -292,32 +381,47 @@ pub async fn train<W: Write>(
         }
         progress.set(global_step, if last_rate > 0.0 { last_rate } else { batch.len() as f64 / (step_ms / 1000.0).max(1e-9) });
         let mut row_eval = None;
-        if eval_now && !dev.is_empty() {
+        if eval_now && dev.first().is_some_and(|(d, _)| !d.is_empty()) {
             // Evaluation progress only when the training display is plain lines or off: two
             // bars at once would fight over the terminal.
-            let r = evaluate_with(cluster, dev, cfg.eval_batch_size, true).await?;
-            let mut ev = Map::new();
-            ev.insert("eval_loss".into(), json!(r.loss));
-            ev.insert("eval_accuracy".into(), json!(r.accuracy));
-            ev.insert("eval_runtime".into(), json!((r.runtime * 1e4).round() / 1e4));
-            ev.insert("eval_samples_per_second".into(), json!((r.examples as f64 / r.runtime.max(1e-9) * 1e3).round() / 1e3));
+            let r = evaluate_sets(cluster, dev, cfg.eval_batch_size, &metrics_of_run, regression, true).await?;
+            let mut ev = r.log_entries();
             ev.insert("epoch".into(), json!(st.epoch));
             ev.insert("step".into(), json!(global_step));
             write(metrics, &ev)?;
-            st.best_accuracy = Some(st.best_accuracy.map_or(r.accuracy, |b: f64| b.max(r.accuracy)));
+            let value = best.value(r.loss, &r.metrics);
+            // Early stopping compares with the best before this evaluation, as the Trainer's
+            // callback does, with its threshold.
+            if best.improves_by(value, st.best_metric, cfg.early_stopping_threshold) {
+                st.evals_without_improvement = 0;
+            } else {
+                st.evals_without_improvement += 1;
+            }
+            if best.improves(value, st.best_metric) {
+                st.best_metric = Some(value);
+                st.best_step = Some(global_step);
+                if cfg.load_best_model_at_end && global_step < total {
+                    // The best model is a checkpoint, kept through rotation.
+                    let mut snapshot = st.clone();
+                    snapshot.runtime_before += started.elapsed().as_secs_f64();
+                    save_checkpoint(cfg, cluster, &snapshot).await?;
+                }
+                best_eval = Some(r.clone());
+            }
             obs.update(|s| {
                 s.eval_loss = Some(r.loss);
-                s.eval_accuracy = Some(r.accuracy);
+                s.eval_metrics = r.metrics.iter().cloned().collect();
             });
-            last_eval = Some(r);
+            last_eval = Some(r.clone());
             row_eval = Some(r);
         }
         if log_now || row_eval.is_some() {
             // An evaluation between logging steps shows the last logged loss, as the notebook
             // table does, or "No log" before the first one.
             let shown = row_loss.or(if row_eval.is_some() { st.last_logged_loss } else { None });
+            let cells: Vec<Option<f64>> = keys.iter().map(|k| row_eval.as_ref().and_then(|r| r.get(k))).collect();
             progress
-                .above(|| table.row(global_step, shown, row_eval.map(|r| r.loss), row_eval.map(|r| r.accuracy)))
+                .above(|| table.row(global_step, shown, row_eval.as_ref().map(|r| r.loss), &cells))
                 .map_err(out_err("stdout"))?;
         }
         if cfg.save_steps.is_some_and(|s| global_step % s == 0) && global_step < total {
@@ -325,24 +429,44 @@ pub async fn train<W: Write>(
             snapshot.runtime_before += started.elapsed().as_secs_f64();
             save_checkpoint(cfg, cluster, &snapshot).await?;
         }
+        if cfg.early_stopping_patience.is_some_and(|p| st.evals_without_improvement >= p) && global_step < total {
+            tracing::info!(
+                "early stopping at step {global_step}: {} evaluations without improving {} (best {:.6} at step {})",
+                st.evals_without_improvement,
+                best.key,
+                st.best_metric.unwrap_or(f64::NAN),
+                st.best_step.unwrap_or(0)
+            );
+            break;
+        }
     }
 
     progress.finish();
+    let last_step = st.global_step;
     let runtime = st.runtime_before + started.elapsed().as_secs_f64();
-    let epoch_f = total as f64 / steps_per_epoch.max(1) as f64;
-    let output = TrainOutput::new(total, st.loss_total, runtime, st.samples as f64, st.total_flos, epoch_f);
+    let epoch_f = last_step as f64 / steps_per_epoch.max(1) as f64;
+    let output = TrainOutput::new(last_step, st.loss_total, runtime, st.samples as f64, st.total_flos, epoch_f);
     let mut ev = output.metrics_map();
-    ev.insert("step".into(), Value::from(total));
+    ev.insert("step".into(), Value::from(last_step));
     ev.insert("steps_redone".into(), json!(st.steps_redone));
     ev.insert("steps_skipped".into(), json!(st.steps_skipped));
     write(metrics, &ev)?;
     st.runtime_before = runtime;
     // The last checkpoint: the final state, resumable and usable as an adapter.
-    let state = save_checkpoint(cfg, cluster, st).await?;
+    let mut state = save_checkpoint(cfg, cluster, st).await?;
+    if let (true, Some(step)) = (cfg.load_best_model_at_end, st.best_step) {
+        // The output directory gets the best evaluation's weights, from its checkpoint.
+        if step != last_step {
+            let dir = cfg.output_dir.join(format!("checkpoint-{step}"));
+            state = checkpoint::read_checkpoint::<LoopState>(&dir, &cluster.layout())?.0;
+            tracing::info!("loading the best model: {} = {:.6} at step {step} ({})", best.key, st.best_metric.unwrap_or(f64::NAN), dir.display());
+        }
+        last_eval = best_eval.or(last_eval);
+    }
     Ok(RunSummary {
         output,
         last_eval,
-        best_accuracy: st.best_accuracy,
+        best_metric: st.best_metric,
         state,
         stopped: None,
     })

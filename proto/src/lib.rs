@@ -5,5 +5,5 @@ pub mod v1 {
     tonic::include_proto!("peftrain.v1");
 
     /// Minor protocol version a coordinator and its workers must share.
-    pub const PROTOCOL_VERSION: u32 = 2;
+    pub const PROTOCOL_VERSION: u32 = 3;
 }

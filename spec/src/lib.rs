@@ -9,9 +9,11 @@ pub mod digest;
 pub mod dtype;
 pub mod method;
 pub mod model_config;
+pub mod optimizer;
 pub mod padding;
 pub mod paths;
 pub mod state;
+pub mod task;
 
 pub use model_config::{Activation, ConfigError, ModelConfig, ModelType};
 pub use dtype::BaseDtype;

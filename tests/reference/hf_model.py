@@ -25,9 +25,11 @@ def tiny(args):
         intermediate_size=48,
         hidden_dropout_prob=args.dropout,
         attention_probs_dropout_prob=args.dropout,
-        num_labels=2,
+        num_labels=args.num_labels,
         hidden_act=args.act,
     )
+    if args.regression:
+        common["problem_type"] = "regression"
     if args.family == "roberta":
         cfg = RobertaConfig(vocab_size=50265, max_position_embeddings=130, type_vocab_size=1,
                             pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, **common)
@@ -166,6 +168,8 @@ def main():
     t.add_argument("--scale", type=float, default=0.05)
     t.add_argument("--act", default="gelu")
     t.add_argument("--base-only", action="store_true")
+    t.add_argument("--num-labels", type=int, default=2)
+    t.add_argument("--regression", action="store_true", help="one output, problem_type regression")
     t.add_argument("--bin", action="store_true")
     f = sub.add_parser("forward")
     f.add_argument("--model", required=True)

@@ -18,9 +18,17 @@ def main():
     ap.add_argument("--tsv", required=True)
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--via", choices=["peft", "state-dict", "merged"], default="peft")
+    ap.add_argument("--num-labels", type=int, default=2)
+    ap.add_argument("--regression", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    kw = {"problem_type": "regression"} if a.regression else {}
+    if a.via == "merged":
+        # A merged checkpoint carries its own label count and names.
+        model = AutoModelForSequenceClassification.from_pretrained(a.model)
+        assert model.config.num_labels == a.num_labels, model.config.num_labels
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=a.num_labels, **kw)
     if a.via == "merged":
         pass  # --model is a merged checkpoint: plain transformers, nothing else.
     elif a.via == "peft":
@@ -44,7 +52,7 @@ def main():
                   truncation=True, max_length=128, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**enc).logits
-    print(json.dumps({"logits": logits.tolist()}))
+    print(json.dumps({"logits": logits.tolist(), "id2label": {str(k): v for k, v in model.config.id2label.items()}}))
 
 
 if __name__ == "__main__":

@@ -19,13 +19,22 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.optimization import get_linear_schedule_with_warmup
 
 
-def read_sst2(path, limit):
+def read_rows(path, limit):
+    """SST-2's `sentence`/`label`, or STS-B's `sentence1`/`sentence2`/`score` (a regression)."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
     header = lines[0].rstrip("\r").split("\t")
-    s, l = header.index("sentence"), header.index("label")
     rows = [r.rstrip("\r").split("\t") for r in lines[1:] if r.strip()][:limit]
+    if "score" in header:
+        a, b, l = header.index("sentence1"), header.index("sentence2"), header.index("score")
+        return [(r[a], r[b]) for r in rows], [float(r[l]) for r in rows]
+    s, l = header.index("sentence"), header.index("label")
     return [r[s] for r in rows], [int(r[l]) for r in rows]
+
+
+def load_model(a):
+    kw = {"problem_type": "regression"} if a.num_labels == 1 else {}
+    return AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=a.num_labels, **kw)
 
 
 def lora_config(a):
@@ -43,7 +52,7 @@ def ia3_config(a):
 
 
 def build(a):
-    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    model = load_model(a)
     if a.method in ("lora", "ia3"):
         from peft import PeftModel
 
@@ -58,7 +67,7 @@ def lora_init(a):
     from peft import get_peft_model
 
     torch.manual_seed(a.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    model = load_model(a)
     model = get_peft_model(model, lora_config(a))
     model.save_pretrained(a.out)
 
@@ -82,7 +91,7 @@ def train(a):
     model = build(a)
     model.train()
     tok = AutoTokenizer.from_pretrained(a.tokenizer)
-    texts, labels = read_sst2(a.tsv, a.batch_size * a.steps)
+    texts, labels = read_rows(a.tsv, a.batch_size * a.steps)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     # The Trainer's grouping: no weight decay on biases and LayerNorm weights.
     decay = [p for n, p in params if not (n.endswith("bias") or "LayerNorm" in n)]
@@ -96,7 +105,11 @@ def train(a):
     total_flos = 0.0
     for step in range(a.steps):
         i = step * a.batch_size
-        enc = tok(texts[i:i + a.batch_size], truncation=True, max_length=a.max_length, padding=True, return_tensors="pt")
+        batch = texts[i:i + a.batch_size]
+        if isinstance(batch[0], tuple):
+            enc = tok([t[0] for t in batch], [t[1] for t in batch], truncation=True, max_length=a.max_length, padding=True, return_tensors="pt")
+        else:
+            enc = tok(batch, truncation=True, max_length=a.max_length, padding=True, return_tensors="pt")
         y = torch.tensor(labels[i:i + a.batch_size])
         out = model(**enc, labels=y)
         # Trainer.floating_point_ops: 6 x input_ids.numel() x num_parameters(exclude_embeddings=True)
@@ -141,6 +154,7 @@ def main():
     ap.add_argument("--lora-alpha", type=float, default=16)
     ap.add_argument("--lora-targets", default="query,value")
     ap.add_argument("--perturb", type=float, default=0.0)
+    ap.add_argument("--num-labels", type=int, default=2, help="1: a regression (MSE), as STS-B")
     a = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     {"lora-init": lora_init, "ia3-init": ia3_init, "train": train}[a.cmd](a)

@@ -5,7 +5,7 @@
 //! --release -p peftrain-tests --test fuzz`.
 
 use peftrain::checkpoint::ReplicaState;
-use peftrain::data::{read_parquet, read_tsv, Split, Task};
+use peftrain::data::{read_parquet, read_tsv, Label, Split, Task};
 use peftrain::registry::Registry;
 use peftrain_proto::v1 as pb;
 use peftrain_worker::replica::Shard;
@@ -51,7 +51,7 @@ proptest! {
         let split = if test { Split::Test } else { Split::Train };
         if let Ok(rows) = read_tsv(&p, task, split) {
             prop_assert!(!rows.is_empty());
-            prop_assert!(rows.iter().all(|r| r.label.is_none_or(|l| (l as usize) < task.num_labels())));
+            prop_assert!(rows.iter().all(|r| r.label.is_none_or(|l| matches!(l, Label::Class(c) if (c as usize) < task.num_labels()))));
         }
     }
 
@@ -91,7 +91,7 @@ proptest! {
         lengths in proptest::collection::vec(0u32..20, 0..8),
         labels in proptest::collection::vec(-2i64..4, 0..8),
     ) {
-        let shard = Shard { ids, type_ids: types, lengths, labels };
+        let shard = Shard { ids, type_ids: types, lengths, labels, scores: vec![] };
         if shard.validate(2, 100, 2, 16).is_ok() {
             // What validation admits, padding can lay out: lengths cover the ids exactly.
             prop_assert_eq!(shard.tokens() as usize, shard.ids.len());

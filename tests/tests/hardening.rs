@@ -565,7 +565,7 @@ async fn a_worker_refuses_bad_segment_ids_and_closes_idle_connections() {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{worker}")).unwrap().connect_lazy();
     let mut w = pb::worker_client::WorkerClient::with_interceptor(ch, token.client_auth());
     // RoBERTa has one token type: segment id 5 would index past its table inside libtorch.
-    let shard = pb::Batch { input_ids: vec![0, 100, 2], token_type_ids: vec![0, 5, 0], lengths: vec![3], labels: vec![1] };
+    let shard = pb::Batch { input_ids: vec![0, 100, 2], token_type_ids: vec![0, 5, 0], lengths: vec![3], labels: vec![1], scores: vec![] };
     let e = w.evaluate(pb::EvalRequest { shard: Some(shard), return_logits: false }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     assert!(e.message().contains("segment id 5"), "{}", e.message());
@@ -588,7 +588,7 @@ async fn a_worker_refuses_bad_segment_ids_and_closes_idle_connections() {
         .unwrap_or(false);
         assert!(closed, "an idle connection was left open");
     }
-    let shard = pb::Batch { input_ids: vec![0, 100, 2], token_type_ids: vec![], lengths: vec![3], labels: vec![1] };
+    let shard = pb::Batch { input_ids: vec![0, 100, 2], token_type_ids: vec![], lengths: vec![3], labels: vec![1], scores: vec![] };
     w.evaluate(pb::EvalRequest { shard: Some(shard), return_logits: false }).await.expect("the worker still serves");
     assert!(child.0.try_wait().unwrap().is_none(), "the run ended");
     signal_and_wait(&mut child, "-TERM", Duration::from_secs(30));

@@ -142,7 +142,7 @@ fn glue_parquet_downloads_and_loads() {
     let hub = serve(srv.path().to_path_buf());
     let cache = tempfile::tempdir().unwrap();
 
-    let dir = resolve_glue("sst2", &opts(&hub, cache.path(), false)).unwrap();
+    let dir = resolve_glue(Task::Sst2, &opts(&hub, cache.path(), false)).unwrap();
     assert_eq!(dir, cache.path().join("datasets--nyu-mll--glue/snapshots").join(COMMIT));
     let rows = load_split(&dir, Task::Sst2, Split::Train).unwrap();
     let mut want = load_split(&glue_dir(), Task::Sst2, Split::Train).unwrap();
@@ -154,7 +154,7 @@ fn glue_parquet_downloads_and_loads() {
     assert_eq!(load_split(&dir, Task::Sst2, Split::Dev).unwrap().len(), N);
 
     let before = hub.requests.load(Ordering::SeqCst);
-    assert_eq!(resolve_glue("sst2", &opts(&hub, cache.path(), true)).unwrap(), dir);
+    assert_eq!(resolve_glue(Task::Sst2, &opts(&hub, cache.path(), true)).unwrap(), dir);
     assert_eq!(hub.requests.load(Ordering::SeqCst), before);
 }
 
@@ -168,7 +168,7 @@ fn offline_with_an_empty_cache_is_one_line_naming_what_to_do() {
     for needle in ["roberta-base", "HF_HUB_OFFLINE", "huggingface-cli download roberta-base", "--model"] {
         assert!(e.contains(needle), "{needle:?} missing from: {e}");
     }
-    let e = resolve_glue("rte", &opts(&hub, cache.path(), true)).unwrap_err().to_string();
+    let e = resolve_glue(Task::Rte, &opts(&hub, cache.path(), true)).unwrap_err().to_string();
     assert_eq!(e.lines().count(), 1, "{e}");
     for needle in ["nyu-mll/glue", "HF_HUB_OFFLINE", "--glue-dir", "rte/*"] {
         assert!(e.contains(needle), "{needle:?} missing from: {e}");
@@ -192,7 +192,7 @@ fn missing_files_on_the_hub_name_repo_and_file() {
     // Nothing half-resolved is taken for a complete repo afterwards.
     assert!(resolve_model("org/no-weights", &opts(&hub, cache.path(), true)).unwrap_err().to_string().contains("HF_HUB_OFFLINE"));
 
-    let e = resolve_glue("rte", &opts(&hub, cache.path(), false)).unwrap_err().to_string();
+    let e = resolve_glue(Task::Rte, &opts(&hub, cache.path(), false)).unwrap_err().to_string();
     assert!(e.contains("nyu-mll/glue") && e.contains("rte/train-00000-of-00001.parquet"), "{e}");
 
     let closed = HubOptions { endpoint: "http://127.0.0.1:1".into(), ..opts(&hub, cache.path(), false) };

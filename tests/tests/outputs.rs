@@ -83,7 +83,8 @@ fn predict_and_compare(method: &str, via: &str, tolerance: f32) {
         let f: Vec<&str> = l.split('\t').collect();
         assert_eq!(f[0], i.to_string(), "GLUE test index");
         let logits: Vec<f32> = f[2].split(',').map(|v| v.parse().unwrap()).collect();
-        let argmax = if logits[1] > logits[0] { "1" } else { "0" };
+        // run_glue.py writes the label name (the hub's SST-2 names), not the id.
+        let argmax = if logits[1] > logits[0] { "positive" } else { "negative" };
         assert_eq!(f[1], argmax, "prediction is the argmax of the logits");
         ours.extend(logits);
     }

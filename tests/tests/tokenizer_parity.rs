@@ -15,7 +15,7 @@ struct Reference {
 }
 
 fn compare(tokenizer_dir: &Path, reference_dir: &Path, task: Task, max_length: usize, check_types: bool) {
-    let tsv = glue_dir().join(task.glue_dir()).join("dev.tsv");
+    let tsv = glue_dir().join(task.info().glue_dir).join("dev.tsv");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ids.json");
     run_reference(

@@ -2,7 +2,8 @@
 //! first 30 per-step training losses of `peftrain train` equal a reference loop written with
 //! HF transformers + peft + torch.optim.AdamW (tests/reference/hf_train.py) within 1e-4, for
 //! full fine-tuning, BitFit (both scopes), LoRA and IA3, each computed padding-free (peftrain's CPU
-//! default) and on the padded layout transformers uses.
+//! default) and on the padded layout transformers uses; and STS-B's regression (one output,
+//! MSE, as transformers' `problem_type="regression"`) for full fine-tuning and LoRA.
 
 use std::path::Path;
 
@@ -11,12 +12,35 @@ use peftrain_tests::{glue_dir, max_abs_diff, peftrain, roberta_dir, run_referenc
 const STEPS: usize = 30;
 const BATCH: usize = 8;
 
+/// The task of a trajectory: SST-2's classification, or STS-B's regression.
+#[derive(Clone, Copy, PartialEq)]
+enum Task {
+    Sst2,
+    Stsb,
+}
+
+impl Task {
+    fn flag(self) -> &'static str {
+        if self == Task::Sst2 { "sst2" } else { "stsb" }
+    }
+    fn tsv(self) -> &'static str {
+        if self == Task::Sst2 { "SST-2/train.tsv" } else { "STS-B/train.tsv" }
+    }
+    fn num_labels(self) -> &'static str {
+        if self == Task::Sst2 { "2" } else { "1" }
+    }
+}
+
 fn reference(model: &Path, method: &str, scope: &str, adapter: Option<&Path>) -> serde_json::Value {
-    let tsv = glue_dir().join("SST-2/train.tsv");
+    reference_on(Task::Sst2, model, method, scope, adapter)
+}
+
+fn reference_on(task: Task, model: &Path, method: &str, scope: &str, adapter: Option<&Path>) -> serde_json::Value {
+    let tsv = glue_dir().join(task.tsv());
     let tokenizer = roberta_dir();
     let mut args = vec![
         "train", "--model", model.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap(), "--tsv", tsv.to_str().unwrap(),
-        "--method", method, "--scope", scope,
+        "--method", method, "--scope", scope, "--num-labels", task.num_labels(),
     ];
     if let Some(a) = adapter {
         args.extend(["--adapter", a.to_str().unwrap()]);
@@ -25,12 +49,17 @@ fn reference(model: &Path, method: &str, scope: &str, adapter: Option<&Path>) ->
 }
 
 fn ours(model: &Path, out: &Path, method: &str, scope: &str, adapter: Option<&Path>, workers: usize, padding: &str) -> Vec<f64> {
+    ours_on(Task::Sst2, model, out, method, scope, adapter, workers, padding)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ours_on(task: Task, model: &Path, out: &Path, method: &str, scope: &str, adapter: Option<&Path>, workers: usize, padding: &str) -> Vec<f64> {
     let limit = (STEPS * BATCH).to_string();
     let workers = workers.to_string();
     let (tokenizer, glue) = (roberta_dir(), glue_dir());
     let mut args = vec![
         "train", "--model", model.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap(),
-        "--glue-dir", glue.to_str().unwrap(), "--task", "sst2", "--method", method, "--bitfit-scope", scope,
+        "--glue-dir", glue.to_str().unwrap(), "--task", task.flag(), "--method", method, "--bitfit-scope", scope,
         "--lora-dropout", "0", "--train-limit", &limit, "--eval-limit", "16", "--batch-size", "8", "--epochs", "1",
         "--lr", "1e-3", "--weight-decay", "0.01", "--warmup-steps", "3", "--no-shuffle", "--logging-steps", "1",
         "--workers", &workers, "--threads", "1", "--output-dir", out.to_str().unwrap(),
@@ -106,4 +135,32 @@ fn lora_follows_the_reference_loop() {
 #[test]
 fn ia3_follows_the_reference_loop() {
     check("ia3", "all");
+}
+
+/// STS-B from a tiny model whose saved head has one output (the same start on both sides).
+fn check_regression(method: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-regression");
+    run_reference("hf_model.py", &["tiny", "--family", "roberta", "--out", model.to_str().unwrap(), "--seed", "12", "--num-labels", "1", "--regression"]);
+    let adapter = (method == "lora").then(|| {
+        let a = dir.path().join("lora-init");
+        run_reference("hf_train.py", &["lora-init", "--model", model.to_str().unwrap(), "--out", a.to_str().unwrap(), "--seed", "5", "--num-labels", "1"]);
+        a
+    });
+    let reference = reference_on(Task::Stsb, &model, method, "all", adapter.as_deref());
+    for padding in ["free", "padded"] {
+        let out = dir.path().join(format!("out-{padding}"));
+        let got = ours_on(Task::Stsb, &model, &out, method, "all", adapter.as_deref(), 1, padding);
+        check_run(method, &format!("stsb regression, --padding {padding}"), &reference, &out, got);
+    }
+}
+
+#[test]
+fn stsb_regression_full_finetuning_follows_the_reference_loop() {
+    check_regression("full");
+}
+
+#[test]
+fn stsb_regression_lora_follows_the_reference_loop() {
+    check_regression("lora");
 }

@@ -23,6 +23,7 @@ fn main() {
         model_dir: a[1].clone().into(),
         method,
         num_labels: 2,
+        regression: false,
         seed: 0,
         init_adapter: None,
         optimizer: AdamWConfig::default(),
@@ -47,6 +48,7 @@ fn main() {
             type_ids: vec![],
             lengths,
             labels: (0..b as i64).map(|i| i % 2).collect(),
+            scores: vec![],
         }
     };
     let mut t_fb = 0.0;

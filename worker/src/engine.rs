@@ -186,8 +186,9 @@ impl Engine {
                 shard
                     .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.loaded.config.type_vocab_size, r.max_tokens())
                     .map_err(WorkerError::BadShard)?;
-                if shard.labels.len() != shard.len() {
-                    return Err(WorkerError::BadShard("training shards need a label per example".into()));
+                if !r.has_targets(&shard) {
+                    let what = if r.spec.regression { "a regression target" } else { "a label" };
+                    return Err(WorkerError::BadShard(format!("training shards need {what} per example")));
                 }
                 let stats = r.forward_backward(&shard, global, seed);
                 let mut grad = r.gradient(host);

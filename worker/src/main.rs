@@ -95,6 +95,27 @@ struct MergeArgs {
     adapter: PathBuf,
     #[arg(long)]
     output: PathBuf,
+    /// What the head predicts, as trainable_config.json's `labels` (JSON: problem_type and
+    /// names); without it, the label count is read from the adapter's head.
+    #[arg(long)]
+    labels: Option<String>,
+}
+
+/// Outputs of the classification head saved in `dir` (peftrain's or peft's weights), if any.
+fn head_outputs(dir: &std::path::Path) -> anyhow::Result<Option<i64>> {
+    for f in ["trainable.safetensors", "adapter_model.safetensors"] {
+        let p = dir.join(f);
+        if !p.is_file() {
+            continue;
+        }
+        let tensors = tch::Tensor::read_safetensors(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        let out = tensors.iter().find_map(|(k, t)| {
+            let k = peftrain_worker::adapter_io::peft_key_to_name(k);
+            (k == "classifier.out_proj.weight" || k == "classifier.weight").then(|| t.size().first().copied()).flatten()
+        });
+        return Ok(out);
+    }
+    Ok(None)
 }
 
 /// Writes `data` to `path` through a temporary file renamed into place.
@@ -122,10 +143,24 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
         }
     }
     let method = typed_method(&p.method)?;
+    let labels: Option<peftrain_spec::task::Labels> = match &a.labels {
+        Some(j) => {
+            let l: peftrain_spec::task::Labels = serde_json::from_str(j).map_err(|e| anyhow::Error::new(Usage(format!("--labels: {e}"))))?;
+            l.validate().map_err(|e| anyhow::Error::new(Usage(format!("--labels: {e}"))))?;
+            Some(l)
+        }
+        None => None,
+    };
+    // The merged model keeps the trained head's label count.
+    let num_labels = match &labels {
+        Some(l) => l.num_labels() as i64,
+        None => head_outputs(&a.adapter)?.unwrap_or(p.num_labels),
+    };
     let spec = ReplicaSpec {
         model_dir: p.model.clone(),
         method,
-        num_labels: p.num_labels,
+        num_labels,
+        regression: labels.as_ref().is_some_and(|l| l.is_regression()),
         seed: 0,
         init_adapter: Some(a.adapter.clone()),
         optimizer: Default::default(),
@@ -145,9 +180,17 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&r.loaded.files.config)?)?;
     if let Some(o) = cfg.as_object_mut() {
         o.insert("architectures".into(), serde_json::json!([r.loaded.class_name()]));
-        let labels: serde_json::Map<String, serde_json::Value> = (0..p.num_labels).map(|i| (i.to_string(), serde_json::json!(format!("LABEL_{i}")))).collect();
-        o.insert("id2label".into(), serde_json::Value::Object(labels.clone()));
-        o.insert("label2id".into(), serde_json::Value::Object(labels.iter().map(|(k, v)| (v.as_str().unwrap_or_default().to_string(), serde_json::json!(k.parse::<i64>().unwrap_or(0)))).collect()));
+        // The trained labels' names (transformers' LABEL_i where they are unknown), and a
+        // regression's problem_type, so pipelines and run_glue read the head as trained.
+        let id2label: Vec<(usize, String)> = match &labels {
+            Some(l) => l.id2label(),
+            None => (0..num_labels as usize).map(|i| (i, format!("LABEL_{i}"))).collect(),
+        };
+        o.insert("id2label".into(), id2label.iter().map(|(i, n)| (i.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>().into());
+        o.insert("label2id".into(), id2label.iter().map(|(i, n)| (n.clone(), serde_json::json!(i))).collect::<serde_json::Map<_, _>>().into());
+        if let Some(l) = &labels {
+            o.insert("problem_type".into(), serde_json::to_value(l.problem)?);
+        }
     }
     write_atomic(&a.output.join("config.json"), &serde_json::to_vec_pretty(&cfg)?)?;
     for f in TOKENIZER_FILES {

@@ -6,25 +6,9 @@ use std::collections::BTreeMap;
 
 use tch::{Kind, Tensor};
 
-/// Optimizer hyper-parameters (the Trainer's defaults: betas 0.9/0.999, eps 1e-8).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamWConfig {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    fn default() -> Self {
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
-    }
-}
+/// Optimizer hyper-parameters (the Trainer's defaults: betas 0.9/0.999, eps 1e-8), as the
+/// run spec types them.
+pub use peftrain_spec::optimizer::AdamW as AdamWConfig;
 
 /// Whether a parameter gets weight decay: the Trainer exempts biases and LayerNorm weights.
 pub fn decays(name: &str) -> bool {

@@ -21,6 +21,8 @@ pub struct ReplicaSpec {
     pub model_dir: PathBuf,
     pub method: Method,
     pub num_labels: i64,
+    /// transformers' `problem_type="regression"`: one output, MSE against `Shard::scores`.
+    pub regression: bool,
     pub seed: u64,
     pub init_adapter: Option<PathBuf>,
     pub optimizer: AdamWConfig,
@@ -39,6 +41,8 @@ pub struct Shard {
     pub type_ids: Vec<u32>,
     pub lengths: Vec<u32>,
     pub labels: Vec<i64>,
+    /// Regression targets, one per example (empty for a classification or unlabelled data).
+    pub scores: Vec<f32>,
 }
 
 impl Shard {
@@ -69,6 +73,12 @@ impl Shard {
         }
         if let Some(l) = self.labels.iter().find(|&&l| l < 0 || l >= num_labels) {
             return Err(format!("label {l} outside 0..{num_labels}"));
+        }
+        if !self.scores.is_empty() && self.scores.len() != self.lengths.len() {
+            return Err(format!("{} regression targets for {} examples", self.scores.len(), self.lengths.len()));
+        }
+        if let Some(s) = self.scores.iter().find(|s| !s.is_finite()) {
+            return Err(format!("regression target {s} is not finite"));
         }
         if let Some(t) = self.ids.iter().find(|&&t| t as i64 >= vocab) {
             return Err(format!("token id {t} outside the vocabulary of {vocab}"));
@@ -255,8 +265,36 @@ impl Replica {
         }
     }
 
-    /// Zeroes the gradients, then backpropagates sum(cross-entropy over the shard) /
-    /// `global_batch`, so that the sum of all workers' gradients is the global-batch mean.
+    /// The shard's summed loss as transformers computes it per example: cross-entropy over the
+    /// labels, or for a regression the squared error of the one output (MSELoss); None for a
+    /// shard without targets.
+    fn loss_sum(&self, logits: &Tensor, shard: &Shard) -> Option<Tensor> {
+        let logits = logits.to_kind(Kind::Float);
+        if self.spec.regression {
+            if shard.scores.len() != shard.len() {
+                return None;
+            }
+            let y = Tensor::from_slice(&shard.scores).to_device(self.device);
+            return Some((logits.reshape([-1]) - y).square().sum(Kind::Float));
+        }
+        if shard.labels.len() != shard.len() {
+            return None;
+        }
+        let labels = Tensor::from_slice(&shard.labels).to_device(self.device);
+        Some(logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0))
+    }
+
+    /// Whether every example of the shard has the target this head trains on.
+    pub fn has_targets(&self, shard: &Shard) -> bool {
+        if self.spec.regression {
+            shard.scores.len() == shard.len()
+        } else {
+            shard.labels.len() == shard.len()
+        }
+    }
+
+    /// Zeroes the gradients, then backpropagates sum(loss over the shard) / `global_batch`, so
+    /// that the sum of all workers' gradients is the global-batch mean.
     pub fn forward_backward(&mut self, shard: &Shard, global_batch: usize, dropout_seed: u64) -> PassStats {
         self.ensure_grads();
         for p in self.loaded.params.trainable.values() {
@@ -271,12 +309,10 @@ impl Replica {
         tch::manual_seed(dropout_seed as i64);
         crate::ops::dropout::seed(dropout_seed);
         let inputs = self.inputs(shard);
-        let labels = Tensor::from_slice(&shard.labels).to_device(self.device);
         let logits = self.loaded.model.forward(&inputs, true);
-        // CrossEntropyLoss as transformers calls it, summed here and divided below.
-        let loss_sum = logits
-            .to_kind(Kind::Float)
-            .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0);
+        // The loss as transformers calls it, summed here and divided below (the engine refuses
+        // a training shard without targets).
+        let Some(loss_sum) = self.loss_sum(&logits, shard) else { return PassStats::default() };
         (&loss_sum / global_batch as f64).backward();
         PassStats {
             loss_sum: loss_sum.double_value(&[]),
@@ -491,11 +527,11 @@ impl Replica {
                 examples: shard.len() as u32,
                 ..Default::default()
             };
-            if !shard.labels.is_empty() {
+            if let Some(loss) = self.loss_sum(&logits, shard) {
+                stats.loss_sum = loss.double_value(&[]);
+            }
+            if !self.spec.regression && shard.labels.len() == shard.len() {
                 let labels = Tensor::from_slice(&shard.labels).to_device(self.device);
-                stats.loss_sum = logits
-                    .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)
-                    .double_value(&[]);
                 stats.correct = logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]) as u32;
             }
             if want_logits {

@@ -18,7 +18,6 @@ pub const WORKER_MESSAGE_LIMIT: usize = 16 << 20;
 /// Largest gradient chunk a worker accepts from a peer (chunks are 1 MiB of values).
 pub const COLLECTIVE_MESSAGE_LIMIT: usize = 4 << 20;
 
-use crate::optim::AdamWConfig;
 use crate::peft::Method;
 use peftrain_spec::BaseDtype;
 use crate::replica::{Replica, ReplicaSpec};
@@ -103,22 +102,10 @@ pub fn base_kind(dtype: &str, device: Device) -> anyhow::Result<(Kind, String)> 
 /// The replica a wire `RunSpec` describes, on `device`.
 pub fn replica_spec(spec: &pb::RunSpec, device: Device) -> anyhow::Result<ReplicaSpec> {
     let method = Method::from_proto(&spec.method.clone().unwrap_or_default()).map_err(|e| anyhow::anyhow!(e))?;
-    let o = spec.optimizer.unwrap_or_default();
-    {
-        // Numbers from the wire are checked like flags before anything is built from them.
-        use peftrain_spec::check::{float, Interval};
-        for (name, v, range) in [
-            ("optimizer weight_decay", o.weight_decay as f64, Interval::closed(0.0, 10.0)),
-            ("optimizer beta1", o.beta1 as f64, Interval::below(0.0, 1.0)),
-            ("optimizer beta2", o.beta2 as f64, Interval::below(0.0, 1.0)),
-            ("optimizer eps", o.eps as f64, Interval::above(0.0, 1.0)),
-            ("optimizer max_grad_norm", o.max_grad_norm as f64, Interval::above(0.0, 1e12)),
-        ] {
-            float(name, v, range).map_err(|e| anyhow::anyhow!("run spec: {e}"))?;
-        }
-        if !(1..=1 << 16).contains(&spec.num_labels) {
-            anyhow::bail!("run spec: num_labels {} is outside 1..=65536", spec.num_labels);
-        }
+    // Numbers from the wire are checked like flags before anything is built from them.
+    let o = peftrain_spec::optimizer::Optimizer::from_proto(&spec.optimizer.unwrap_or_default()).map_err(anyhow::Error::msg)?;
+    if !(1..=1 << 16).contains(&spec.num_labels) {
+        anyhow::bail!("run spec: num_labels {} is outside 1..=65536", spec.num_labels);
     }
     let (base_kind, _) = base_kind(&spec.base_dtype, device)?;
     let (model_dir, random_init) = match spec.model_dir.strip_prefix("random:") {
@@ -129,15 +116,11 @@ pub fn replica_spec(spec: &pb::RunSpec, device: Device) -> anyhow::Result<Replic
         model_dir: PathBuf::from(model_dir),
         method,
         num_labels: spec.num_labels as i64,
+        regression: spec.regression,
         seed: spec.seed,
         init_adapter: (!spec.init_adapter.is_empty()).then(|| PathBuf::from(&spec.init_adapter)),
-        optimizer: AdamWConfig {
-            beta1: o.beta1 as f64,
-            beta2: o.beta2 as f64,
-            eps: o.eps as f64,
-            weight_decay: o.weight_decay as f64,
-        },
-        max_grad_norm: o.max_grad_norm as f64,
+        optimizer: o.adamw,
+        max_grad_norm: o.max_grad_norm,
         base_kind,
         random_init,
         padding_free: spec

@@ -37,6 +37,7 @@ pub fn shard_from(b: pb::Batch) -> Shard {
         type_ids: b.token_type_ids,
         lengths: b.lengths,
         labels: b.labels,
+        scores: b.scores,
     }
 }
 

