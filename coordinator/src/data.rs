@@ -359,12 +359,7 @@ pub fn read_user_file(path: &Path, cols: &UserColumns, labels: &Labels, test: bo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
+    use crate::table::testing::write;
 
     #[test]
     fn reads_sst2_and_rte_tsv() {

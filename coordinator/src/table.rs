@@ -377,15 +377,22 @@ fn read_parquet_checked(path: &Path) -> Result<Table, DataError> {
     Ok(Table { path: path.to_path_buf(), columns, rows, typed: true })
 }
 
+/// Files for the unit tests of the readers.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use std::path::{Path, PathBuf};
 
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::write;
+    use super::*;
 
     #[test]
     fn every_text_format_reads_to_the_same_table() {
