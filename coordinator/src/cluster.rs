@@ -74,7 +74,6 @@ pub struct StepOutcome {
 #[derive(Debug, Clone, Default)]
 pub struct EvalOutcome {
     pub loss_sum: f64,
-    pub correct: u64,
     pub examples: u64,
     /// Row-major [examples, num_labels] in the batch's order, when asked for.
     pub logits: Vec<f32>,
@@ -560,7 +559,6 @@ impl Cluster {
         let mut parts = Vec::new();
         for (k, reply) in g.ok {
             out.loss_sum += reply.loss_sum;
-            out.correct += reply.correct as u64;
             out.examples += reply.examples as u64;
             out.num_labels = reply.num_labels as usize;
             parts.push((k, reply.logits));

@@ -91,11 +91,14 @@ pub struct Columns {
     pub label: String,
     /// Class labels may be written as ids (GLUE's TSV writes SST-2's as 0/1) besides names.
     pub ids_ok: bool,
+    /// Where the labels come from, said after a refused label (`for rte`, `(the labels of the
+    /// training file)`).
+    pub label_source: String,
 }
 
 impl Columns {
-    fn of(text: &[&str], label: &str, ids_ok: bool) -> Columns {
-        Columns { text: text.iter().map(|s| s.to_string()).collect(), label: label.into(), ids_ok }
+    fn of_task(text: &[&str], label: &str, task: Task) -> Columns {
+        Columns { text: text.iter().map(|s| s.to_string()).collect(), label: label.into(), ids_ok: true, label_source: format!("for {task}") }
     }
 }
 
@@ -135,7 +138,7 @@ pub fn examples(table: &Table, cols: &Columns, labels: &Labels, test: bool) -> R
         }
         let label = match label_col.map(|c| &row.cells[c]) {
             None => None,
-            Some(cell) => read_label(cell, labels, cols.ids_ok, test).map_err(&err)?,
+            Some(cell) => read_label(cell, labels, cols.ids_ok, test).map_err(|why| err(format!("{why} {}", cols.label_source)))?,
         };
         if !test && label.is_none() {
             return Err(err(format!("column `{}` is empty", cols.label)));
@@ -238,7 +241,7 @@ pub fn load_split(glue_dir: &Path, task: Task, split: Split) -> Result<Vec<Examp
 pub fn read_tsv(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, DataError> {
     let info = task.info();
     let table = crate::table::read(path, info.tsv_columns, info.tsv_text)?;
-    examples(&table, &Columns::of(info.tsv_text, info.tsv_label, true), &Labels::of_task(task), split.is_test()).map_err(|e| name_task(e, task))
+    examples(&table, &Columns::of_task(info.tsv_text, info.tsv_label, task), &Labels::of_task(task), split.is_test())
 }
 
 /// A hub `glue` parquet file of `task`: its text columns, `label` (ids; -1 in test splits),
@@ -246,15 +249,7 @@ pub fn read_tsv(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, D
 pub fn read_parquet(path: &Path, task: Task, split: Split) -> Result<Vec<Example>, DataError> {
     let info = task.info();
     let table = read_parquet_table(path)?;
-    examples(&table, &Columns::of(info.hub_text, "label", true), &Labels::of_task(task), split.is_test()).map_err(|e| name_task(e, task))
-}
-
-/// A label error with the task named, as `label "maybe" is not one of ... for rte`.
-fn name_task(e: DataError, task: Task) -> DataError {
-    match e {
-        DataError::Row { path, line, why } if why.contains("label ") => DataError::Row { path, line, why: format!("{why} for {task}") },
-        other => other,
-    }
+    examples(&table, &Columns::of_task(info.hub_text, "label", task), &Labels::of_task(task), split.is_test())
 }
 
 /// The user's own columns (run_glue.py's `--train_file` data), as the flags name them.
@@ -290,7 +285,7 @@ impl UserColumns {
                 v
             }
         };
-        Ok(Columns { text, label: self.label.clone(), ids_ok: false })
+        Ok(Columns { text, label: self.label.clone(), ids_ok: false, label_source: "(the labels of the training file)".into() })
     }
 }
 
@@ -349,11 +344,12 @@ pub fn infer_labels(path: &Path, cols: &UserColumns) -> Result<Labels, DataError
 pub fn read_user_file(path: &Path, cols: &UserColumns, labels: &Labels, test: bool, ids_ok: bool) -> Result<Vec<Example>, DataError> {
     let table = crate::table::read(path, None, &[])?;
     let mut columns = cols.resolve(&table)?;
-    columns.ids_ok = ids_ok;
-    examples(&table, &columns, labels, test).map_err(|e| match e {
-        DataError::Row { path, line, why } if why.contains("is not one of") => DataError::Row { path, line, why: format!("{why} (the labels of the training file)") },
-        other => other,
-    })
+    if ids_ok {
+        // With --task the labels are the task's, names or ids.
+        columns.ids_ok = true;
+        columns.label_source = "(the task's labels)".into();
+    }
+    examples(&table, &columns, labels, test)
 }
 
 #[cfg(test)]
