@@ -7,7 +7,10 @@ metrics GLUE reports (CoLA Matthews; MRPC F1 and accuracy; STS-B Pearson and Spe
 training samples/s of both, their ratio and the CPU class; writes
 bench/results/glue-tasks-<cpu class>.json (avx2, avx512, avx512-bf16, amx-bf16).
 
-    .venv/bin/python bench/glue_tasks.py [--steps 250] [--seeds 42,43,44] [--tasks cola,mrpc,stsb]
+    .venv/bin/python bench/glue_tasks.py [--steps 250 | --epochs 3] [--seeds 42,43,44] [--tasks cola,mrpc,stsb]
+
+`--epochs N` gives each task N whole passes over its training set (the same number of steps,
+ceil(rows / batch) x N, to both stacks); the results file is rewritten after every task.
 """
 import argparse
 import json
@@ -60,7 +63,7 @@ def glue_metrics(task, predictions, labels):
     return {"f1": float(f1_score(labels, p)), "accuracy": float(accuracy_score(labels, p))}
 
 
-def hf_run(a, task, seed):
+def hf_run(a, task, seed, steps):
     """One Trainer + peft run; the metrics of the whole dev set and the training samples/s."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
@@ -85,21 +88,21 @@ def hf_run(a, task, seed):
     dev, dev_labels = encode("dev", 0)
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="hf_glue_"), per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=64,
-        max_steps=a.steps, learning_rate=a.lr, warmup_steps=0.06, weight_decay=0.0, lr_scheduler_type="linear",
-        logging_steps=a.steps, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+        max_steps=steps, learning_rate=a.lr, warmup_steps=0.06, weight_decay=0.0, lr_scheduler_type="linear",
+        logging_steps=steps, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
         seed=seed, max_grad_norm=1.0, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tok), train_dataset=train, eval_dataset=dev)
     m = trainer.train().metrics
     pred = trainer.predict(dev).predictions
-    return {"metrics": glue_metrics(task, pred, dev_labels), "samples_per_second": a.steps * a.batch_size / m["train_runtime"],
+    return {"metrics": glue_metrics(task, pred, dev_labels), "samples_per_second": steps * a.batch_size / m["train_runtime"],
             "train_runtime": m["train_runtime"]}
 
 
-def peftrain_run(a, task, seed, out):
+def peftrain_run(a, task, seed, steps, out):
     """One peftrain run (single worker, 2 threads, --base-dtype as given) and its final evaluation."""
     cmd = [os.path.join(ROOT, "target/release/peftrain"), "train", "--model", a.model, "--glue-dir", a.glue_dir, "--task", task,
-           "--method", "lora", "--max-steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
-           "--max-length", str(a.max_length), "--seed", str(seed), "--logging-steps", str(a.steps), "--eval-steps", str(a.steps),
+           "--method", "lora", "--max-steps", str(steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
+           "--max-length", str(a.max_length), "--seed", str(seed), "--logging-steps", str(steps), "--eval-steps", str(steps),
            "--output-dir", out, "--threads", str(a.threads), "--base-dtype", a.base_dtype, "--quiet"]
     if a.train_limit:
         cmd += ["--train-limit", str(a.train_limit)]
@@ -120,6 +123,7 @@ def main():
     ap.add_argument("--tasks", default="cola,mrpc,stsb")
     ap.add_argument("--seeds", default="42,43,44")
     ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--epochs", type=int, default=0, help="whole passes over each task's training set (overrides --steps)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-length", type=int, default=128)
@@ -137,21 +141,28 @@ def main():
     cpu = m["cpu_class"]
     slug = "amx-bf16" if m["amx_bf16"] else "avx512-bf16" if m["avx512_bf16"] else "avx512" if m["avx512f"] else "avx2"
     print(machine_line(m))
-    print(f"LoRA r=8 alpha=16 dropout 0.1 on query,value; {a.steps} steps x batch {a.batch_size}, "
+    print(f"LoRA r=8 alpha=16 dropout 0.1 on query,value; {f'{a.epochs} epochs' if a.epochs else f'{a.steps} steps'} x batch {a.batch_size}, "
           f"lr {a.lr}, max length {a.max_length}, {a.threads} threads; peftrain --base-dtype {a.base_dtype}, HF fp32; seeds {seeds}", flush=True)
     results = {"machine": m, "settings": vars(a), "tasks": {}}
     work = tempfile.mkdtemp(prefix="glue_tasks_")
+    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
+    path = os.path.join(ROOT, "bench/results", f"glue-tasks-{slug}{'-' + a.tag if a.tag else ''}.json")
     for task in a.tasks.split(","):
+        rows = len(read_glue(a.glue_dir, task, "train", a.train_limit)[1])
+        steps = -(-rows // a.batch_size) * a.epochs if a.epochs else a.steps
+        print(f"{task}: {rows} training rows, {steps} steps", flush=True)
         runs = {"peftrain": [], "hf": []}
         for seed in seeds:
             t0 = time.time()
-            runs["peftrain"].append(peftrain_run(a, task, seed, os.path.join(work, f"{task}-{seed}")))
-            runs["hf"].append(hf_run(a, task, seed))
+            runs["peftrain"].append(peftrain_run(a, task, seed, steps, os.path.join(work, f"{task}-{seed}")))
+            runs["hf"].append(hf_run(a, task, seed, steps))
             print(f"  {task} seed {seed}: peftrain {runs['peftrain'][-1]['metrics']} ({runs['peftrain'][-1]['samples_per_second']:.1f}/s), "
                   f"hf {runs['hf'][-1]['metrics']} ({runs['hf'][-1]['samples_per_second']:.1f}/s), {time.time() - t0:.0f} s", flush=True)
         mean = {s: {k: sum(r["metrics"][k] for r in rs) / len(rs) for k in TASKS[task][4]} for s, rs in runs.items()}
         speed = {s: sum(r["samples_per_second"] for r in rs) / len(rs) for s, rs in runs.items()}
-        results["tasks"][task] = {"runs": runs, "mean": mean, "samples_per_second": speed}
+        results["tasks"][task] = {"steps": steps, "runs": runs, "mean": mean, "samples_per_second": speed}
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
     print(f"\nCPU class: {cpu}")
     print(f"| task | metric | peftrain (mean of {len(seeds)}) | HF Trainer + peft | peftrain - HF | peftrain samples/s | HF samples/s | speed-up |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -162,10 +173,6 @@ def main():
             sp, sh = r["samples_per_second"]["peftrain"], r["samples_per_second"]["hf"]
             mark = "" if k != main_metric else (" (main)" if p >= h else " (main; below HF)")
             print(f"| {task} | {k}{mark} | {p:.4f} | {h:.4f} | {p - h:+.4f} | {sp:.1f} | {sh:.1f} | {sp / sh:.2f}x |")
-    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
-    path = os.path.join(ROOT, "bench/results", f"glue-tasks-{slug}{'-' + a.tag if a.tag else ''}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
     print(f"\nwritten to {path}")
 
 

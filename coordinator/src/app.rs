@@ -17,7 +17,7 @@ use crate::checkpoint;
 use crate::signals::StopSignal;
 use peftrain_net::{Security, SecurityArgs};
 use crate::cluster::{Cluster, Tolerance};
-use crate::config::{read_model_config, TrainConfig};
+use crate::config::{read_model_config, ReportTo, TrainConfig};
 use crate::data::{infer_labels, load_split, read_user_file, Example, Labels, Split};
 use crate::local::LocalWorkers;
 use crate::observe::{Observer, Phase};
@@ -258,6 +258,9 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
     let cfg = &resolved;
     cfg.validate().map_err(usage)?;
     crate::outdir::check_no_overlap("--output-dir", &cfg.output_dir, &cfg.inputs()).map_err(usage)?;
+    if let Some(dir) = &cfg.logging_dir {
+        crate::outdir::check_no_overlap("--logging-dir", dir, &cfg.inputs()).map_err(usage)?;
+    }
     let stop = StopSignal::install().context("installing the SIGTERM/SIGINT handlers")?;
     let type_ids = send_type_ids(&cfg.model, cfg.max_length)?;
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
@@ -341,6 +344,10 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             }
         }
         .with_context(|| format!("opening {}", metrics_path.display()))?;
+        if cfg.report_to == ReportTo::Tensorboard {
+            let dir = cfg.logging_dir.clone().unwrap_or_else(|| crate::tensorboard::default_logging_dir(&cfg.output_dir));
+            metrics = metrics.with_tensorboard(&dir).with_context(|| format!("--logging-dir {}", dir.display()))?;
+        }
         println!(
             "{} | {} x {} | {} workers | base {} | {} train / {} dev examples{}",
             peft_line(fp.trainable_params, lead.peft_all_params),
@@ -364,6 +371,12 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             return anyhow::Ok(summary);
         }
         let bytes = checkpoint::write_trainable(&cfg.output_dir, cfg, &session.cluster.layout(), &summary.state)?;
+        // The Trainer's state of the finished run (trainer.save_state()), log history whole.
+        let hf = crate::run_state::trainer_state(cfg, &st).map_err(|e| anyhow!(e))?;
+        checkpoint::write_atomic(&cfg.output_dir.join(crate::run_state::TRAINER_STATE_FILE), &serde_json::to_vec_pretty(&hf)?)?;
+        let name = cfg.output_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "peftrain-model".into());
+        let card = crate::model_card::model_card(cfg, &name, summary.last_eval.as_ref(), &st);
+        checkpoint::write_atomic(&cfg.output_dir.join("README.md"), card.as_bytes())?;
         tracing::info!("trainable weights written to {} ({})", cfg.output_dir.display(), human_bytes(bytes));
         std::fs::write(cfg.output_dir.join("train_output.json"), serde_json::to_vec_pretty(&summary.output)?)?;
         println!("{}", summary.output);
@@ -450,7 +463,7 @@ pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) ->
     let result = async {
         let mut out = String::from(if p.with_logits { "index\tprediction\tlogits\n" } else { "index\tprediction\n" });
         let labels = cfg.labels();
-        for chunk in rows.chunks(cfg.eval_batch_size.max(1)) {
+        for chunk in rows.chunks(cfg.eval_batch().max(1)) {
             let refs: Vec<&Encoded> = chunk.iter().collect();
             let ev = session.cluster.evaluate(&refs, true).await?;
             let nl = ev.num_labels.max(1);
@@ -492,7 +505,7 @@ pub async fn run_eval(cfg: &TrainConfig, split: Split, workers: &Workers, net: &
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let (rows, _) = prepare_split(cfg, &tok, split, cfg.eval_limit)?;
     let mut session = Session::start(cfg, workers, type_ids, net, &StopSignal::default()).await?;
-    let result = trainer::evaluate_sets(&mut session.cluster, &[(&rows, "")], cfg.eval_batch_size, &cfg.metrics(), cfg.labels().is_regression(), cfg.quiet)
+    let result = trainer::evaluate_sets(&mut session.cluster, &[(&rows, "")], cfg.eval_batch(), &cfg.metrics(), cfg.labels().is_regression(), cfg.quiet)
         .await
         .map_err(anyhow::Error::from);
     session.finish(false).await;
@@ -533,6 +546,7 @@ pub fn resolve_inputs(cfg: &mut TrainConfig) -> anyhow::Result<()> {
     let spec = cfg.model.display().to_string();
     if !cfg.model.is_dir() {
         cfg.model = crate::hub::resolve_model(&spec, &opts)?;
+        cfg.model_id = Some(spec);
     }
     if let Some(t) = &cfg.tokenizer {
         if !t.is_dir() {
@@ -657,21 +671,21 @@ fn spawn_pause_watch(registry: &Arc<Registry>) {
     });
 }
 
-/// A checkpoint's position agrees with itself: its directory name, trainer_state.json's
+/// A checkpoint's position agrees with itself: its directory name, peftrain_state.json's
 /// global_step and the optimizer's step count (one per applied update) tell the same story,
 /// and it lies within this run.
 fn check_resume_position(dir: &Path, p: &checkpoint::Position, total_steps: u64) -> anyhow::Result<()> {
     let named = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("checkpoint-")).and_then(|n| n.parse::<u64>().ok());
     let applied = p.global_step.checked_sub(p.steps_skipped);
     let why = if named.is_some_and(|n| n != p.global_step) {
-        Some(format!("trainer_state.json says global_step {} but the directory is checkpoint-{}", p.global_step, named.unwrap_or(0)))
+        Some(format!("peftrain_state.json says global_step {} but the directory is checkpoint-{}", p.global_step, named.unwrap_or(0)))
     } else if applied != Some(p.optimizer_step) {
         Some(format!(
-            "trainer_state.json says global_step {} with {} skipped, but optimizer.safetensors holds optimizer_step {}",
+            "peftrain_state.json says global_step {} with {} skipped, but optimizer.safetensors holds optimizer_step {}",
             p.global_step, p.steps_skipped, p.optimizer_step
         ))
     } else if p.consecutive_skipped > p.steps_skipped {
-        Some(format!("trainer_state.json says {} consecutive skipped steps of {} skipped in all", p.consecutive_skipped, p.steps_skipped))
+        Some(format!("peftrain_state.json says {} consecutive skipped steps of {} skipped in all", p.consecutive_skipped, p.steps_skipped))
     } else if p.global_step > total_steps {
         return Err(usage(format!(
             "--resume {}: the checkpoint is at step {}, beyond this run's {total_steps} steps (--max-steps, --epochs, --train-limit)",

@@ -10,6 +10,18 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::run_state::{LOOP_STATE_FILE, TRAINER_STATE_FILE};
+
+/// Where a checkpoint keeps peftrain's loop state: peftrain_state.json, or trainer_state.json
+/// in a checkpoint written before transformers' TrainerState took that name.
+fn loop_state_path(dir: &Path) -> PathBuf {
+    let p = dir.join(LOOP_STATE_FILE);
+    if p.exists() {
+        p
+    } else {
+        dir.join(TRAINER_STATE_FILE)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -161,7 +173,10 @@ pub fn write_trainable(dir: &Path, cfg: &TrainConfig, layout: &[pb::TensorInfo],
         o.extend(m);
     }
     bytes += write_json(&dir.join("trainable_config.json"), &config)?;
-    if let Some(adapter_config) = cfg.method.method().peft_adapter_config(&cfg.model.display().to_string()) {
+    // peft records the hub id the base came from (what `from_pretrained` downloads again),
+    // else the local directory.
+    let base = cfg.model_id.clone().unwrap_or_else(|| cfg.model.display().to_string());
+    if let Some(adapter_config) = cfg.method.method().peft_adapter_config(&base) {
         let peft: Vec<(String, Vec<usize>, &[f32])> = weights.iter().map(|(n, s, v)| (format!("base_model.model.{n}"), s.clone(), *v)).collect();
         bytes += write_safetensors(&dir.join("adapter_model.safetensors"), &peft, Some(HashMap::from([("format".into(), "pt".into())])))?;
         bytes += write_json(&dir.join("adapter_config.json"), &adapter_config)?;
@@ -178,21 +193,25 @@ pub struct Rotation {
 }
 
 /// Writes `checkpoint-{step}` under `output_dir` atomically (a temporary directory renamed into
-/// place), then keeps only the newest `keep` checkpoints. Returns its path and size.
-pub fn write_checkpoint<T: Serialize>(
+/// place), then keeps only the newest `keep` checkpoints. `loop_state` goes to
+/// peftrain_state.json, `trainer_state` (transformers' TrainerState) to trainer_state.json.
+/// Returns its path and size.
+#[allow(clippy::too_many_arguments)]
+pub fn write_checkpoint<T: Serialize, H: Serialize>(
     output_dir: &Path,
     step: u64,
     cfg: &TrainConfig,
     layout: &[pb::TensorInfo],
     state: &ReplicaState,
     loop_state: &T,
+    trainer_state: &H,
     rotation: Rotation,
     run_id: &str,
 ) -> Result<(PathBuf, u64), CheckpointError> {
     let final_dir = output_dir.join(format!("checkpoint-{step}"));
     // Named for this run: a leftover found here is this run's own (an earlier attempt that
     // died), never another process's checkpoint in the making.
-    // (run_id comes back from trainer_state.json on resume: only its plain characters name a path.)
+    // (run_id comes back from peftrain_state.json on resume: only its plain characters name a path.)
     let tag: String = run_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(64).collect();
     let tmp = output_dir.join(format!(".checkpoint-{step}.{tag}.tmp"));
     if tmp.exists() {
@@ -213,7 +232,8 @@ pub fn write_checkpoint<T: Serialize>(
         ("fingerprint".to_string(), state.fingerprint.clone()),
     ]);
     bytes += write_safetensors(&tmp.join("optimizer.safetensors"), &moments, Some(meta))?;
-    bytes += write_json(&tmp.join("trainer_state.json"), loop_state)?;
+    bytes += write_json(&tmp.join(LOOP_STATE_FILE), loop_state)?;
+    bytes += write_json(&tmp.join(TRAINER_STATE_FILE), trainer_state)?;
     bytes += write_json(&tmp.join("run_config.json"), cfg)?;
     // Replacing a checkpoint of the same step (a stop right after a save, a resumed run's last
     // step): the old one is moved aside and removed only once the new one is in place, so a
@@ -254,14 +274,14 @@ pub fn write_checkpoint<T: Serialize>(
     Ok((final_dir, bytes))
 }
 
-/// The run a checkpoint belongs to (trainer_state.json's `run_id`), if it says.
+/// The run a checkpoint belongs to (its loop state's `run_id`), if it says.
 fn checkpoint_run_id(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("trainer_state.json")).ok()?;
+    let text = std::fs::read_to_string(loop_state_path(dir)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.get("run_id")?.as_str().filter(|s| !s.is_empty()).map(String::from)
 }
 
-/// Where a checkpoint says it is, read without its tensors: trainer_state.json's step and
+/// Where a checkpoint says it is, read without its tensors: the loop state's step and
 /// skipped steps, and the optimizer's count of applied updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
@@ -276,7 +296,7 @@ const MAX_HEADER: u64 = 100 << 20;
 
 pub fn read_position(dir: &Path) -> Result<Position, CheckpointError> {
     let fmt = |path: &Path, why: String| CheckpointError::Format { path: path.to_path_buf(), why };
-    let spath = dir.join("trainer_state.json");
+    let spath = loop_state_path(dir);
     let text = std::fs::read_to_string(&spath).map_err(io(&spath))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| fmt(&spath, format!("malformed JSON: {e}")))?;
     let field = |k: &str| v.get(k).and_then(|x| x.as_u64()).ok_or_else(|| fmt(&spath, format!("field `{k}`: missing or not a whole number")));
@@ -354,7 +374,7 @@ pub fn read_checkpoint<T: for<'de> Deserialize<'de>>(dir: &Path, layout: &[pb::T
             values.extend(peftrain_net::wire::le_bytes_to_f32(view.data()));
         }
     }
-    let spath = dir.join("trainer_state.json");
+    let spath = loop_state_path(dir);
     let text = std::fs::read_to_string(&spath).map_err(io(&spath))?;
     let loop_state = serde_json::from_str(&text).map_err(|e| fmt(&spath, format!("malformed JSON: {e}")))?;
     Ok((

@@ -68,6 +68,8 @@ pub struct StepOutcome {
     pub redone: u32,
     /// The largest peak resident memory among the workers.
     pub peak_rss_bytes: u64,
+    /// Loss sums of each micro-batch, over all workers.
+    pub micro_loss_sums: Vec<f64>,
 }
 
 /// Aggregate of an evaluation batch.
@@ -426,14 +428,16 @@ impl Cluster {
         b
     }
 
-    /// One optimizer step on a global batch, whatever happens to workers meanwhile: phase one
-    /// (forward/backward, all-reduce) on every worker, then phase two (commit). Workers lost in
-    /// phase one are dropped and the same batch is redone, re-sharded among the survivors.
-    pub async fn step(&mut self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<StepOutcome, ClusterError> {
+    /// One optimizer step on a global batch of micro-batches (each one's loss sum divided by
+    /// its divisor; their gradients add up before the one all-reduce), whatever happens to
+    /// workers meanwhile: phase one (forward/backward, all-reduce) on every worker, then phase
+    /// two (commit). Workers lost in phase one are dropped and the same batch is redone,
+    /// re-sharded among the survivors.
+    pub async fn step(&mut self, step: u64, micro: &[&[&Encoded]], divisors: &[f64], lr: f64, seed: u64) -> Result<StepOutcome, ClusterError> {
         let mut redone = 0u32;
         let mut interrupted = 0u32;
         loop {
-            match self.try_step(step, examples, lr, seed).await? {
+            match self.try_step(step, micro, divisors, lr, seed).await? {
                 Attempt::Done(mut out) => {
                     self.commit(step).await?;
                     out.redone = redone;
@@ -463,14 +467,26 @@ impl Cluster {
     }
 
     /// Phase one: Lost or Interrupted can be redone, nobody having applied anything.
-    async fn try_step(&self, step: u64, examples: &[&Encoded], lr: f64, seed: u64) -> Result<Attempt<StepOutcome>, ClusterError> {
-        let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
-        let shards = shard(&lengths, self.world(), self.shard_cost());
+    async fn try_step(&self, step: u64, micro: &[&[&Encoded]], divisors: &[f64], lr: f64, seed: u64) -> Result<Attempt<StepOutcome>, ClusterError> {
+        let world = self.world();
+        let total: usize = micro.iter().map(|m| m.len()).sum();
+        // Each micro-batch sharded by cost; a worker's shard is its part of each, in order.
+        let mut parts: Vec<Vec<&Encoded>> = vec![Vec::new(); world];
+        let mut counts: Vec<Vec<u32>> = vec![Vec::new(); world];
+        for m in micro {
+            let lengths: Vec<usize> = m.iter().map(|e| e.ids.len()).collect();
+            for (rank, positions) in shard(&lengths, world, self.shard_cost()).into_iter().enumerate() {
+                counts[rank].push(positions.len() as u32);
+                parts[rank].extend(positions.iter().map(|&p| m[p]));
+            }
+        }
         let calls = self.each(|rank, _| pb::StepRequest {
             step,
             generation: self.generation,
-            shard: Some(self.batch(examples, &shards[rank])),
-            global_batch_size: examples.len() as u32,
+            shard: Some(self.batch(&parts[rank], &(0..parts[rank].len()).collect::<Vec<_>>())),
+            global_batch_size: total as u32,
+            micro_batch_examples: counts[rank].clone(),
+            micro_batch_divisors: divisors.to_vec(),
             learning_rate: lr,
             dropout_seed: seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -486,9 +502,15 @@ impl Cluster {
             return Ok(Attempt::Interrupted);
         }
         let replies = g.ok.into_iter().map(|(_, r)| r);
-        let mut out = StepOutcome::default();
+        let mut out = StepOutcome { micro_loss_sums: vec![0.0; micro.len()], ..Default::default() };
         let mut norms = Vec::new();
         for reply in replies {
+            if reply.micro_loss_sums.len() != micro.len() {
+                return Err(ClusterError::Inconsistent(format!("a worker answered {} micro-batch losses for {}", reply.micro_loss_sums.len(), micro.len())));
+            }
+            for (acc, s) in out.micro_loss_sums.iter_mut().zip(&reply.micro_loss_sums) {
+                *acc += s;
+            }
             out.loss_sum += reply.loss_sum;
             out.examples += reply.examples;
             out.tokens += reply.tokens;
@@ -504,8 +526,8 @@ impl Cluster {
         if norms.iter().any(|n| n.to_bits() != out.grad_norm.to_bits() && !(n.is_nan() && out.grad_norm.is_nan())) {
             return Err(ClusterError::Inconsistent(format!("replicas diverged: gradient norms {norms:?}")));
         }
-        if out.examples as usize != examples.len() {
-            return Err(ClusterError::Inconsistent(format!("workers trained on {} examples of a batch of {}", out.examples, examples.len())));
+        if out.examples as usize != total {
+            return Err(ClusterError::Inconsistent(format!("workers trained on {} examples of a batch of {total}", out.examples)));
         }
         Ok(Attempt::Done(out))
     }

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use peftrain_spec::{BaseDtype, MethodArgs, Padding};
 
 use crate::data::{Labels, Split, Task, UserColumns};
+use crate::schedule::{warmup_steps, Schedule, SchedulerType};
+use crate::strategy::Strategy;
 use peftrain_spec::task::Metric;
 
 /// Everything a run is, as plain data: the flags of `peftrain train` (clap derives them from
@@ -20,6 +22,11 @@ pub struct TrainConfig {
     /// worker's disk, or a Hugging Face repo id.
     #[arg(long, env = "PEFTRAIN_MODEL")]
     pub model: PathBuf,
+    /// The Hugging Face Hub id `--model` named, when it was one (resolved to a local
+    /// directory in `model`): what peft's `base_model_name_or_path` records.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
     /// Tokenizer directory (default: the model directory).
     #[arg(long, env = "PEFTRAIN_TOKENIZER")]
     pub tokenizer: Option<PathBuf>,
@@ -64,18 +71,51 @@ pub struct TrainConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub method: MethodArgs,
-    #[arg(long, env = "PEFTRAIN_EPOCHS", default_value_t = 3.0)]
+    /// Training epochs (TrainingArguments' `num_train_epochs`).
+    #[arg(long, visible_alias = "num-train-epochs", env = "PEFTRAIN_EPOCHS", default_value_t = 3.0)]
+    #[serde(alias = "num_train_epochs")]
     pub epochs: f64,
     #[arg(long, env = "PEFTRAIN_MAX_STEPS")]
     pub max_steps: Option<u64>,
-    /// Global batch size (split across workers).
+    /// Global batch size of an optimizer step (split across workers, and into
+    /// --gradient-accumulation-steps micro-batches).
     #[arg(long, env = "PEFTRAIN_BATCH_SIZE", default_value_t = 16)]
     pub batch_size: usize,
     #[arg(long, env = "PEFTRAIN_EVAL_BATCH_SIZE", default_value_t = 64)]
     pub eval_batch_size: usize,
+    /// The batch of one worker in one micro-batch, as the Trainer's: the global batch is then
+    /// this x --workers x --gradient-accumulation-steps (instead of --batch-size).
+    #[arg(long, env = "PEFTRAIN_PER_DEVICE_TRAIN_BATCH_SIZE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_device_train_batch_size: Option<usize>,
+    /// One worker's evaluation batch (the evaluation chunk is this x --workers, instead of
+    /// --eval-batch-size).
+    #[arg(long, env = "PEFTRAIN_PER_DEVICE_EVAL_BATCH_SIZE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_device_eval_batch_size: Option<usize>,
+    /// Micro-batches whose gradients add up before each optimizer step (one all-reduce per
+    /// step): the Trainer's gradient accumulation.
+    #[arg(long, env = "PEFTRAIN_GRADIENT_ACCUMULATION_STEPS", default_value_t = 1)]
+    #[serde(default = "one")]
+    pub gradient_accumulation_steps: usize,
     /// Peak learning rate (default per method: full 2e-5, bitfit 1e-3, lora 5e-4).
-    #[arg(long, env = "PEFTRAIN_LR")]
+    #[arg(long, visible_alias = "learning-rate", env = "PEFTRAIN_LR")]
+    #[serde(alias = "learning_rate")]
     pub lr: Option<f64>,
+    /// The schedule of the learning rate: linear, cosine, cosine_with_restarts, polynomial,
+    /// constant or constant_with_warmup (transformers' `get_scheduler`).
+    #[arg(long, value_parser = peftrain_spec::flag::<SchedulerType>, env = "PEFTRAIN_LR_SCHEDULER_TYPE", default_value_t = SchedulerType::Linear)]
+    #[serde(default)]
+    pub lr_scheduler_type: SchedulerType,
+    #[arg(long, env = "PEFTRAIN_ADAM_BETA1", default_value_t = default_adam_beta1())]
+    #[serde(default = "default_adam_beta1")]
+    pub adam_beta1: f64,
+    #[arg(long, env = "PEFTRAIN_ADAM_BETA2", default_value_t = default_adam_beta2())]
+    #[serde(default = "default_adam_beta2")]
+    pub adam_beta2: f64,
+    #[arg(long, env = "PEFTRAIN_ADAM_EPSILON", default_value_t = default_adam_epsilon())]
+    #[serde(default = "default_adam_epsilon")]
+    pub adam_epsilon: f64,
     #[arg(long, env = "PEFTRAIN_WEIGHT_DECAY", default_value_t = 0.0)]
     pub weight_decay: f64,
     #[arg(long, env = "PEFTRAIN_WARMUP_RATIO", default_value_t = 0.06)]
@@ -96,9 +136,18 @@ pub struct TrainConfig {
     pub eval_limit: Option<usize>,
     #[arg(long, env = "PEFTRAIN_LOGGING_STEPS", default_value_t = 50)]
     pub logging_steps: u64,
+    /// When to log the training loss: steps (every --logging-steps), epoch, or no.
+    #[arg(long, value_parser = peftrain_spec::flag::<Strategy>, env = "PEFTRAIN_LOGGING_STRATEGY", default_value_t = Strategy::Steps)]
+    #[serde(default = "default_logging_strategy")]
+    pub logging_strategy: Strategy,
     /// Evaluate every N steps (default: at the end of each epoch); always at the end.
     #[arg(long, env = "PEFTRAIN_EVAL_STEPS")]
     pub eval_steps: Option<u64>,
+    /// When to evaluate: steps (every --eval-steps, default --logging-steps), epoch, or no
+    /// (only the final evaluation). Default: steps with --eval-steps, else epoch.
+    #[arg(long, value_parser = peftrain_spec::flag::<Strategy>, env = "PEFTRAIN_EVAL_STRATEGY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_strategy: Option<Strategy>,
     #[arg(long, default_value = "outputs/run", env = "PEFTRAIN_OUTPUT_DIR")]
     pub output_dir: PathBuf,
     /// Keep the file order instead of a seeded shuffle per epoch (`"shuffle": false` in
@@ -145,6 +194,20 @@ pub struct TrainConfig {
     /// Write a checkpoint every N steps (one is always written at the end).
     #[arg(long, env = "PEFTRAIN_SAVE_STEPS")]
     pub save_steps: Option<u64>,
+    /// When to checkpoint: steps (every --save-steps), epoch, or no (only the last step's,
+    /// which `--resume` and the outputs come from). Default: steps with --save-steps, else no.
+    #[arg(long, value_parser = peftrain_spec::flag::<Strategy>, env = "PEFTRAIN_SAVE_STRATEGY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_strategy: Option<Strategy>,
+    /// Where logs go besides metrics.jsonl: tensorboard (event files under --logging-dir) or
+    /// none (TrainingArguments' `report_to`).
+    #[arg(long, value_parser = peftrain_spec::flag::<ReportTo>, env = "PEFTRAIN_REPORT_TO", default_value_t = ReportTo::None)]
+    #[serde(default)]
+    pub report_to: ReportTo,
+    /// TensorBoard's log directory (default: <output-dir>/runs/<date>_<host>, the Trainer's).
+    #[arg(long, env = "PEFTRAIN_LOGGING_DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging_dir: Option<PathBuf>,
     /// Keep only the newest N checkpoints (never deleting the best one with
     /// --load-best-model-at-end).
     #[arg(long, env = "PEFTRAIN_SAVE_TOTAL_LIMIT")]
@@ -214,6 +277,62 @@ mod negated {
 
 pub fn default_max_skipped_steps() -> u64 {
     10
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_logging_strategy() -> Strategy {
+    Strategy::Steps
+}
+
+// TrainingArguments' AdamW defaults, from the one place that holds them.
+fn default_adam_beta1() -> f64 {
+    peftrain_spec::optimizer::AdamW::default().beta1
+}
+
+fn default_adam_beta2() -> f64 {
+    peftrain_spec::optimizer::AdamW::default().beta2
+}
+
+fn default_adam_epsilon() -> f64 {
+    peftrain_spec::optimizer::AdamW::default().eps
+}
+
+/// `--report-to`: the integrations logs are also sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportTo {
+    #[default]
+    None,
+    Tensorboard,
+}
+
+impl ReportTo {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportTo::None => "none",
+            ReportTo::Tensorboard => "tensorboard",
+        }
+    }
+}
+
+impl std::fmt::Display for ReportTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ReportTo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(ReportTo::None),
+            "tensorboard" => Ok(ReportTo::Tensorboard),
+            other => Err(format!("{other:?}: expected tensorboard or none")),
+        }
+    }
 }
 
 fn default_label_column() -> String {
@@ -334,6 +453,33 @@ impl TrainConfig {
         self.lr.unwrap_or_else(|| self.method.kind.default_lr())
     }
 
+    /// The learning rate of every step of a run of `total` optimizer steps.
+    pub fn schedule(&self, total: u64) -> Schedule {
+        Schedule { kind: self.lr_scheduler_type, peak: self.lr(), warmup: warmup_steps(total, self.warmup_steps, self.warmup_ratio), total }
+    }
+
+    /// When evaluations run: --eval-strategy, else steps with --eval-steps, else epoch; and
+    /// the interval of `steps` (--eval-steps, else --logging-steps, as TrainingArguments).
+    pub fn eval_every(&self) -> (Strategy, u64) {
+        let s = self.eval_strategy.unwrap_or(if self.eval_steps.is_some() { Strategy::Steps } else { Strategy::Epoch });
+        (s, self.eval_steps.unwrap_or(self.logging_steps))
+    }
+
+    /// When checkpoints are written during training: --save-strategy, else steps with
+    /// --save-steps, else none (the last step's is always written).
+    pub fn save_every(&self) -> (Strategy, u64) {
+        let s = self.save_strategy.unwrap_or(if self.save_steps.is_some() { Strategy::Steps } else { Strategy::No });
+        (s, self.save_steps.unwrap_or(0))
+    }
+
+    /// AdamW and clipping as the workers apply them.
+    pub fn optimizer(&self) -> peftrain_spec::optimizer::Optimizer {
+        peftrain_spec::optimizer::Optimizer {
+            adamw: peftrain_spec::optimizer::AdamW { beta1: self.adam_beta1, beta2: self.adam_beta2, eps: self.adam_epsilon, weight_decay: self.weight_decay },
+            max_grad_norm: self.max_grad_norm,
+        }
+    }
+
     /// Every path the run reads, with its flag: no output may overlap one of them.
     pub fn inputs(&self) -> Vec<(&'static str, &std::path::Path)> {
         let mut v: Vec<(&'static str, &std::path::Path)> = vec![("--model", self.model.as_path())];
@@ -358,9 +504,37 @@ impl TrainConfig {
         self.tokenizer.clone().unwrap_or_else(|| self.model.clone())
     }
 
-    /// Optimizer steps per epoch (the last batch may be short, as with drop_last=False).
+    /// Examples of one optimizer step: --per-device-train-batch-size x --workers x
+    /// --gradient-accumulation-steps, else --batch-size (saturating; validate bounds it).
+    pub fn global_batch(&self) -> usize {
+        match self.per_device_train_batch_size {
+            Some(pd) => pd.saturating_mul(self.workers).saturating_mul(self.gradient_accumulation_steps),
+            None => self.batch_size,
+        }
+    }
+
+    /// Examples of one micro-batch, all workers together.
+    pub fn micro_batch(&self) -> usize {
+        self.global_batch() / self.gradient_accumulation_steps.max(1)
+    }
+
+    /// One worker's share of a micro-batch (TrainerState's `train_batch_size`).
+    pub fn per_worker_batch(&self) -> usize {
+        self.micro_batch().div_ceil(self.workers.max(1))
+    }
+
+    /// Examples of one evaluation call, all workers together.
+    pub fn eval_batch(&self) -> usize {
+        match self.per_device_eval_batch_size {
+            Some(pd) => pd.saturating_mul(self.workers),
+            None => self.eval_batch_size,
+        }
+    }
+
+    /// Optimizer steps per epoch (the last batch may be short, as with drop_last=False: with
+    /// accumulation, ceil(micro-batches / accumulation), the Trainer's count).
     pub fn steps_per_epoch(&self, n_train: usize) -> u64 {
-        n_train.div_ceil(self.batch_size.max(1)) as u64
+        n_train.div_ceil(self.global_batch().max(1)) as u64
     }
 
     /// Total optimizer steps: `--max-steps` if set, else ceil(epochs x steps per epoch).
@@ -380,13 +554,7 @@ impl TrainConfig {
             regression: self.labels().is_regression(),
             seed: self.seed,
             init_adapter: self.init_adapter.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            optimizer: Some(
-                peftrain_spec::optimizer::Optimizer {
-                    adamw: peftrain_spec::optimizer::AdamW { weight_decay: self.weight_decay, ..Default::default() },
-                    max_grad_norm: self.max_grad_norm,
-                }
-                .to_proto(),
-            ),
+            optimizer: Some(self.optimizer().to_proto()),
             base_dtype: self.base_dtype.as_str().into(),
             padding: self.padding.as_str().into(),
         }
@@ -405,6 +573,9 @@ impl TrainConfig {
             ("--weight-decay", self.weight_decay, Interval::closed(0.0, 10.0)),
             ("--warmup-ratio", self.warmup_ratio, Interval::closed(0.0, 1.0)),
             ("--max-grad-norm", self.max_grad_norm, Interval::above(0.0, 1e12)),
+            ("--adam-beta1", self.adam_beta1, Interval::below(0.0, 1.0)),
+            ("--adam-beta2", self.adam_beta2, Interval::below(0.0, 1.0)),
+            ("--adam-epsilon", self.adam_epsilon, Interval::above(0.0, 1.0)),
             ("--rpc-timeout", self.rpc_timeout, seconds),
             ("--register-timeout", self.register_timeout, seconds),
             ("--worker-timeout", self.worker_timeout, seconds),
@@ -414,6 +585,20 @@ impl TrainConfig {
         self.method.method().validate()?;
         int("--batch-size", self.batch_size, 1..=MAX_BATCH)?;
         int("--eval-batch-size", self.eval_batch_size, 1..=MAX_BATCH)?;
+        int("--gradient-accumulation-steps", self.gradient_accumulation_steps, 1..=MAX_BATCH)?;
+        if let Some(pd) = self.per_device_train_batch_size {
+            int("--per-device-train-batch-size", pd, 1..=MAX_BATCH)?;
+            int("the global batch (--per-device-train-batch-size x --workers x --gradient-accumulation-steps)", self.global_batch(), 1..=MAX_BATCH)?;
+        } else if self.batch_size % self.gradient_accumulation_steps != 0 {
+            return Err(format!(
+                "--batch-size {} is not a multiple of --gradient-accumulation-steps {} (or give --per-device-train-batch-size)",
+                self.batch_size, self.gradient_accumulation_steps
+            ));
+        }
+        if let Some(pd) = self.per_device_eval_batch_size {
+            int("--per-device-eval-batch-size", pd, 1..=MAX_BATCH)?;
+            int("the evaluation batch (--per-device-eval-batch-size x --workers)", self.eval_batch(), 1..=MAX_BATCH)?;
+        }
         int("--max-length", self.max_length, 8..=MAX_LENGTH)?;
         int("--workers", self.workers, 1..=MAX_WORKERS)?;
         int("--max-skipped-steps", self.max_skipped_steps, 1..=1_000_000)?;
@@ -433,6 +618,10 @@ impl TrainConfig {
         if self.save_steps == Some(0) || self.save_total_limit == Some(0) {
             return Err("--save-steps and --save-total-limit must be positive".into());
         }
+        if self.save_strategy == Some(Strategy::Steps) && self.save_steps.is_none() {
+            return Err("--save-strategy steps needs --save-steps".into());
+        }
+        self.schedule(1).check()?;
         if self.train_limit == Some(0) || self.eval_limit == Some(0) {
             // Zero rows would train or evaluate nothing and still report success.
             return Err("--train-limit and --eval-limit must be positive (leave them out for the whole split)".into());

@@ -140,13 +140,12 @@ fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
         .or_else(|| std::env::var("PEFTRAIN_CONFIG").ok());
     let Some(path) = path else { return Ok(()) };
     let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    if path.ends_with(".json") {
+        return apply_training_arguments(args, &path, &text);
+    }
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{path}: {}", e.to_string().lines().next().unwrap_or("")))?;
     let cmd = Cli::command();
-    let sub = args
-        .iter()
-        .skip(1)
-        .find_map(|a| cmd.find_subcommand(a))
-        .ok_or_else(|| anyhow::anyhow!("--config needs a subcommand (train, coordinator, predict)"))?;
+    let sub = config_subcommand(&cmd, args)?;
     for (key, value) in table {
         let id = key.replace('-', "_");
         // A subcommand's flags, or the global ones (`quiet`, `log_format`) the root declares.
@@ -174,6 +173,38 @@ fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
         if std::env::var_os(env).is_none() {
             std::env::set_var(env, text);
         }
+    }
+    Ok(())
+}
+
+/// The subcommand of the command line whose flags a config file fills in.
+fn config_subcommand<'a>(cmd: &'a clap::Command, args: &[String]) -> anyhow::Result<&'a clap::Command> {
+    args.iter()
+        .skip(1)
+        .find_map(|a| cmd.find_subcommand(a))
+        .ok_or_else(|| anyhow::anyhow!("--config needs a subcommand (train, coordinator, predict)"))
+}
+
+/// `--config args.json`, a TrainingArguments dump: its shared keys as flags (through their
+/// environment variables, below the command line), the others named in one warning.
+fn apply_training_arguments(args: &[String], path: &str, text: &str) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{path}: not a JSON object: {e}"))?;
+    if !peftrain::hf_args::is_training_arguments(&v) {
+        anyhow::bail!("{path}: a JSON --config is a TrainingArguments dump (TrainingArguments.to_json_string()); peftrain's own flags go in a TOML file");
+    }
+    let (set, unsupported) = peftrain::hf_args::flags(&v).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    let cmd = Cli::command();
+    let sub = config_subcommand(&cmd, args)?;
+    for (id, value) in set {
+        let Some(env) = sub.get_arguments().find(|a| a.get_id().as_str() == id).and_then(|a| a.get_env()) else { continue };
+        if std::env::var_os(env).is_none() {
+            std::env::set_var(env, value);
+        }
+    }
+    if !unsupported.is_empty() {
+        eprintln!("peftrain: warning: {path}: TrainingArguments peftrain does not support, not applied: {}", unsupported.join(", "));
     }
     Ok(())
 }

@@ -54,12 +54,15 @@ impl<W: Write> StepTable<W> {
 /// `metrics.jsonl`: one JSON object per log or evaluation event.
 pub struct MetricsLog {
     out: BufWriter<File>,
+    /// `--report-to tensorboard`: the same events as scalars.
+    tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
 impl MetricsLog {
     pub fn create(path: &Path) -> std::io::Result<MetricsLog> {
         Ok(MetricsLog {
             out: BufWriter::new(File::create(path)?),
+            tensorboard: None,
         })
     }
 
@@ -67,13 +70,26 @@ impl MetricsLog {
     pub fn append(path: &Path) -> std::io::Result<MetricsLog> {
         Ok(MetricsLog {
             out: BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            tensorboard: None,
         })
+    }
+
+    /// Also writes every event to a new TensorBoard event file in `dir`.
+    pub fn with_tensorboard(mut self, dir: &Path) -> std::io::Result<MetricsLog> {
+        let w = crate::tensorboard::EventWriter::create(dir)?;
+        tracing::info!("TensorBoard events: {}", w.path().display());
+        self.tensorboard = Some(w);
+        Ok(self)
     }
 
     pub fn write(&mut self, event: &Map<String, Value>) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.out, event)?;
         self.out.write_all(b"\n")?;
-        self.out.flush()
+        self.out.flush()?;
+        if let Some(tb) = &mut self.tensorboard {
+            tb.log(event)?;
+        }
+        Ok(())
     }
 }
 

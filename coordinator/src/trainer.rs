@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::checkpoint::{self, ReplicaState};
@@ -19,7 +18,7 @@ use crate::progress::Progress;
 use crate::report::{MetricsLog, StepTable, TrainOutput};
 use crate::signals::StopSignal;
 use crate::sampler::{epoch_order, group_by_length};
-use crate::schedule::{linear_lr, warmup_steps};
+pub use crate::run_state::LoopState;
 use crate::tokenize::Encoded;
 use peftrain_spec::task::Metric;
 
@@ -82,44 +81,6 @@ pub struct RunSummary {
     pub stopped: Option<&'static str>,
 }
 
-/// The loop's position and accumulators: all a checkpoint needs besides the workers' state
-/// for a resumed run to log exactly what an uninterrupted one would. Data order and dropout
-/// seeds are pure functions of (seed, epoch, step), so the step number places them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct LoopState {
-    pub global_step: u64,
-    pub epoch: f64,
-    pub loss_total: f64,
-    pub window_loss: f64,
-    pub window_steps: u64,
-    pub last_logged_loss: Option<f64>,
-    pub total_flos: f64,
-    pub samples: u64,
-    /// The best value so far of the metric that chooses the model, and its step.
-    #[serde(default, alias = "best_accuracy")]
-    pub best_metric: Option<f64>,
-    #[serde(default)]
-    pub best_step: Option<u64>,
-    /// Evaluations in a row that did not improve the metric (early stopping's count).
-    #[serde(default)]
-    pub evals_without_improvement: u64,
-    pub bytes_window: u64,
-    pub reduce_ms_window: f64,
-    pub step_ms_window: f64,
-    /// Seconds of training before this process (earlier runs of a resumed job).
-    pub runtime_before: f64,
-    pub steps_redone: u64,
-    pub steps_skipped: u64,
-    /// The replicas' fingerprint, checked on resume.
-    pub fingerprint: String,
-    /// The run these checkpoints belong to (kept on resume): rotation deletes only its own.
-    #[serde(default)]
-    pub run_id: String,
-    /// Steps skipped as non-finite in a row, up to the last one.
-    #[serde(default)]
-    pub consecutive_skipped: u64,
-}
-
 /// Loss sum and row-major logits of `examples`, in batches of `batch_size`, sharded across
 /// the workers.
 pub async fn logits(cluster: &mut Cluster, examples: &[Encoded], batch_size: usize, quiet: bool) -> Result<(f64, Vec<f32>, usize), ClusterError> {
@@ -175,6 +136,15 @@ pub async fn evaluate_sets(
     Ok(result)
 }
 
+/// What each micro-batch's loss sum is divided by before its backward, given the examples of
+/// each micro-batch of a step: its mean, divided by the step's micro-batches as the Trainer's
+/// `current_gradient_accumulation_steps` (fewer in an epoch's last step). Without accumulation
+/// the step's mean; with equal micro-batches the same gradient as one batch of them all.
+pub fn micro_divisors(sizes: &[usize]) -> Vec<f64> {
+    let a = sizes.len() as f64;
+    sizes.iter().map(|&n| n.max(1) as f64 * a).collect()
+}
+
 /// Errors of the loop: the cluster's, or the outputs'.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -193,6 +163,7 @@ fn out_err(what: &str) -> impl Fn(std::io::Error) -> TrainError + '_ {
 /// Writes `checkpoint-{step}` from the group's current state and says how big it is.
 pub async fn save_checkpoint(cfg: &TrainConfig, cluster: &Cluster, st: &LoopState) -> Result<ReplicaState, TrainError> {
     let state = cluster.get_state().await?;
+    let hf = crate::run_state::trainer_state(cfg, st).map_err(TrainError::Output)?;
     let (dir, bytes) = checkpoint::write_checkpoint(
         &cfg.output_dir,
         st.global_step,
@@ -200,6 +171,7 @@ pub async fn save_checkpoint(cfg: &TrainConfig, cluster: &Cluster, st: &LoopStat
         &cluster.layout(),
         &state,
         st,
+        &hf,
         checkpoint::Rotation { keep: cfg.save_total_limit, protect: if cfg.load_best_model_at_end { st.best_step } else { None } },
         &st.run_id,
     )?;
@@ -227,11 +199,15 @@ pub async fn train<W: Write>(
     stop: &StopSignal,
 ) -> Result<RunSummary, TrainError> {
     let n = train.len();
-    let batch_size = cfg.batch_size;
+    let batch_size = cfg.global_batch();
+    let micro_size = cfg.micro_batch().max(1);
     let steps_per_epoch = cfg.steps_per_epoch(n);
     let total = cfg.total_steps(n);
-    let warmup = warmup_steps(total, cfg.warmup_steps, cfg.warmup_ratio);
-    let base_lr = cfg.lr();
+    let schedule = cfg.schedule(total);
+    let (eval_strategy, eval_every) = cfg.eval_every();
+    let (save_strategy, save_every) = cfg.save_every();
+    st.max_steps = total;
+    st.steps_per_epoch = steps_per_epoch;
     let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
     let keys = cfg.metric_keys();
     let metrics_of_run = cfg.metrics();
@@ -285,11 +261,14 @@ pub async fn train<W: Write>(
         cluster.admit_joiners().await?;
 
         // The step: forward/backward, all-reduce, clip, AdamW, on every worker.
-        let lr = linear_lr(base_lr, step, warmup, total);
+        let lr = schedule.lr(step);
+        let micro: Vec<&[&Encoded]> = batch.chunks(micro_size).collect();
+        let divisors = micro_divisors(&micro.iter().map(|m| m.len()).collect::<Vec<_>>());
         let step_started = Instant::now();
-        let out = cluster.step(step, &batch, lr, cfg.seed).await?;
+        let out = cluster.step(step, &micro, &divisors, lr, cfg.seed).await?;
         let step_ms = step_started.elapsed().as_secs_f64() * 1000.0;
-        let loss = out.loss_sum / batch.len() as f64;
+        // The loss the step minimised, as the Trainer logs it: each micro-batch's scaled loss.
+        let loss: f64 = out.micro_loss_sums.iter().zip(&divisors).map(|(s, d)| s / d).sum();
         if out.skipped {
             st.steps_skipped += 1;
             st.consecutive_skipped += 1;
@@ -300,9 +279,13 @@ pub async fn train<W: Write>(
         st.steps_redone += out.redone as u64;
 
         // Bookkeeping as the Trainer does it.
-        let longest = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-        st.total_flos += 6.0 * (batch.len() * longest) as f64 * non_embedding_params as f64;
+        // floating_point_ops per micro-batch, each padded to its own longest as the Trainer's collator pads it.
+        st.total_flos += micro
+            .iter()
+            .map(|m| 6.0 * (m.len() * m.iter().map(|e| e.ids.len()).max().unwrap_or(0)) as f64 * non_embedding_params as f64)
+            .sum::<f64>();
         st.samples += batch.len() as u64;
+        st.tokens_seen += out.tokens;
         st.loss_total += loss;
         st.window_loss += loss;
         st.window_steps += 1;
@@ -317,7 +300,7 @@ pub async fn train<W: Write>(
             s.step = global_step;
             s.epoch = st.epoch;
             s.samples = st.samples;
-            s.learning_rate = linear_lr(base_lr, global_step, warmup, total);
+            s.learning_rate = schedule.lr(global_step);
             s.allreduce_bytes += out.allreduce_bytes;
             s.allreduce_seconds += out.allreduce_ms / 1000.0;
             s.workers_alive = cluster.world();
@@ -326,9 +309,9 @@ pub async fn train<W: Write>(
             s.steps_skipped = st.steps_skipped;
         });
 
-        let log_now = global_step % cfg.logging_steps == 0;
         let end_of_epoch = pos as u64 + 1 == steps_per_epoch;
-        let eval_now = global_step == total || cfg.eval_steps.map_or(end_of_epoch, |e| global_step % e == 0);
+        let log_now = cfg.logging_strategy.due(cfg.logging_steps, global_step, end_of_epoch);
+        let eval_now = global_step == total || eval_strategy.due(eval_every, global_step, end_of_epoch);
         let mut row_loss = None;
         if log_now {
             let mean = st.window_loss / st.window_steps as f64;
@@ -336,7 +319,7 @@ pub async fn train<W: Write>(
             ev.insert("loss".into(), json!(mean));
             ev.insert("grad_norm".into(), json!(out.grad_norm));
             // The Trainer logs the scheduler's rate after its step: the rate of the next step.
-            ev.insert("learning_rate".into(), json!(linear_lr(base_lr, global_step, warmup, total)));
+            ev.insert("learning_rate".into(), json!(schedule.lr(global_step)));
             ev.insert("epoch".into(), json!(st.epoch));
             ev.insert("step".into(), json!(global_step));
             ev.insert("allreduce_bytes".into(), json!(out.allreduce_bytes));
@@ -384,7 +367,7 @@ pub async fn train<W: Write>(
         if eval_now && dev.first().is_some_and(|(d, _)| !d.is_empty()) {
             // Evaluation progress only when the training display is plain lines or off: two
             // bars at once would fight over the terminal.
-            let r = evaluate_sets(cluster, dev, cfg.eval_batch_size, &metrics_of_run, regression, true).await?;
+            let r = evaluate_sets(cluster, dev, cfg.eval_batch(), &metrics_of_run, regression, true).await?;
             let mut ev = r.log_entries();
             ev.insert("epoch".into(), json!(st.epoch));
             ev.insert("step".into(), json!(global_step));
@@ -424,7 +407,7 @@ pub async fn train<W: Write>(
                 .above(|| table.row(global_step, shown, row_eval.as_ref().map(|r| r.loss), &cells))
                 .map_err(out_err("stdout"))?;
         }
-        if cfg.save_steps.is_some_and(|s| global_step % s == 0) && global_step < total {
+        if save_strategy.due(save_every, global_step, end_of_epoch) && global_step < total {
             let mut snapshot = st.clone();
             snapshot.runtime_before += started.elapsed().as_secs_f64();
             save_checkpoint(cfg, cluster, &snapshot).await?;
@@ -494,4 +477,19 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
         out.push('\n');
     }
     std::fs::write(path, out).map_err(out_err("metrics.jsonl"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_batches_are_scaled_as_the_trainer_scales_them() {
+        // Without accumulation: the batch mean.
+        assert_eq!(micro_divisors(&[16]), [16.0]);
+        // Two of 4: each micro-batch's mean over the two, the mean of all eight.
+        assert_eq!(micro_divisors(&[4, 4]), [8.0, 8.0]);
+        // An epoch's short last micro-batch keeps its own mean.
+        assert_eq!(micro_divisors(&[4, 2]), [8.0, 4.0]);
+    }
 }

@@ -2,6 +2,9 @@
 //! shared token (checked in constant time), optionally over TLS with rustls (mutual TLS when a
 //! CA is given). Health checks stay open so that Kubernetes' gRPC probes work.
 
+// Casts, randomness and comparisons come from bytemuck, getrandom and subtle.
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,14 +102,8 @@ impl Security {
     /// A fresh random token (single-node mode hands it to its local workers).
     pub fn random_token() -> Result<String, NetError> {
         let mut b = [0u8; 32];
-        let path = Path::new("/dev/urandom");
-        use std::io::Read;
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut b))
-            .map_err(|source| NetError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        // The operating system's CSPRNG (getrandom(2) here), as the `getrandom` crate reaches it.
+        getrandom::fill(&mut b).map_err(|e| NetError::Config(format!("no random token: {e}")))?;
         Ok(b.iter().map(|x| format!("{x:02x}")).collect())
     }
 
@@ -224,7 +221,8 @@ impl Interceptor for ServerAuth {
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a[..].ct_eq(&b[..]))
 }
 
 /// A channel whose calls carry the token.

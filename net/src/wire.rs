@@ -5,9 +5,7 @@
 pub fn f32_to_le_bytes(values: &[f32]) -> Vec<u8> {
     #[cfg(target_endian = "little")]
     {
-        // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice covers
-        // exactly the values' memory.
-        unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) }.to_vec()
+        bytemuck::cast_slice::<f32, u8>(values).to_vec()
     }
     #[cfg(not(target_endian = "little"))]
     {
@@ -21,11 +19,8 @@ pub fn le_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
     let n = bytes.len() / 4;
     #[cfg(target_endian = "little")]
     {
-        let mut out = vec![0f32; n];
-        // SAFETY: out holds n f32 = 4n bytes; the source has at least 4n bytes; the regions do
-        // not overlap, and copying bytes into f32 storage is valid for any pattern.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr() as *mut u8, n * 4) };
-        out
+        // One copy whatever the bytes' alignment (a protobuf field's need not be 4-aligned).
+        bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[..n * 4])
     }
     #[cfg(not(target_endian = "little"))]
     {

@@ -34,7 +34,7 @@ fn the_best_evaluation_s_weights_are_kept_and_its_checkpoint_survives_rotation()
     let (best_step, best_loss) = ev.iter().fold(ev[0], |b, &e| if e.1 > b.1 { e } else { b });
     assert_ne!(best_step, 12, "the test needs a best model before the end: {ev:?}");
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("checkpoint-12/trainer_state.json")).unwrap()).unwrap();
-    assert_eq!(state["best_step"], best_step);
+    assert_eq!(state["best_global_step"], best_step);
     assert_eq!(state["best_metric"].as_f64().unwrap(), best_loss);
     let best_dir = out.join(format!("checkpoint-{best_step}"));
     assert!(best_dir.is_dir(), "--save-total-limit never deletes the best checkpoint");

@@ -105,8 +105,15 @@ proptest! {
     #[test]
     fn step_and_eval_requests_decode_safely(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
         if let Ok(req) = pb::StepRequest::decode(bytes.as_slice()) {
-            let s = peftrain_worker::service::shard_from(req.shard.unwrap_or_default());
+            let s = peftrain_worker::service::shard_from(req.shard.clone().unwrap_or_default());
             let _ = s.validate(2, 50265, 1, 512);
+            // Micro-batches a worker admits tile its shard, each divided by at least its size.
+            if let Ok(order) = peftrain_worker::engine::StepOrder::try_from(req) {
+                if peftrain_worker::engine::check_micro(&order.micro, order.shard.len()).is_ok() {
+                    prop_assert_eq!(order.micro.iter().map(|m| m.examples).sum::<usize>(), order.shard.len());
+                    prop_assert!(order.micro.iter().all(|m| m.divisor.is_finite() && m.divisor >= (m.examples.max(1)) as f64));
+                }
+            }
         }
         if let Ok(req) = pb::EvalRequest::decode(bytes.as_slice()) {
             let s = peftrain_worker::service::shard_from(req.shard.unwrap_or_default());

@@ -221,7 +221,7 @@ fn a_tampered_checkpoint_is_refused_and_nothing_is_deleted() {
     let model = tiny_roberta(d.path(), 3);
     let out = d.path().join("out");
     peftrain(&refs(&train_args(&model, &out, &["--max-steps", "8", "--save-steps", "2"])));
-    let state = out.join("checkpoint-8/trainer_state.json");
+    let state = out.join("checkpoint-8/peftrain_state.json");
     let good = std::fs::read_to_string(&state).unwrap();
     for (what, text) in [
         ("directory", good.replace("\"global_step\": 8", "\"global_step\": 99999999999")),

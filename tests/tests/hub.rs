@@ -252,6 +252,9 @@ fn train_resolves_model_and_glue_through_the_hub() {
     let o = run("0", "first");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("TrainOutput(global_step=4"));
+    // peft's adapter names the base by its hub id, as peft's own save_pretrained does.
+    let adapter: serde_json::Value = serde_json::from_slice(&std::fs::read(cwd.path().join("first/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(adapter["base_model_name_or_path"], "org/tiny-roberta");
     // Everything is cached now: offline works, and asks the hub nothing.
     let before = hub.requests.load(Ordering::SeqCst);
     let o = run("1", "second");

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use peftrain_worker::optim::AdamWConfig;
 use peftrain_worker::peft::{BitFitScope, LoraConfig, Method};
-use peftrain_worker::replica::{Replica, ReplicaSpec, Shard};
+use peftrain_worker::replica::{Micro, Replica, ReplicaSpec, Shard};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -56,7 +56,7 @@ fn main() {
     for s in 0..steps + 3 {
         let t0 = Instant::now();
         let shard = shard_at(s);
-        let _ = r.forward_backward(&shard, b, s as u64);
+        let _ = r.forward_backward(&shard, &[Micro { examples: shard.len(), divisor: b as f64 }], s as u64);
         let t1 = Instant::now();
         let t2 = Instant::now();
         let local = std::env::var("LOCAL").is_ok();

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use crate::collective::{AllReduce, Alone, Inbox, Ring};
 use crate::compute::{ComputeThread, ReplicaInfo};
 use crate::error::WorkerError;
-use crate::replica::{Replica, Shard};
+use crate::replica::{Micro, Replica, Shard};
 use crate::stats::{peak_rss_bytes, WorkerStats};
 
 /// This worker's place in a group, as the coordinator announces it.
@@ -24,13 +24,15 @@ pub struct Group {
     pub peers: Vec<String>,
 }
 
-/// One training step's order: this worker's shard of the global batch.
+/// One training step's order: this worker's shard of the global batch, as consecutive
+/// micro-batches (one without gradient accumulation) whose gradients add up before the one
+/// all-reduce.
 #[derive(Debug, Clone)]
 pub struct StepOrder {
     pub generation: u64,
     pub step: u64,
     pub shard: Shard,
-    pub global_batch_size: usize,
+    pub micro: Vec<Micro>,
     pub learning_rate: f64,
     pub dropout_seed: u64,
 }
@@ -49,6 +51,26 @@ pub struct StepOutcome {
     pub optimizer_ms: f64,
     pub nonfinite: bool,
     pub peak_rss_bytes: u64,
+    pub micro_loss_sums: Vec<f64>,
+}
+
+/// Most micro-batches one step may hold (`--gradient-accumulation-steps` is bounded alike).
+pub const MAX_MICRO_BATCHES: usize = 1 << 16;
+
+/// Whether `micro` tiles a shard of `n` examples: counts summing to `n`, each divisor a finite
+/// number at least its micro-batch's examples (a mean, never a blow-up).
+pub fn check_micro(micro: &[Micro], n: usize) -> Result<(), String> {
+    if micro.is_empty() || micro.len() > MAX_MICRO_BATCHES {
+        return Err(format!("{} micro-batches (1 to {MAX_MICRO_BATCHES})", micro.len()));
+    }
+    let total = micro.iter().try_fold(0usize, |acc, m| acc.checked_add(m.examples));
+    if total != Some(n) {
+        return Err(format!("micro-batches of {:?} examples for a shard of {n}", micro.iter().map(|m| m.examples).collect::<Vec<_>>()));
+    }
+    if let Some(m) = micro.iter().find(|m| !(m.divisor.is_finite() && m.divisor >= 1.0 && m.divisor >= m.examples as f64)) {
+        return Err(format!("shard of {} examples divided by {}", m.examples, m.divisor));
+    }
+    Ok(())
 }
 
 /// Whether a held step was applied, and the optimizer's step count after it.
@@ -169,13 +191,8 @@ impl Engine {
                 current: ring.generation,
             });
         }
-        let StepOrder { step, shard, global_batch_size: global, learning_rate: lr, dropout_seed: seed, .. } = order;
-        if global == 0 || shard.len() > global {
-            return Err(WorkerError::BadShard(format!(
-                "shard of {} examples in a global batch of {global}",
-                shard.len()
-            )));
-        }
+        let StepOrder { step, shard, micro, learning_rate: lr, dropout_seed: seed, .. } = order;
+        check_micro(&micro, shard.len()).map_err(WorkerError::BadShard)?;
         let t0 = Instant::now();
         // The group's collective: the ring, or the group of one (the factory's two arms).
         let group: &dyn AllReduce = if ring.world > 1 { ring } else { &Alone };
@@ -190,7 +207,7 @@ impl Engine {
                     let what = if r.spec.regression { "a regression target" } else { "a label" };
                     return Err(WorkerError::BadShard(format!("training shards need {what} per example")));
                 }
-                let stats = r.forward_backward(&shard, global, seed);
+                let stats = r.forward_backward(&shard, &micro, seed);
                 let mut grad = r.gradient(host);
                 if poison {
                     r.poison(&mut grad);
@@ -222,6 +239,7 @@ impl Engine {
             optimizer_ms: t1.elapsed().as_secs_f64() * 1000.0,
             nonfinite: !norm.is_finite(),
             peak_rss_bytes: peak_rss_bytes(),
+            micro_loss_sums: stats.micro_loss_sums,
         })
     }
 
@@ -305,4 +323,38 @@ impl Engine {
 
 fn short(d: &str) -> String {
     d.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(examples: usize, divisor: f64) -> Micro {
+        Micro { examples, divisor }
+    }
+
+    #[test]
+    fn micro_batches_must_tile_the_shard_with_sane_divisors() {
+        assert!(check_micro(&[m(3, 8.0), m(0, 8.0), m(2, 4.0)], 5).is_ok());
+        assert!(check_micro(&[m(3, 8.0)], 4).unwrap_err().contains("shard of 4"));
+        assert!(check_micro(&[], 0).is_err());
+        for bad in [0.0, 0.5, f64::NAN, f64::INFINITY, 2.0] {
+            assert!(check_micro(&[m(3, bad)], 3).is_err(), "divisor {bad}");
+        }
+        assert!(check_micro(&[m(usize::MAX, 1e300), m(2, 4.0)], 1).is_err(), "counts that overflow");
+    }
+
+    #[test]
+    fn a_micro_batch_is_its_examples_of_the_shard() {
+        let s = Shard {
+            ids: vec![1, 2, 3, 4, 5, 6],
+            type_ids: vec![],
+            lengths: vec![2, 1, 3],
+            labels: vec![0, 1, 0],
+            scores: vec![],
+        };
+        let part = s.slice(1..3);
+        assert_eq!((part.ids, part.lengths, part.labels), (vec![3, 4, 5, 6], vec![1, 3], vec![1, 0]));
+        assert!(s.slice(0..0).is_empty());
+    }
 }

@@ -55,6 +55,20 @@ impl Shard {
     pub fn tokens(&self) -> u64 {
         self.lengths.iter().map(|&l| l as u64).sum()
     }
+
+    /// Examples `range` of a validated shard, as a shard of their own (a micro-batch).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Shard {
+        let start: usize = self.lengths[..range.start].iter().map(|&l| l as usize).sum();
+        let len: usize = self.lengths[range.clone()].iter().map(|&l| l as usize).sum();
+        let tokens = start..start + len;
+        Shard {
+            ids: self.ids[tokens.clone()].to_vec(),
+            type_ids: if self.type_ids.is_empty() { Vec::new() } else { self.type_ids[tokens].to_vec() },
+            lengths: self.lengths[range.clone()].to_vec(),
+            labels: if self.labels.is_empty() { Vec::new() } else { self.labels[range.clone()].to_vec() },
+            scores: if self.scores.is_empty() { Vec::new() } else { self.scores[range].to_vec() },
+        }
+    }
     /// Checks that the lengths account for every id, that labels and segment ids fit, and that
     /// no example is longer than the model has positions for.
     pub fn validate(&self, num_labels: i64, vocab: i64, type_vocab: i64, max_tokens: usize) -> Result<(), String> {
@@ -95,11 +109,21 @@ impl Shard {
 }
 
 /// What a forward/backward pass measured.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PassStats {
     pub loss_sum: f64,
     pub examples: u32,
     pub tokens: u64,
+    /// loss_sum of each micro-batch.
+    pub micro_loss_sums: Vec<f64>,
+}
+
+/// One micro-batch of a step's shard: its examples (consecutive, in order) and what its loss
+/// sum is divided by before its backward (the global batch size without accumulation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Micro {
+    pub examples: usize,
+    pub divisor: f64,
 }
 
 /// Result of an evaluation shard.
@@ -295,7 +319,7 @@ impl Replica {
 
     /// Zeroes the gradients, then backpropagates sum(loss over the shard) / `global_batch`, so
     /// that the sum of all workers' gradients is the global-batch mean.
-    pub fn forward_backward(&mut self, shard: &Shard, global_batch: usize, dropout_seed: u64) -> PassStats {
+    pub fn forward_backward(&mut self, shard: &Shard, micro: &[Micro], dropout_seed: u64) -> PassStats {
         self.ensure_grads();
         for p in self.loaded.params.trainable.values() {
             let mut g = p.grad();
@@ -303,22 +327,42 @@ impl Replica {
                 let _ = g.zero_();
             }
         }
-        if shard.is_empty() {
-            return PassStats::default();
+        let mut stats = PassStats::default();
+        let mut start = 0;
+        for (m, mb) in micro.iter().enumerate() {
+            // The engine checked that the micro-batches tile the shard; one is the shard itself.
+            let sliced;
+            let part = if micro.len() == 1 {
+                shard
+            } else {
+                sliced = shard.slice(start..start + mb.examples);
+                &sliced
+            };
+            start += mb.examples;
+            if part.is_empty() {
+                stats.micro_loss_sums.push(0.0);
+                continue;
+            }
+            // Micro-batch 0 keeps the step's seed: without accumulation, the masks of before.
+            let seed = dropout_seed.wrapping_add((m as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            tch::manual_seed(seed as i64);
+            crate::ops::dropout::seed(seed);
+            let inputs = self.inputs(part);
+            let logits = self.loaded.model.forward(&inputs, true);
+            // The loss as transformers calls it, summed here and divided below (the engine
+            // refuses a training shard without targets); backward accumulates into the grads.
+            let Some(loss_sum) = self.loss_sum(&logits, part) else {
+                stats.micro_loss_sums.push(0.0);
+                continue;
+            };
+            (&loss_sum / mb.divisor).backward();
+            let v = loss_sum.double_value(&[]);
+            stats.loss_sum += v;
+            stats.micro_loss_sums.push(v);
+            stats.examples += part.len() as u32;
+            stats.tokens += part.tokens();
         }
-        tch::manual_seed(dropout_seed as i64);
-        crate::ops::dropout::seed(dropout_seed);
-        let inputs = self.inputs(shard);
-        let logits = self.loaded.model.forward(&inputs, true);
-        // The loss as transformers calls it, summed here and divided below (the engine refuses
-        // a training shard without targets).
-        let Some(loss_sum) = self.loss_sum(&logits, shard) else { return PassStats::default() };
-        (&loss_sum / global_batch as f64).backward();
-        PassStats {
-            loss_sum: loss_sum.double_value(&[]),
-            examples: shard.len() as u32,
-            tokens: shard.tokens(),
-        }
+        stats
     }
 
     /// Gives every trainable leaf a (zero) gradient tensor, so that the fused buffer can be

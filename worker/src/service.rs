@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{Committed, Engine, EvalOutcome, Group, StepOrder, StepOutcome};
 use crate::error::WorkerError;
-use crate::replica::Shard;
+use crate::replica::{Micro, Shard};
 use crate::state::{receive_state, to_chunks};
 
 /// Whether a gradient chunk fits a buffer of `len` values (else INVALID_ARGUMENT), and
@@ -47,16 +47,30 @@ impl From<pb::SetupRequest> for Group {
     }
 }
 
-impl From<pb::StepRequest> for StepOrder {
-    fn from(r: pb::StepRequest) -> StepOrder {
-        StepOrder {
+impl TryFrom<pb::StepRequest> for StepOrder {
+    type Error = WorkerError;
+    fn try_from(r: pb::StepRequest) -> Result<StepOrder, WorkerError> {
+        let shard = shard_from(r.shard.unwrap_or_default());
+        let micro = if r.micro_batch_examples.is_empty() && r.micro_batch_divisors.is_empty() {
+            // No accumulation: the shard is one micro-batch, a share of the global mean.
+            vec![Micro { examples: shard.len(), divisor: r.global_batch_size as f64 }]
+        } else if r.micro_batch_examples.len() != r.micro_batch_divisors.len() {
+            return Err(WorkerError::BadShard(format!(
+                "{} micro-batch sizes with {} divisors",
+                r.micro_batch_examples.len(),
+                r.micro_batch_divisors.len()
+            )));
+        } else {
+            r.micro_batch_examples.iter().zip(&r.micro_batch_divisors).map(|(&n, &d)| Micro { examples: n as usize, divisor: d }).collect()
+        };
+        Ok(StepOrder {
             generation: r.generation,
             step: r.step,
-            shard: shard_from(r.shard.unwrap_or_default()),
-            global_batch_size: r.global_batch_size as usize,
+            shard,
+            micro,
             learning_rate: r.learning_rate,
             dropout_seed: r.dropout_seed,
-        }
+        })
     }
 }
 
@@ -74,6 +88,7 @@ impl From<StepOutcome> for pb::StepReply {
             optimizer_ms: o.optimizer_ms,
             nonfinite: o.nonfinite,
             peak_rss_bytes: o.peak_rss_bytes,
+            micro_loss_sums: o.micro_loss_sums,
         }
     }
 }
@@ -106,7 +121,7 @@ impl Worker for WorkerService {
         Ok(Response::new(pb::SetupReply {}))
     }
     async fn step(&self, req: Request<pb::StepRequest>) -> Result<Response<pb::StepReply>, Status> {
-        Ok(Response::new(self.0.step(req.into_inner().into()).await?.into()))
+        Ok(Response::new(self.0.step(StepOrder::try_from(req.into_inner())?).await?.into()))
     }
     async fn evaluate(&self, req: Request<pb::EvalRequest>) -> Result<Response<pb::EvalReply>, Status> {
         let r = req.into_inner();
