@@ -173,10 +173,8 @@ pub fn write_trainable(dir: &Path, cfg: &TrainConfig, layout: &[pb::TensorInfo],
         o.extend(m);
     }
     bytes += write_json(&dir.join("trainable_config.json"), &config)?;
-    // peft records the hub id the base came from (what `from_pretrained` downloads again),
-    // else the local directory.
-    let base = cfg.model_id.clone().unwrap_or_else(|| cfg.model.display().to_string());
-    if let Some(adapter_config) = cfg.method.method().peft_adapter_config(&base) {
+    // peft records the hub id the base came from (what `from_pretrained` downloads again).
+    if let Some(adapter_config) = cfg.method.method().peft_adapter_config(&cfg.base_model_name()) {
         let peft: Vec<(String, Vec<usize>, &[f32])> = weights.iter().map(|(n, s, v)| (format!("base_model.model.{n}"), s.clone(), *v)).collect();
         bytes += write_safetensors(&dir.join("adapter_model.safetensors"), &peft, Some(HashMap::from([("format".into(), "pt".into())])))?;
         bytes += write_json(&dir.join("adapter_config.json"), &adapter_config)?;

@@ -500,6 +500,11 @@ impl TrainConfig {
         v
     }
 
+    /// The base model as peft and the hub name it: the hub id `--model` gave, else its directory.
+    pub fn base_model_name(&self) -> String {
+        self.model_id.clone().unwrap_or_else(|| self.model.display().to_string())
+    }
+
     pub fn tokenizer_dir(&self) -> PathBuf {
         self.tokenizer.clone().unwrap_or_else(|| self.model.clone())
     }

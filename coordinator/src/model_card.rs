@@ -14,7 +14,7 @@ fn q(s: &str) -> String {
 /// The model card of a finished run: `name` its output directory's name, `eval` its final
 /// (or best) evaluation, `st` where its loop ended.
 pub fn model_card(cfg: &TrainConfig, name: &str, eval: Option<&EvalResult>, st: &LoopState) -> String {
-    let base = cfg.model_id.clone().unwrap_or_else(|| cfg.model.display().to_string());
+    let base = cfg.base_model_name();
     let kind = cfg.method.kind;
     let peft = kind.saves_peft_adapter();
     let task = cfg.task_name();
