@@ -1,6 +1,5 @@
 //! Bakes libtorch's library directory into the test binaries' run path (see worker/build.rs).
 
-
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {

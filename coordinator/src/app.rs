@@ -14,19 +14,19 @@ use tokio::sync::oneshot;
 use peftrain_spec::{Method, MethodArgs, MethodKind};
 
 use crate::checkpoint;
-use crate::signals::StopSignal;
-use peftrain_net::{Security, SecurityArgs};
 use crate::cluster::{Cluster, Tolerance};
 use crate::config::{read_model_config, ReportTo, TrainConfig};
 use crate::data::{infer_labels, load_split, read_user_file, Example, Labels, Split};
 use crate::local::LocalWorkers;
 use crate::observe::{Observer, Phase};
 use crate::registry::Registry;
-use crate::report::{human_bytes, newly_initialized_message, MetricsLog};
 /// peft's trainable-parameter line (formatted in report.rs).
 pub use crate::report::peft_line;
+use crate::report::{human_bytes, newly_initialized_message, MetricsLog};
+use crate::signals::StopSignal;
 use crate::tokenize::{Encoded, TextTokenizer};
 use crate::trainer::{self, LoopState, RunSummary};
+use peftrain_net::{Security, SecurityArgs};
 
 /// Where the workers come from.
 #[derive(Debug, Clone)]
@@ -82,7 +82,8 @@ impl Session {
             tokio::spawn(peftrain_net::http::serve_http(l, observer.handler(), std::future::pending::<()>()));
         }
         let registry = Arc::new(
-            Registry::new(run_id, cfg.run_spec(), cfg.workers as u32).with_model_digest(expected_model_digest(cfg), Duration::from_secs_f64(cfg.worker_timeout)),
+            Registry::new(run_id, cfg.run_spec(), cfg.workers as u32)
+                .with_model_digest(expected_model_digest(cfg), Duration::from_secs_f64(cfg.worker_timeout)),
         );
         spawn_pause_watch(&registry);
         let listen = match workers {
@@ -157,13 +158,7 @@ impl Session {
                 }
             }
         };
-        Ok(Session {
-            cluster,
-            observer,
-            local,
-            stop_server: Some(stop_tx),
-            server,
-        })
+        Ok(Session { cluster, observer, local, stop_server: Some(stop_tx), server })
     }
 
     /// Shuts the workers down, waits for local processes, stops the service (after SIGTERM
@@ -193,10 +188,7 @@ impl Session {
 }
 
 fn now_millis() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
 }
 
 /// The examples of a split: the GLUE task's, or the user's file for it (labels read as the
@@ -224,12 +216,7 @@ pub fn prepare_split(cfg: &TrainConfig, tok: &TextTokenizer, split: Split, limit
     }
     let enc = tok.encode_all(&rows)?;
     if enc.truncated > 0 {
-        tracing::info!(
-            "{} of {} {split:?} examples were longer than --max-length {} and were truncated",
-            enc.truncated,
-            rows.len(),
-            tok.max_length
-        );
+        tracing::info!("{} of {} {split:?} examples were longer than --max-length {} and were truncated", enc.truncated, rows.len(), tok.max_length);
     }
     Ok((enc.examples, enc.truncated))
 }
@@ -360,7 +347,9 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             if truncated > 0 { format!(" ({truncated} truncated to {} tokens)", cfg.max_length) } else { String::new() }
         );
         let obs = session.observer.clone();
-        let summary = trainer::train(cfg, &mut session.cluster, &train, &dev, lead.non_embedding_params, std::io::stdout(), &mut metrics, &mut st, &obs, &stop).await?;
+        let summary =
+            trainer::train(cfg, &mut session.cluster, &train, &dev, lead.non_embedding_params, std::io::stdout(), &mut metrics, &mut st, &obs, &stop)
+                .await?;
         if let Some(sig) = summary.stopped {
             eprintln!(
                 "peftrain: stopped by {sig} after step {} of {}; checkpoint written to {}; continue with --resume",
@@ -505,9 +494,10 @@ pub async fn run_eval(cfg: &TrainConfig, split: Split, workers: &Workers, net: &
     let tok = TextTokenizer::load(&cfg.tokenizer_dir(), cfg.max_length)?;
     let (rows, _) = prepare_split(cfg, &tok, split, cfg.eval_limit)?;
     let mut session = Session::start(cfg, workers, type_ids, net, &StopSignal::default()).await?;
-    let result = trainer::evaluate_sets(&mut session.cluster, &[(&rows, "")], cfg.eval_batch(), &cfg.metrics(), cfg.labels().is_regression(), cfg.quiet)
-        .await
-        .map_err(anyhow::Error::from);
+    let result =
+        trainer::evaluate_sets(&mut session.cluster, &[(&rows, "")], cfg.eval_batch(), &cfg.metrics(), cfg.labels().is_regression(), cfg.quiet)
+            .await
+            .map_err(anyhow::Error::from);
     session.finish(false).await;
     result
 }
@@ -536,8 +526,6 @@ pub async fn run_compare(cfg: &TrainConfig, methods: &[MethodKind], workers: &Wo
     let title = format!("peftrain compare: {} on {}", names.join(", "), cfg.task_name());
     crate::compare::write_report(&cfg.output_dir, &title, &records).map_err(|e| anyhow!(e))
 }
-
-
 
 /// Resolves hub names: a `--model` that is not a directory is a Hugging Face repo id (local
 /// cache first, else downloaded), and GLUE without a directory comes from the hub's `glue`.
@@ -588,7 +576,8 @@ pub fn apply_adapter_method(cfg: &mut TrainConfig, dir: &Path) -> anyhow::Result
     if let Some((p, v)) = read("trainable_config.json")? {
         let labels = match v.get("labels") {
             Some(l) => {
-                let l: Labels = serde_path_to_error::deserialize(l).map_err(|e| anyhow!("{}: field `labels.{}`: {}", p.display(), e.path(), e.inner()))?;
+                let l: Labels =
+                    serde_path_to_error::deserialize(l).map_err(|e| anyhow!("{}: field `labels.{}`: {}", p.display(), e.path(), e.inner()))?;
                 l.validate().map_err(|e| anyhow!("{}: field `labels`: {e}", p.display()))?;
                 Some(l)
             }

@@ -36,10 +36,7 @@ pub enum CheckpointError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
 }
 
 /// A replica's trainable state: weights, first moments, second moments (each in the
@@ -57,11 +54,7 @@ impl ReplicaState {
     /// only compared with it, never trusted.
     pub fn from_chunks(chunks: &[pb::StateChunk], expected: usize) -> Result<ReplicaState, String> {
         let st = peftrain_spec::state::Assembler::assemble(chunks, expected)?;
-        Ok(ReplicaState {
-            fingerprint: st.fingerprint,
-            optimizer_step: st.optimizer_step,
-            values: st.values,
-        })
+        Ok(ReplicaState { fingerprint: st.fingerprint, optimizer_step: st.optimizer_step, values: st.values })
     }
 
     /// Splits the state into chunks of at most `chunk` values for SetState.
@@ -120,20 +113,17 @@ fn numel(t: &pb::TensorInfo) -> usize {
 
 /// Writes named fp32 tensors as safetensors, to a temporary name then renamed into place.
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], meta: Option<HashMap<String, String>>) -> Result<u64, CheckpointError> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), peftrain_net::wire::f32_to_le_bytes(v))).collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), peftrain_net::wire::f32_to_le_bytes(v))).collect();
     let views = bytes
         .iter()
         .map(|(n, s, b)| {
-            TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)).map_err(|e| CheckpointError::Format {
-                path: path.to_path_buf(),
-                why: e.to_string(),
-            })
+            TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), why: e.to_string() })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let data = safetensors::serialize(views, meta).map_err(|e| CheckpointError::Format {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
+    let data = safetensors::serialize(views, meta).map_err(|e| CheckpointError::Format { path: path.to_path_buf(), why: e.to_string() })?;
     write_atomic(path, &data)?;
     Ok(data.len() as u64)
 }
@@ -145,10 +135,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> Result<u64, CheckpointError> {
-    let data = serde_json::to_vec_pretty(v).map_err(|e| CheckpointError::Format {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
+    let data = serde_json::to_vec_pretty(v).map_err(|e| CheckpointError::Format { path: path.to_path_buf(), why: e.to_string() })?;
     write_atomic(path, &data)?;
     Ok(data.len() as u64)
 }
@@ -225,10 +212,8 @@ pub fn write_checkpoint<T: Serialize, H: Serialize>(
         *n = format!("exp_avg_sq.{n}");
     }
     moments.extend(second);
-    let meta = HashMap::from([
-        ("optimizer_step".to_string(), state.optimizer_step.to_string()),
-        ("fingerprint".to_string(), state.fingerprint.clone()),
-    ]);
+    let meta =
+        HashMap::from([("optimizer_step".to_string(), state.optimizer_step.to_string()), ("fingerprint".to_string(), state.fingerprint.clone())]);
     bytes += write_safetensors(&tmp.join("optimizer.safetensors"), &moments, Some(meta))?;
     bytes += write_json(&tmp.join(LOOP_STATE_FILE), loop_state)?;
     bytes += write_json(&tmp.join(TRAINER_STATE_FILE), trainer_state)?;
@@ -240,10 +225,7 @@ pub fn write_checkpoint<T: Serialize, H: Serialize>(
     let replacing = final_dir.exists();
     if replacing && checkpoint_run_id(&final_dir).as_deref() != Some(run_id) {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        return Err(CheckpointError::Format {
-            path: final_dir,
-            why: "holds a checkpoint of another run; it is not replaced".into(),
-        });
+        return Err(CheckpointError::Format { path: final_dir, why: "holds a checkpoint of another run; it is not replaced".into() });
     }
     if replacing {
         // Left by this run if it died between the two renames below.
@@ -343,10 +325,7 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointErr
 /// Reads a checkpoint written by `write_checkpoint`: the state (in `layout`'s order) and the
 /// loop state.
 pub fn read_checkpoint<T: for<'de> Deserialize<'de>>(dir: &Path, layout: &[pb::TensorInfo]) -> Result<(ReplicaState, T), CheckpointError> {
-    let fmt = |path: &Path, why: String| CheckpointError::Format {
-        path: path.to_path_buf(),
-        why,
-    };
+    let fmt = |path: &Path, why: String| CheckpointError::Format { path: path.to_path_buf(), why };
     let wpath = dir.join("trainable.safetensors");
     let opath = dir.join("optimizer.safetensors");
     let wbytes = std::fs::read(&wpath).map_err(io(&wpath))?;
@@ -355,10 +334,8 @@ pub fn read_checkpoint<T: for<'de> Deserialize<'de>>(dir: &Path, layout: &[pb::T
     let o = SafeTensors::deserialize(&obytes).map_err(|e| fmt(&opath, e.to_string()))?;
     let (_, meta) = SafeTensors::read_metadata(&obytes).map_err(|e| fmt(&opath, e.to_string()))?;
     let info = meta.metadata().clone().unwrap_or_default();
-    let optimizer_step = info
-        .get("optimizer_step")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| fmt(&opath, "metadata `optimizer_step` missing".into()))?;
+    let optimizer_step =
+        info.get("optimizer_step").and_then(|s| s.parse().ok()).ok_or_else(|| fmt(&opath, "metadata `optimizer_step` missing".into()))?;
     let fingerprint = info.get("fingerprint").cloned().unwrap_or_default();
     let mut values = Vec::new();
     for (file, path, prefix) in [(&w, &wpath, ""), (&o, &opath, "exp_avg."), (&o, &opath, "exp_avg_sq.")] {
@@ -375,14 +352,7 @@ pub fn read_checkpoint<T: for<'de> Deserialize<'de>>(dir: &Path, layout: &[pb::T
     let spath = loop_state_path(dir);
     let text = std::fs::read_to_string(&spath).map_err(io(&spath))?;
     let loop_state = serde_json::from_str(&text).map_err(|e| fmt(&spath, format!("malformed JSON: {e}")))?;
-    Ok((
-        ReplicaState {
-            fingerprint,
-            optimizer_step,
-            values,
-        },
-        loop_state,
-    ))
+    Ok((ReplicaState { fingerprint, optimizer_step, values }, loop_state))
 }
 
 #[cfg(test)]

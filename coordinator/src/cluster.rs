@@ -7,28 +7,23 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peftrain_proto::v1 as pb;
 use pb::worker_client::WorkerClient;
-use tokio::task::JoinSet;
 use peftrain_net::{AuthChannel, Security};
+use peftrain_proto::v1 as pb;
 use peftrain_spec::Padding;
+use tokio::task::JoinSet;
 use tonic::Code;
 
 use crate::checkpoint::ReplicaState;
+use crate::data::Label;
 use crate::registry::{Member, Registry};
 use crate::sampler::{shard, ShardCost};
-use crate::data::Label;
 use crate::tokenize::Encoded;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("worker {worker} ({address}): {message} [{code:?}]")]
-    Rpc {
-        worker: String,
-        address: String,
-        code: Code,
-        message: String,
-    },
+    Rpc { worker: String, address: String, code: Code, message: String },
     #[error("cannot reach worker {worker} at {address}: {why}")]
     Connect { worker: String, address: String, why: String },
     #[error("{have} worker(s) left, fewer than --min-workers {min}: the run cannot go on (lost: {lost})")]
@@ -167,20 +162,18 @@ where
 }
 
 fn rpc_error(c: &Conn, s: &tonic::Status) -> ClusterError {
-    ClusterError::Rpc {
-        worker: c.member.worker_id.clone(),
-        address: c.member.address.clone(),
-        code: s.code(),
-        message: s.message().to_string(),
-    }
+    ClusterError::Rpc { worker: c.member.worker_id.clone(), address: c.member.address.clone(), code: s.code(), message: s.message().to_string() }
 }
 
 fn classify(c: &Conn, s: tonic::Status) -> Failure {
     match s.code() {
         Code::Aborted => Failure::PeerTrouble,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::Unauthenticated | Code::PermissionDenied | Code::ResourceExhausted | Code::OutOfRange => {
-            Failure::Fatal(rpc_error(c, &s))
-        }
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::OutOfRange => Failure::Fatal(rpc_error(c, &s)),
         _ => {
             tracing::warn!(worker = %c.member.worker_id, "worker lost: {} [{:?}]", s.message(), s.code());
             Failure::Lost(c.member.worker_id.clone())
@@ -189,26 +182,26 @@ fn classify(c: &Conn, s: tonic::Status) -> Failure {
 }
 
 async fn connect(m: &Member, security: &Security) -> Result<Conn, ClusterError> {
-    let err = |why: String| ClusterError::Connect {
-        worker: m.worker_id.clone(),
-        address: m.address.clone(),
-        why,
-    };
+    let err = |why: String| ClusterError::Connect { worker: m.worker_id.clone(), address: m.address.clone(), why };
     let ch = security
         .endpoint(&m.address, Duration::from_secs(10))
         .map_err(|e| err(e.to_string()))?
         .connect()
         .await
         .map_err(|e| err(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
-    let client = WorkerClient::with_interceptor(ch, security.client_auth())
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(16 << 20);
+    let client = WorkerClient::with_interceptor(ch, security.client_auth()).max_decoding_message_size(256 << 20).max_encoding_message_size(16 << 20);
     Ok(Conn { member: m.clone(), client })
 }
 
 impl Cluster {
     /// Connects to the registered workers and sets the group up; ranks follow worker names.
-    pub async fn start(registry: Arc<Registry>, tolerance: Tolerance, send_type_ids: bool, security: Security, padding: Padding) -> Result<Cluster, ClusterError> {
+    pub async fn start(
+        registry: Arc<Registry>,
+        tolerance: Tolerance,
+        send_type_ids: bool,
+        security: Security,
+        padding: Padding,
+    ) -> Result<Cluster, ClusterError> {
         let mut members = registry.members();
         members.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         let mut conns = Vec::new();
@@ -217,19 +210,8 @@ impl Cluster {
         }
         // Generations start from the clock, so a restarted coordinator's never repeat an earlier
         // one's (workers drop traffic of other generations).
-        let generation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
-        let mut c = Cluster {
-            registry,
-            conns,
-            generation,
-            tolerance,
-            send_type_ids,
-            security,
-            padding,
-        };
+        let generation = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        let mut c = Cluster { registry, conns, generation, tolerance, send_type_ids, security, padding };
         c.setup().await?;
         Ok(c)
     }
@@ -296,11 +278,7 @@ impl Cluster {
     /// `gather`, also returning (instead of failing on) peer trouble with every worker alive:
     /// for the step's phase one, which can be redone.
     async fn gather_any<T: Send + 'static>(&self, mut set: JoinSet<Result<T, Failure>>) -> Result<Gathered<T>, ClusterError> {
-        let mut g = Gathered {
-            ok: Vec::new(),
-            lost: BTreeSet::new(),
-            peer_trouble: false,
-        };
+        let mut g = Gathered { ok: Vec::new(), lost: BTreeSet::new(), peer_trouble: false };
         let mut watchdog = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -352,11 +330,7 @@ impl Cluster {
         self.conns.retain(|c| !lost.contains(&c.member.worker_id));
         let names = lost.iter().cloned().collect::<Vec<_>>().join(", ");
         if self.conns.len() < self.tolerance.min_workers.max(1) {
-            return Err(ClusterError::TooFewWorkers {
-                have: self.conns.len(),
-                min: self.tolerance.min_workers.max(1),
-                lost: names,
-            });
+            return Err(ClusterError::TooFewWorkers { have: self.conns.len(), min: self.tolerance.min_workers.max(1), lost: names });
         }
         tracing::warn!("lost {names}; carrying on with {} worker(s)", self.conns.len());
         Ok(())
@@ -395,10 +369,7 @@ impl Cluster {
             for id in &ids {
                 let Some(c) = self.conns.iter().find(|c| &c.member.worker_id == id).cloned() else { continue };
                 let mut client = c.client.clone();
-                let req = self.request(pb::SyncFromRequest {
-                    peer: peer.clone(),
-                    generation: self.generation,
-                });
+                let req = self.request(pb::SyncFromRequest { peer: peer.clone(), generation: self.generation });
                 if let Err(s) = client.sync_from(req).await {
                     tracing::warn!(worker = %id, "joining failed: {}", s.message());
                     self.remove(&BTreeSet::from([id.clone()]))?;
@@ -488,10 +459,7 @@ impl Cluster {
             micro_batch_examples: counts[rank].clone(),
             micro_batch_divisors: divisors.to_vec(),
             learning_rate: lr,
-            dropout_seed: seed
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add(step.wrapping_mul(1_000_003))
-                .wrapping_add(rank as u64),
+            dropout_seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add(rank as u64),
         });
         let set = fan_out(calls, |mut w, req| async move { w.step(req).await.map(|r| r.into_inner()) });
         let g = self.gather_any(set).await?;
@@ -506,7 +474,11 @@ impl Cluster {
         let mut norms = Vec::new();
         for reply in replies {
             if reply.micro_loss_sums.len() != micro.len() {
-                return Err(ClusterError::Inconsistent(format!("a worker answered {} micro-batch losses for {}", reply.micro_loss_sums.len(), micro.len())));
+                return Err(ClusterError::Inconsistent(format!(
+                    "a worker answered {} micro-batch losses for {}",
+                    reply.micro_loss_sums.len(),
+                    micro.len()
+                )));
             }
             for (acc, s) in out.micro_loss_sums.iter_mut().zip(&reply.micro_loss_sums) {
                 *acc += s;
@@ -535,10 +507,7 @@ impl Cluster {
     /// Phase two. Every worker holds the same reduced gradient; a worker lost now takes
     /// nothing with it (its shard is in the sum), so the survivors commit and carry on.
     async fn commit(&mut self, step: u64) -> Result<(), ClusterError> {
-        let calls = self.each(|_, _| pb::CommitRequest {
-            step,
-            generation: self.generation,
-        });
+        let calls = self.each(|_, _| pb::CommitRequest { step, generation: self.generation });
         let set = fan_out(calls, |mut w, req| async move { w.commit(req).await.map(|r| r.into_inner()) });
         let g = self.gather(set).await?;
         let replies: Vec<(String, pb::CommitReply)> = g.ok.into_iter().map(|(k, r)| (self.conns[k].member.worker_id.clone(), r)).collect();
@@ -568,10 +537,7 @@ impl Cluster {
     async fn try_evaluate(&self, examples: &[&Encoded], want_logits: bool) -> Result<Attempt<EvalOutcome>, ClusterError> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let shards = shard(&lengths, self.world(), self.shard_cost());
-        let calls = self.each(|k, _| pb::EvalRequest {
-            shard: Some(self.batch(examples, &shards[k])),
-            return_logits: want_logits,
-        });
+        let calls = self.each(|k, _| pb::EvalRequest { shard: Some(self.batch(examples, &shards[k])), return_logits: want_logits });
         let set = fan_out(calls, |mut w, req| async move { w.evaluate(req).await.map(|r| r.into_inner()) });
         let g = self.gather(set).await?;
         if !g.lost.is_empty() {

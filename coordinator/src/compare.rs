@@ -55,18 +55,11 @@ impl RunRecord {
         let mp = dir.join("metrics.jsonl");
         let text = std::fs::read_to_string(&mp).map_err(|e| format!("{}: {e}", mp.display()))?;
         let events = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        Ok(RunRecord {
-            dir: dir.to_path_buf(),
-            summary,
-            events,
-        })
+        Ok(RunRecord { dir: dir.to_path_buf(), summary, events })
     }
 
     fn series(&self, key: &str) -> Vec<(f64, f64)> {
-        self.events
-            .iter()
-            .filter_map(|e| Some((e.get("step")?.as_f64()?, e.get(key)?.as_f64()?)))
-            .collect()
+        self.events.iter().filter_map(|e| Some((e.get("step")?.as_f64()?, e.get(key)?.as_f64()?))).collect()
     }
 
     /// The run's step table, rebuilt from its events as the live one was printed.
@@ -74,15 +67,13 @@ impl RunRecord {
         let mut buf = Vec::new();
         let mut t = StepTable::new(&mut buf, &self.summary.metric_keys);
         let mut last_loss = None;
-        let mut steps: Vec<u64> = self
-            .events
-            .iter()
-            .filter(|e| e.get("loss").is_some() || e.get("eval_loss").is_some())
-            .filter_map(|e| e.get("step")?.as_u64())
-            .collect();
+        let mut steps: Vec<u64> =
+            self.events.iter().filter(|e| e.get("loss").is_some() || e.get("eval_loss").is_some()).filter_map(|e| e.get("step")?.as_u64()).collect();
         steps.dedup();
         for s in steps {
-            let at = |k: &str| self.events.iter().find(|e| e.get("step").and_then(|v| v.as_u64()) == Some(s) && e.get(k).is_some()).and_then(|e| e[k].as_f64());
+            let at = |k: &str| {
+                self.events.iter().find(|e| e.get("step").and_then(|v| v.as_u64()) == Some(s) && e.get(k).is_some()).and_then(|e| e[k].as_f64())
+            };
             let loss = at("loss");
             let el = at("eval_loss");
             let cells: Vec<Option<f64>> = self.summary.metric_keys.iter().map(|k| at(&format!("eval_{k}"))).collect();
@@ -111,7 +102,8 @@ pub fn write_report(out: &Path, title: &str, runs: &[RunRecord]) -> Result<(Path
     let title_of = peftrain_spec::task::column_title;
     let acc: Vec<Series> = runs.iter().map(|r| Series { name: r.summary.method.clone(), points: r.series(&format!("eval_{main}")) }).collect();
     let loss: Vec<Series> = runs.iter().map(|r| Series { name: r.summary.method.clone(), points: r.series("loss") }).collect();
-    let eval_loss: Vec<Series> = runs.iter().map(|r| Series { name: format!("{} (validation)", r.summary.method), points: r.series("eval_loss") }).collect();
+    let eval_loss: Vec<Series> =
+        runs.iter().map(|r| Series { name: format!("{} (validation)", r.summary.method), points: r.series("eval_loss") }).collect();
     let all_loss: Vec<Series> = loss.into_iter().chain(eval_loss).collect();
     let main_title = title_of(&main);
     curves(&png_tmp, &[(&format!("Validation {main_title}"), &main_title.to_lowercase(), &acc), ("Loss", "loss", &all_loss)])?;

@@ -475,7 +475,12 @@ impl TrainConfig {
     /// AdamW and clipping as the workers apply them.
     pub fn optimizer(&self) -> peftrain_spec::optimizer::Optimizer {
         peftrain_spec::optimizer::Optimizer {
-            adamw: peftrain_spec::optimizer::AdamW { beta1: self.adam_beta1, beta2: self.adam_beta2, eps: self.adam_epsilon, weight_decay: self.weight_decay },
+            adamw: peftrain_spec::optimizer::AdamW {
+                beta1: self.adam_beta1,
+                beta2: self.adam_beta2,
+                eps: self.adam_epsilon,
+                weight_decay: self.weight_decay,
+            },
             max_grad_norm: self.max_grad_norm,
         }
     }
@@ -545,8 +550,7 @@ impl TrainConfig {
     /// Total optimizer steps: `--max-steps` if set, else ceil(epochs x steps per epoch).
     pub fn total_steps(&self, n_train: usize) -> u64 {
         let per_epoch = self.steps_per_epoch(n_train);
-        self.max_steps
-            .unwrap_or_else(|| (self.epochs * per_epoch as f64).ceil() as u64)
+        self.max_steps.unwrap_or_else(|| (self.epochs * per_epoch as f64).ceil() as u64)
     }
 
     /// The replica every worker builds.
@@ -594,7 +598,7 @@ impl TrainConfig {
         if let Some(pd) = self.per_device_train_batch_size {
             int("--per-device-train-batch-size", pd, 1..=MAX_BATCH)?;
             int("the global batch (--per-device-train-batch-size x --workers x --gradient-accumulation-steps)", self.global_batch(), 1..=MAX_BATCH)?;
-        } else if self.batch_size % self.gradient_accumulation_steps != 0 {
+        } else if !self.batch_size.is_multiple_of(self.gradient_accumulation_steps) {
             return Err(format!(
                 "--batch-size {} is not a multiple of --gradient-accumulation-steps {} (or give --per-device-train-batch-size)",
                 self.batch_size, self.gradient_accumulation_steps
@@ -634,7 +638,7 @@ impl TrainConfig {
         if self.logging_steps == 0 || self.eval_steps == Some(0) {
             return Err("--logging-steps and --eval-steps must be positive".into());
         }
-        if !(self.epochs > 0.0) && self.max_steps.is_none() {
+        if !(self.epochs.is_finite() && self.epochs > 0.0) && self.max_steps.is_none() {
             return Err("--epochs must be positive (or give --max-steps)".into());
         }
         let best = self.best_model_metric();

@@ -275,7 +275,10 @@ impl UserColumns {
                 } else {
                     return Err(table.row_err(
                         1,
-                        format!("no text column: pass --text-column (columns found: {}; the defaults are `sentence`, or `sentence1` and `sentence2`)", table.column_list()),
+                        format!(
+                            "no text column: pass --text-column (columns found: {}; the defaults are `sentence`, or `sentence1` and `sentence2`)",
+                            table.column_list()
+                        ),
                     ));
                 };
                 if let Some(b) = pair {
@@ -293,7 +296,9 @@ impl UserColumns {
 /// otherwise the distinct values, sorted (numbers as numbers), are the label names in id order.
 pub fn infer_labels(path: &Path, cols: &UserColumns) -> Result<Labels, DataError> {
     let table = crate::table::read(path, None, &[])?;
-    let c = table.column(&cols.label).ok_or_else(|| table.row_err(1, format!("missing column `{}` (columns found: {})", cols.label, table.column_list())))?;
+    let c = table
+        .column(&cols.label)
+        .ok_or_else(|| table.row_err(1, format!("missing column `{}` (columns found: {})", cols.label, table.column_list())))?;
     let (mut ints, mut floats, mut strings) = (Vec::new(), Vec::new(), Vec::new());
     for row in &table.rows {
         match &row.cells[c] {

@@ -41,13 +41,16 @@ const SHARED: &[(&str, &str)] = &[
 
 /// Whether a JSON object is a TrainingArguments dump rather than a file of peftrain's flags.
 pub fn is_training_arguments(v: &Map<String, Value>) -> bool {
-    v.contains_key("output_dir") && (v.contains_key("per_device_train_batch_size") || v.contains_key("learning_rate") && v.contains_key("lr_scheduler_type"))
+    v.contains_key("output_dir")
+        && (v.contains_key("per_device_train_batch_size") || v.contains_key("learning_rate") && v.contains_key("lr_scheduler_type"))
 }
 
-/// The flags a TrainingArguments JSON sets (clap id, value as a command line would give it)
-/// and the keys peftrain does not support (sorted). A value of the wrong type is an error
-/// naming the key.
-pub fn flags(v: &Map<String, Value>) -> Result<(Vec<(&'static str, String)>, Vec<String>), String> {
+/// A flag a TrainingArguments key sets: its clap id and the value as a command line gives it.
+pub type Flag = (&'static str, String);
+
+/// The flags a TrainingArguments JSON sets and the keys peftrain does not support (sorted).
+/// A value of the wrong type is an error naming the key.
+pub fn flags(v: &Map<String, Value>) -> Result<(Vec<Flag>, Vec<String>), String> {
     let mut set = Vec::new();
     let mut unsupported = Vec::new();
     for (key, value) in v {

@@ -55,13 +55,14 @@ impl HubOptions {
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> HubOptions {
         let var = |k: &str| var(k).filter(|v| !v.trim().is_empty());
         let home = var("HOME").map(PathBuf::from).unwrap_or_default();
-        let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cache")).join("huggingface")
-        });
+        let hf_home = var("HF_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cache")).join("huggingface"));
         let cache = var("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| hf_home.join("hub"));
         let truthy = |k: &str| var(k).is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
         // `huggingface-cli login` stores the token here; HF_TOKEN wins, as in Python.
-        let token = var("HF_TOKEN").or_else(|| std::fs::read_to_string(hf_home.join("token")).ok()).map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        let token =
+            var("HF_TOKEN").or_else(|| std::fs::read_to_string(hf_home.join("token")).ok()).map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
         HubOptions {
             endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()).trim_end_matches('/').to_string(),
             cache,
@@ -207,7 +208,10 @@ fn download(repo: &Repo, needs: &[Need], opts: &HubOptions) -> Result<PathBuf, H
                 404 => continue,
                 status => {
                     let hint = match status {
-                        401 | 403 => format!("the repo is private, gated or does not exist: check the id, set HF_TOKEN to a token with access, or pass {} DIR", repo.flag),
+                        401 | 403 => format!(
+                            "the repo is private, gated or does not exist: check the id, set HF_TOKEN to a token with access, or pass {} DIR",
+                            repo.flag
+                        ),
                         _ => format!("the hub refused the download: retry later, check HF_ENDPOINT, or pass {} DIR", repo.flag),
                     };
                     return Err(HubError::Status { repo: repo.id.into(), url, status, hint });
@@ -243,7 +247,12 @@ fn download(repo: &Repo, needs: &[Need], opts: &HubOptions) -> Result<PathBuf, H
         }
         if !got && need.required {
             let file = need.names.join(" or ");
-            return Err(HubError::Missing { repo: repo.id.into(), url: repo.url(&opts.endpoint, need.names.first().map_or("", |n| n.as_str())), file, flag: repo.flag });
+            return Err(HubError::Missing {
+                repo: repo.id.into(),
+                url: repo.url(&opts.endpoint, need.names.first().map_or("", |n| n.as_str())),
+                file,
+                flag: repo.flag,
+            });
         }
     }
     let Some(snapshot) = snapshot else {
@@ -333,7 +342,13 @@ mod tests {
         let vars = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
         let o = HubOptions::from_vars(vars(&[("HOME", "/h")]));
         assert_eq!((o.endpoint.as_str(), o.cache.as_path(), o.offline), ("https://huggingface.co", Path::new("/h/.cache/huggingface/hub"), false));
-        let o = HubOptions::from_vars(vars(&[("HOME", "/h"), ("HF_HOME", "/hf"), ("HF_HUB_OFFLINE", "True"), ("HF_ENDPOINT", "http://m/"), ("HF_TOKEN", "t")]));
+        let o = HubOptions::from_vars(vars(&[
+            ("HOME", "/h"),
+            ("HF_HOME", "/hf"),
+            ("HF_HUB_OFFLINE", "True"),
+            ("HF_ENDPOINT", "http://m/"),
+            ("HF_TOKEN", "t"),
+        ]));
         assert_eq!((o.endpoint.as_str(), o.cache.as_path(), o.offline, o.token.as_deref()), ("http://m", Path::new("/hf/hub"), true, Some("t")));
         let o = HubOptions::from_vars(vars(&[("HF_HOME", "/hf"), ("HF_HUB_CACHE", "/c"), ("HF_HUB_OFFLINE", "0")]));
         assert_eq!((o.cache.as_path(), o.offline), (Path::new("/c"), false));

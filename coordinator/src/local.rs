@@ -23,10 +23,7 @@ pub fn worker_binary() -> Result<PathBuf, String> {
     if p.is_file() {
         Ok(p)
     } else {
-        Err(format!(
-            "{} not found: build it with `cargo build --release --bins` (or set PEFTRAIN_WORKER_BIN)",
-            p.display()
-        ))
+        Err(format!("{} not found: build it with `cargo build --release --bins` (or set PEFTRAIN_WORKER_BIN)", p.display()))
     }
 }
 

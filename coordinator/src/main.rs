@@ -9,11 +9,7 @@ use peftrain::config::TrainConfig;
 use peftrain::data::Split;
 
 fn local(l: &LocalArgs) -> Workers {
-    Workers::Local {
-        device: l.device.clone(),
-        threads: l.threads,
-        max_local_workers: l.max_local_workers,
-    }
+    Workers::Local { device: l.device.clone(), threads: l.threads, max_local_workers: l.max_local_workers }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -64,7 +60,11 @@ fn eval(cmd: &peftrain::cli::EvalCmd, mut cfg: peftrain::config::TrainConfig) ->
 
 /// Hands over to `peftrain-worker merge`, with the method read from the adapter.
 fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
-    let model = if m.model.is_dir() { m.model.clone() } else { peftrain::hub::resolve_model(&m.model.display().to_string(), &peftrain::hub::HubOptions::from_env())? };
+    let model = if m.model.is_dir() {
+        m.model.clone()
+    } else {
+        peftrain::hub::resolve_model(&m.model.display().to_string(), &peftrain::hub::HubOptions::from_env())?
+    };
     peftrain::outdir::check_no_overlap("--output", &m.output, &[("--model", &model), ("--adapter", &m.adapter)]).map_err(app::usage)?;
     let mut cfg = peftrain::config::TrainConfig::for_model(model.clone()).map_err(|e| anyhow::anyhow!(e))?;
     app::apply_adapter_method(&mut cfg, &m.adapter)?;
@@ -96,14 +96,13 @@ fn report(r: &peftrain::cli::ReportCmd) -> anyhow::Result<()> {
     // report written into a run would replace that run's own report.md and curves.png.
     let out = peftrain::outdir::canonical(&r.output_dir);
     if let Some(run) = r.runs.iter().find(|d| out.starts_with(peftrain::outdir::canonical(d))) {
-        return Err(app::usage(format!("--output-dir {} is inside --runs {}: a command never writes where it reads", r.output_dir.display(), run.display())));
+        return Err(app::usage(format!(
+            "--output-dir {} is inside --runs {}: a command never writes where it reads",
+            r.output_dir.display(),
+            run.display()
+        )));
     }
-    let runs = r
-        .runs
-        .iter()
-        .map(|d| peftrain::compare::RunRecord::read(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let runs = r.runs.iter().map(|d| peftrain::compare::RunRecord::read(d)).collect::<Result<Vec<_>, _>>().map_err(|e| anyhow::anyhow!(e))?;
     let (md, png) = peftrain::compare::write_report(&r.output_dir, &r.title, &runs).map_err(|e| anyhow::anyhow!(e))?;
     println!("report: {} | plot: {}", md.display(), png.display());
     Ok(())
@@ -116,12 +115,7 @@ fn predict(cmd: &peftrain::cli::PredictCmd) -> anyhow::Result<()> {
         cfg.init_adapter = Some(dir.clone());
     }
     let split = Split::parse(&cmd.split).ok_or_else(|| anyhow::anyhow!("--split {:?}: expected dev or test", cmd.split))?;
-    let p = PredictConfig {
-        train: cfg,
-        split,
-        output: cmd.output.clone(),
-        with_logits: cmd.with_logits,
-    };
+    let p = PredictConfig { train: cfg, split, output: cmd.output.clone(), with_logits: cmd.with_logits };
     let n = runtime()?.block_on(app::run_predict(&p, &local(&cmd.local), &cmd.net.to_args()))?;
     eprintln!("wrote {n} predictions to {}", cmd.output.display());
     Ok(())
@@ -189,10 +183,11 @@ fn config_subcommand<'a>(cmd: &'a clap::Command, args: &[String]) -> anyhow::Res
 /// environment variables, below the command line), the others named in one warning.
 fn apply_training_arguments(args: &[String], path: &str, text: &str) -> anyhow::Result<()> {
     use clap::CommandFactory;
-    let v: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{path}: not a JSON object: {e}"))?;
+    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{path}: not a JSON object: {e}"))?;
     if !peftrain::hf_args::is_training_arguments(&v) {
-        anyhow::bail!("{path}: a JSON --config is a TrainingArguments dump (TrainingArguments.to_json_string()); peftrain's own flags go in a TOML file");
+        anyhow::bail!(
+            "{path}: a JSON --config is a TrainingArguments dump (TrainingArguments.to_json_string()); peftrain's own flags go in a TOML file"
+        );
     }
     let (set, unsupported) = peftrain::hf_args::flags(&v).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
     let cmd = Cli::command();
@@ -236,11 +231,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = match &cli.command {
-        Command::Train(t) => runtime().and_then(|rt| rt.block_on(app::run_training(&config(&t.train), &local(&t.local), &t.net.to_args())).map(|_| ())),
-        Command::Coordinator(c) => runtime().and_then(|rt| {
-            rt.block_on(app::run_training(&config(&c.train), &Workers::Remote { listen: c.listen }, &c.net.to_args()))
-                .map(|_| ())
-        }),
+        Command::Train(t) => {
+            runtime().and_then(|rt| rt.block_on(app::run_training(&config(&t.train), &local(&t.local), &t.net.to_args())).map(|_| ()))
+        }
+        Command::Coordinator(c) => runtime()
+            .and_then(|rt| rt.block_on(app::run_training(&config(&c.train), &Workers::Remote { listen: c.listen }, &c.net.to_args())).map(|_| ())),
         Command::Eval(e) => eval(e, config(&e.train)),
         Command::Compare(c) => runtime().and_then(|rt| {
             let (md, png) = rt.block_on(app::run_compare(&config(&c.train), &c.methods, &local(&c.local), &c.net.to_args()))?;

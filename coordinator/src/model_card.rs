@@ -34,7 +34,8 @@ pub fn model_card(cfg: &TrainConfig, name: &str, eval: Option<&EvalResult>, st: 
         y += "datasets:\n- \"nyu-mll/glue\"\n";
     }
     // A NaN (a constant prediction's correlation) has no YAML number: the prose shows it.
-    let metrics: Vec<(&String, f64)> = eval.map(|e| e.metrics.iter().map(|(k, v)| (k, *v)).filter(|(k, v)| !k.starts_with("loss") && v.is_finite()).collect()).unwrap_or_default();
+    let metrics: Vec<(&String, f64)> =
+        eval.map(|e| e.metrics.iter().map(|(k, v)| (k, *v)).filter(|(k, v)| !k.starts_with("loss") && v.is_finite()).collect()).unwrap_or_default();
     if !metrics.is_empty() {
         y += "metrics:\n";
         for (k, _) in &metrics {

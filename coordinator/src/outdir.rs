@@ -27,7 +27,12 @@ pub fn claim_output_dir(dir: &Path, overwrite: bool) -> Result<(), String> {
     }
     let old: Vec<&PathBuf> = entries
         .iter()
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("checkpoint-") || (n.starts_with(".checkpoint-") && (n.ends_with(".tmp") || n.ends_with(".old")))))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("checkpoint-") || (n.starts_with(".checkpoint-") && (n.ends_with(".tmp") || n.ends_with(".old"))))
+        })
         .collect();
     for p in &old {
         std::fs::remove_dir_all(p).map_err(|e| format!("--overwrite-output-dir: removing {}: {e}", p.display()))?;

@@ -42,16 +42,7 @@ impl Progress {
             b.set_position(start);
             b
         });
-        Progress {
-            bar,
-            plain: !quiet && !tty,
-            label,
-            total,
-            started: Instant::now(),
-            start_pos: start,
-            last_line: Instant::now(),
-            last_pos: start,
-        }
+        Progress { bar, plain: !quiet && !tty, label, total, started: Instant::now(), start_pos: start, last_line: Instant::now(), last_pos: start }
     }
 
     /// Moves to `pos`; `rate` is the samples/s to show.

@@ -20,12 +20,7 @@ pub enum RegistryError {
         "worker {worker} refused: its replica fingerprint {got} differs from the group's {want} \
          (different base checkpoint, method or trainable layout{detail})"
     )]
-    Mismatch {
-        worker: String,
-        got: String,
-        want: String,
-        detail: String,
-    },
+    Mismatch { worker: String, got: String, want: String, detail: String },
     #[error(
         "worker {worker} refused: its model fingerprint {got} differs from the coordinator's --model {want} \
          (another checkpoint, or another copy of config.json)"
@@ -88,11 +83,7 @@ impl Registry {
             expected,
             model_digest: None,
             stale_after: Duration::from_secs(30),
-            state: Mutex::new(State {
-                members: Vec::new(),
-                fingerprint: None,
-                clock: Instant::now(),
-            }),
+            state: Mutex::new(State { members: Vec::new(), fingerprint: None, clock: Instant::now() }),
             changed: Notify::new(),
             started: std::sync::atomic::AtomicBool::new(false),
         }
@@ -146,40 +137,21 @@ impl Registry {
 
     pub fn hello(&self, req: &pb::HelloRequest) -> Result<pb::HelloReply, RegistryError> {
         if req.protocol_version != pb::PROTOCOL_VERSION {
-            return Err(RegistryError::Protocol {
-                got: req.protocol_version,
-                want: pb::PROTOCOL_VERSION,
-            });
+            return Err(RegistryError::Protocol { got: req.protocol_version, want: pb::PROTOCOL_VERSION });
         }
-        Ok(pb::HelloReply {
-            run_id: self.run_id.clone(),
-            spec: Some(self.spec.clone()),
-        })
+        Ok(pb::HelloReply { run_id: self.run_id.clone(), spec: Some(self.spec.clone()) })
     }
 
     pub fn register(&self, req: pb::RegisterRequest) -> Result<pb::RegisterReply, RegistryError> {
         if req.protocol_version != pb::PROTOCOL_VERSION {
-            return Err(RegistryError::Protocol {
-                got: req.protocol_version,
-                want: pb::PROTOCOL_VERSION,
-            });
+            return Err(RegistryError::Protocol { got: req.protocol_version, want: pb::PROTOCOL_VERSION });
         }
         if req.run_id != self.run_id {
-            return Err(RegistryError::WrongRun {
-                worker: req.worker_id,
-                got: req.run_id,
-                want: self.run_id.clone(),
-            });
+            return Err(RegistryError::WrongRun { worker: req.worker_id, got: req.run_id, want: self.run_id.clone() });
         }
-        let fp = req.fingerprint.ok_or_else(|| RegistryError::BadRequest {
-            worker: req.worker_id.clone(),
-            why: "no fingerprint".into(),
-        })?;
+        let fp = req.fingerprint.ok_or_else(|| RegistryError::BadRequest { worker: req.worker_id.clone(), why: "no fingerprint".into() })?;
         if req.address.is_empty() || req.worker_id.is_empty() {
-            return Err(RegistryError::BadRequest {
-                worker: req.worker_id.clone(),
-                why: "worker id and address are required".into(),
-            });
+            return Err(RegistryError::BadRequest { worker: req.worker_id.clone(), why: "worker id and address are required".into() });
         }
         if let Some(want) = &self.model_digest {
             if *want != req.model_digest {
@@ -224,10 +196,7 @@ impl Registry {
             m.last_seen = Instant::now();
         } else {
             if st.members.len() as u32 >= self.expected {
-                return Err(RegistryError::Full {
-                    worker: req.worker_id,
-                    expected: self.expected,
-                });
+                return Err(RegistryError::Full { worker: req.worker_id, expected: self.expected });
             }
             st.members.push(Member {
                 worker_id: req.worker_id,
@@ -245,10 +214,7 @@ impl Registry {
         if st.fingerprint.is_none() {
             st.fingerprint = Some(fp);
         }
-        let reply = pb::RegisterReply {
-            registered: st.members.len() as u32,
-            expected: self.expected,
-        };
+        let reply = pb::RegisterReply { registered: st.members.len() as u32, expected: self.expected };
         drop(st);
         self.changed.notify_waiters();
         Ok(reply)
@@ -315,12 +281,7 @@ impl Registry {
                 return Err(why);
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "only {} of {} workers registered within {:.0} s",
-                    members.len(),
-                    self.expected,
-                    timeout.as_secs_f64()
-                ));
+                return Err(format!("only {} of {} workers registered within {:.0} s", members.len(), self.expected, timeout.as_secs_f64()));
             }
             // Poll the abort condition at least every 200 ms while waiting for registrations.
             let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
@@ -353,13 +314,7 @@ mod tests {
     use super::*;
 
     fn fp(d: &str, n: u64) -> pb::Fingerprint {
-        pb::Fingerprint {
-            digest: d.into(),
-            model_type: "roberta".into(),
-            trainable_params: n,
-            total_params: 10,
-            layout: vec![],
-        }
+        pb::Fingerprint { digest: d.into(), model_type: "roberta".into(), trainable_params: n, total_params: 10, layout: vec![] }
     }
 
     fn req(id: &str, f: pb::Fingerprint) -> pb::RegisterRequest {

@@ -60,18 +60,12 @@ pub struct MetricsLog {
 
 impl MetricsLog {
     pub fn create(path: &Path) -> std::io::Result<MetricsLog> {
-        Ok(MetricsLog {
-            out: BufWriter::new(File::create(path)?),
-            tensorboard: None,
-        })
+        Ok(MetricsLog { out: BufWriter::new(File::create(path)?), tensorboard: None })
     }
 
     /// Continues an existing log (a resumed run).
     pub fn append(path: &Path) -> std::io::Result<MetricsLog> {
-        Ok(MetricsLog {
-            out: BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
-            tensorboard: None,
-        })
+        Ok(MetricsLog { out: BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?), tensorboard: None })
     }
 
     /// Also writes every event to a new TensorBoard event file in `dir`.
@@ -193,7 +187,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

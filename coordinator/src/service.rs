@@ -4,8 +4,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use peftrain_proto::v1 as pb;
 use pb::coordinator_server::{Coordinator, CoordinatorServer};
+use peftrain_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 

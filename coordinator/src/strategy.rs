@@ -32,7 +32,7 @@ impl Strategy {
     /// interval of `steps`, `end_of_epoch` whether that step closed an epoch.
     pub fn due(self, every: u64, global_step: u64, end_of_epoch: bool) -> bool {
         match self {
-            Strategy::Steps => every > 0 && global_step % every == 0,
+            Strategy::Steps => every > 0 && global_step.is_multiple_of(every),
             Strategy::Epoch => end_of_epoch,
             Strategy::No => false,
         }

@@ -24,12 +24,7 @@ pub enum DataError {
          Set GLUE_DIR to a directory holding the GLUE layout (SST-2/, RTE/, ... with train.tsv, dev.tsv, test.tsv), \
          e.g. from https://gluebenchmark.com/tasks or the Hugging Face `glue` dataset's parquet files"
     )]
-    Missing {
-        task: Task,
-        dir: PathBuf,
-        tsv: String,
-        parquet: String,
-    },
+    Missing { task: Task, dir: PathBuf, tsv: String, parquet: String },
 }
 
 /// One value of a table.
@@ -219,7 +214,8 @@ fn read_jsonl(path: &Path) -> Result<Table, DataError> {
         if raw.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| DataError::Row { path: path.to_path_buf(), line, why: format!("not JSON: {e}") })?;
+        let v: serde_json::Value =
+            serde_json::from_str(raw).map_err(|e| DataError::Row { path: path.to_path_buf(), line, why: format!("not JSON: {e}") })?;
         let serde_json::Value::Object(map) = v else {
             return Err(DataError::Row { path: path.to_path_buf(), line, why: "expected a JSON object".into() });
         };
@@ -246,7 +242,11 @@ fn read_jsonl(path: &Path) -> Result<Table, DataError> {
                 },
                 Some(serde_json::Value::Bool(b)) => Cell::Int(*b as i64),
                 Some(other) => {
-                    return Err(DataError::Row { path: path.to_path_buf(), line, why: format!("field `{c}`: expected a string or a number, found {other}") })
+                    return Err(DataError::Row {
+                        path: path.to_path_buf(),
+                        line,
+                        why: format!("field `{c}`: expected a string or a number, found {other}"),
+                    })
                 }
             });
         }
@@ -266,10 +266,7 @@ pub fn open(path: &Path) -> Result<File, DataError> {
 /// terminal.
 pub fn read_parquet_table(path: &Path) -> Result<Table, DataError> {
     let read = quiet_panics::catch(|| read_parquet_checked(path)).unwrap_or_else(|why| {
-        Err(DataError::File {
-            path: path.to_path_buf(),
-            why: format!("damaged parquet file: the reader failed on it ({why})"),
-        })
+        Err(DataError::File { path: path.to_path_buf(), why: format!("damaged parquet file: the reader failed on it ({why})") })
     });
     // The parquet crate's messages may span lines; the user gets one.
     let flat = |why: String| why.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -306,10 +303,7 @@ mod quiet_panics {
         let r = panic::catch_unwind(AssertUnwindSafe(f));
         QUIET.with(|q| q.set(was));
         r.map_err(|p| {
-            p.downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into())
+            p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "panic".into())
         })
     }
 }
@@ -318,10 +312,7 @@ fn read_parquet_checked(path: &Path) -> Result<Table, DataError> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
 
-    let file_err = |why: String| DataError::File {
-        path: path.to_path_buf(),
-        why,
-    };
+    let file_err = |why: String| DataError::File { path: path.to_path_buf(), why };
     let file = open(path)?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
     let reader = SerializedFileReader::new(file).map_err(|e| file_err(format!("not a readable parquet file: {e}")))?;
@@ -346,11 +337,7 @@ fn read_parquet_checked(path: &Path) -> Result<Table, DataError> {
     for (i, row) in rows_iter.enumerate() {
         // Rows are numbered from 1 like lines, so messages read the same for both layouts.
         let line = i + 1;
-        let row_err = |why: String| DataError::Row {
-            path: path.to_path_buf(),
-            line,
-            why: format!("row {line}: {why}"),
-        };
+        let row_err = |why: String| DataError::Row { path: path.to_path_buf(), line, why: format!("row {line}: {why}") };
         let row = row.map_err(|e| row_err(e.to_string()))?;
         let mut cells = vec![Cell::Null; columns.len()];
         for (name, field) in row.get_column_iter() {
@@ -404,7 +391,8 @@ mod tests {
             assert_eq!(t.columns, ["sentence", "label"]);
             assert_eq!(t.rows.iter().map(|r| r.cells.clone()).collect::<Vec<_>>(), want);
         }
-        let j = read(&write(d.path(), "x.jsonl", "{\"sentence\": \"a\", \"label\": 1}\n\n{\"label\": 2.5, \"sentence\": \"b\"}\n"), None, &[]).unwrap();
+        let j =
+            read(&write(d.path(), "x.jsonl", "{\"sentence\": \"a\", \"label\": 1}\n\n{\"label\": 2.5, \"sentence\": \"b\"}\n"), None, &[]).unwrap();
         assert_eq!(j.columns, ["label", "sentence"]);
         assert_eq!(j.rows[1], Row { line: 3, cells: vec![Cell::Float(2.5), Cell::Str("b".into())] });
     }

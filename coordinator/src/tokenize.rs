@@ -53,10 +53,7 @@ impl TextTokenizer {
     pub fn load(dir: &Path, max_length: usize) -> Result<TextTokenizer, TokenizeError> {
         let json = dir.join("tokenizer.json");
         let (mut inner, source) = if json.is_file() {
-            let t = Tokenizer::from_file(&json).map_err(|e| TokenizeError::Load {
-                path: json.clone(),
-                why: e.to_string(),
-            })?;
+            let t = Tokenizer::from_file(&json).map_err(|e| TokenizeError::Load { path: json.clone(), why: e.to_string() })?;
             (t, json)
         } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
             (roberta_from_files(dir)?, dir.join("vocab.json"))
@@ -74,15 +71,8 @@ impl TextTokenizer {
                 stride: 0,
                 direction: TruncationDirection::Right,
             }))
-            .map_err(|e| TokenizeError::Load {
-                path: source.clone(),
-                why: e.to_string(),
-            })?;
-        Ok(TextTokenizer {
-            inner,
-            source,
-            max_length,
-        })
+            .map_err(|e| TokenizeError::Load { path: source.clone(), why: e.to_string() })?;
+        Ok(TextTokenizer { inner, source, max_length })
     }
 
     /// Token ids of a sentence or a pair, with special tokens, truncated.
@@ -91,10 +81,7 @@ impl TextTokenizer {
             Some(b) => (a, b).into(),
             None => a.into(),
         };
-        let enc = self.inner.encode(input, true).map_err(|e| TokenizeError::Encode {
-            what: a.chars().take(40).collect(),
-            why: e.to_string(),
-        })?;
+        let enc = self.inner.encode(input, true).map_err(|e| TokenizeError::Encode { what: a.chars().take(40).collect(), why: e.to_string() })?;
         let truncated = !enc.get_overflowing().is_empty();
         Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec(), truncated))
     }
@@ -108,10 +95,10 @@ impl TextTokenizer {
                 None => e.text_a.as_str().into(),
             })
             .collect();
-        let encs = self.inner.encode_batch(inputs, true).map_err(|e| TokenizeError::Encode {
-            what: format!("{} examples", examples.len()),
-            why: e.to_string(),
-        })?;
+        let encs = self
+            .inner
+            .encode_batch(inputs, true)
+            .map_err(|e| TokenizeError::Encode { what: format!("{} examples", examples.len()), why: e.to_string() })?;
         let mut truncated = 0;
         let out = encs
             .into_iter()
@@ -120,18 +107,10 @@ impl TextTokenizer {
                 if !enc.get_overflowing().is_empty() {
                     truncated += 1;
                 }
-                Encoded {
-                    ids: enc.get_ids().to_vec(),
-                    type_ids: enc.get_type_ids().to_vec(),
-                    label: ex.label,
-                    idx: ex.idx,
-                }
+                Encoded { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec(), label: ex.label, idx: ex.idx }
             })
             .collect();
-        Ok(EncodedSet {
-            examples: out,
-            truncated,
-        })
+        Ok(EncodedSet { examples: out, truncated })
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
@@ -143,53 +122,31 @@ impl TextTokenizer {
 fn roberta_from_files(dir: &Path) -> Result<Tokenizer, TokenizeError> {
     let vocab = dir.join("vocab.json");
     let merges = dir.join("merges.txt");
-    let load_err = |why: String| TokenizeError::Load {
-        path: vocab.clone(),
-        why,
-    };
-    let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
-        .build()
-        .map_err(|e| load_err(e.to_string()))?;
+    let load_err = |why: String| TokenizeError::Load { path: vocab.clone(), why };
+    let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy()).build().map_err(|e| load_err(e.to_string()))?;
     let mut t = Tokenizer::new(bpe);
-    let id = |tok: &str| {
-        t.token_to_id(tok)
-            .ok_or_else(|| load_err(format!("special token {tok} missing from the vocabulary")))
-    };
+    let id = |tok: &str| t.token_to_id(tok).ok_or_else(|| load_err(format!("special token {tok} missing from the vocabulary")));
     let (bos, eos) = (id("<s>")?, id("</s>")?);
     t.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     t.with_decoder(Some(ByteLevel::default()));
-    t.with_post_processor(Some(
-        RobertaProcessing::new(("</s>".into(), eos), ("<s>".into(), bos))
-            .trim_offsets(true)
-            .add_prefix_space(false),
-    ));
+    t.with_post_processor(Some(RobertaProcessing::new(("</s>".into(), eos), ("<s>".into(), bos)).trim_offsets(true).add_prefix_space(false)));
     Ok(t)
 }
 
 /// BERT's WordPiece from `vocab.txt`, lower-casing unless `tokenizer_config.json` says not to.
 fn bert_from_vocab(dir: &Path) -> Result<Tokenizer, TokenizeError> {
     let vocab = dir.join("vocab.txt");
-    let load_err = |why: String| TokenizeError::Load {
-        path: vocab.clone(),
-        why,
-    };
+    let load_err = |why: String| TokenizeError::Load { path: vocab.clone(), why };
     let lowercase = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
         .and_then(|v| v.get("do_lower_case").and_then(|b| b.as_bool()))
         .unwrap_or(true);
-    let wp = WordPiece::from_file(&vocab.to_string_lossy())
-        .unk_token("[UNK]".into())
-        .build()
-        .map_err(|e| load_err(e.to_string()))?;
+    let wp = WordPiece::from_file(&vocab.to_string_lossy()).unk_token("[UNK]".into()).build().map_err(|e| load_err(e.to_string()))?;
     let mut t = Tokenizer::new(wp);
-    let id = |tok: &str| {
-        t.token_to_id(tok)
-            .ok_or_else(|| load_err(format!("special token {tok} missing from the vocabulary")))
-    };
+    let id = |tok: &str| t.token_to_id(tok).ok_or_else(|| load_err(format!("special token {tok} missing from the vocabulary")));
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
-    t.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
-        .map_err(|e| load_err(e.to_string()))?;
+    t.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase))).map_err(|e| load_err(e.to_string()))?;
     t.with_pre_tokenizer(Some(BertPreTokenizer));
     t.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
     Ok(t)

@@ -16,9 +16,9 @@ use crate::metrics::{Gold, Scored};
 use crate::observe::{Observer, Phase};
 use crate::progress::Progress;
 use crate::report::{MetricsLog, StepTable, TrainOutput};
-use crate::signals::StopSignal;
-use crate::sampler::{epoch_order, group_by_length};
 pub use crate::run_state::LoopState;
+use crate::sampler::{epoch_order, group_by_length};
+use crate::signals::StopSignal;
 use crate::tokenize::Encoded;
 use peftrain_spec::task::Metric;
 
@@ -56,15 +56,23 @@ impl EvalResult {
 /// Gold answers of labelled examples, in order (None if one is missing or of the other kind).
 fn gold(examples: &[Encoded], regression: bool) -> Option<Gold> {
     if regression {
-        examples.iter().map(|e| match e.label {
-            Some(Label::Score(s)) => Some(s as f64),
-            _ => None,
-        }).collect::<Option<Vec<_>>>().map(Gold::Scores)
+        examples
+            .iter()
+            .map(|e| match e.label {
+                Some(Label::Score(s)) => Some(s as f64),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Gold::Scores)
     } else {
-        examples.iter().map(|e| match e.label {
-            Some(Label::Class(c)) => Some(c),
-            _ => None,
-        }).collect::<Option<Vec<_>>>().map(Gold::Classes)
+        examples
+            .iter()
+            .map(|e| match e.label {
+                Some(Label::Class(c)) => Some(c),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Gold::Classes)
     }
 }
 
@@ -116,7 +124,8 @@ pub async fn evaluate_sets(
     for (k, (examples, suffix)) in sets.iter().enumerate() {
         let (loss_sum, logits, num_labels) = logits(cluster, examples, batch_size, quiet).await?;
         let loss = loss_sum / examples.len().max(1) as f64;
-        let gold = gold(examples, regression).ok_or_else(|| ClusterError::Inconsistent("an evaluation set without a label on every example".into()))?;
+        let gold =
+            gold(examples, regression).ok_or_else(|| ClusterError::Inconsistent("an evaluation set without a label on every example".into()))?;
         let scored = Scored::from_logits(&logits, num_labels, &gold);
         if k == 0 {
             result.loss = loss;
@@ -186,6 +195,9 @@ pub async fn save_checkpoint(cfg: &TrainConfig, cluster: &Cluster, st: &LoopStat
 
 /// Trains on `train`, evaluating on `dev`, printing the table to `table_out` and appending
 /// events to `metrics`, from `st` (fresh or resumed). `non_embedding_params` feeds total_flos.
+// Each argument is a separate resource the loop borrows (config, cluster, data, sinks, state,
+// signals); bundling them would only move the list into a struct built for this one call.
+#[allow(clippy::too_many_arguments)]
 pub async fn train<W: Write>(
     cfg: &TrainConfig,
     cluster: &mut Cluster,
@@ -403,9 +415,7 @@ pub async fn train<W: Write>(
             // table does, or "No log" before the first one.
             let shown = row_loss.or(if row_eval.is_some() { st.last_logged_loss } else { None });
             let cells: Vec<Option<f64>> = keys.iter().map(|k| row_eval.as_ref().and_then(|r| r.get(k))).collect();
-            progress
-                .above(|| table.row(global_step, shown, row_eval.as_ref().map(|r| r.loss), &cells))
-                .map_err(out_err("stdout"))?;
+            progress.above(|| table.row(global_step, shown, row_eval.as_ref().map(|r| r.loss), &cells)).map_err(out_err("stdout"))?;
         }
         if save_strategy.due(save_every, global_step, end_of_epoch) && global_step < total {
             let mut snapshot = st.clone();
@@ -446,13 +456,7 @@ pub async fn train<W: Write>(
         }
         last_eval = best_eval.or(last_eval);
     }
-    Ok(RunSummary {
-        output,
-        last_eval,
-        best_metric: st.best_metric,
-        state,
-        stopped: None,
-    })
+    Ok(RunSummary { output, last_eval, best_metric: st.best_metric, state, stopped: None })
 }
 
 /// Keeps only the events of `metrics.jsonl` up to `step` (a resumed run re-logs the rest).
@@ -465,10 +469,7 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s <= step)
+            serde_json::from_str::<Value>(l).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64())).is_some_and(|s| s <= step)
                 && !l.contains("\"train_runtime\"")
         })
         .collect();

@@ -53,10 +53,7 @@ pub async fn serve_http(listener: TcpListener, handler: Handler, shutdown: impl 
                     None => ("404 Not Found", "text/plain", "not found\n".to_string()),
                 }
             };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             let _ = sock.write_all(resp.as_bytes()).await;
             let _ = sock.shutdown().await;
         });

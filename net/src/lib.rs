@@ -54,10 +54,7 @@ impl std::fmt::Debug for Security {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, NetError> {
-    std::fs::read(path).map_err(|source| NetError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| NetError::Io { path: path.to_path_buf(), source })
 }
 
 /// Where a process's secrets come from (flags and environment, resolved by the caller).
@@ -93,10 +90,7 @@ impl Security {
         };
         let ca = a.tls_ca.as_deref().map(read).transpose()?.map(Certificate::from_pem);
         let tls = (identity.is_some() || ca.is_some()).then_some(Tls { identity, ca });
-        Ok(Security {
-            token: token.map(Arc::from),
-            tls,
-        })
+        Ok(Security { token: token.map(Arc::from), tls })
     }
 
     /// A fresh random token (single-node mode hands it to its local workers).
@@ -123,9 +117,7 @@ impl Security {
     /// Fails unless a token is configured (every RPC must carry one).
     pub fn require_token(&self, who: &str) -> Result<(), NetError> {
         if self.token.is_none() {
-            return Err(NetError::Config(format!(
-                "{who} needs the run's shared token: --token-file FILE or PEFTRAIN_TOKEN"
-            )));
+            return Err(NetError::Config(format!("{who} needs the run's shared token: --token-file FILE or PEFTRAIN_TOKEN")));
         }
         Ok(())
     }
@@ -134,10 +126,7 @@ impl Security {
     /// (mutual TLS) when one is given.
     pub fn server_tls(&self) -> Result<Option<ServerTlsConfig>, NetError> {
         let Some(tls) = &self.tls else { return Ok(None) };
-        let identity = tls
-            .identity
-            .clone()
-            .ok_or_else(|| NetError::Config("serving TLS needs --tls-cert and --tls-key".into()))?;
+        let identity = tls.identity.clone().ok_or_else(|| NetError::Config("serving TLS needs --tls-cert and --tls-key".into()))?;
         let mut cfg = ServerTlsConfig::new().identity(identity);
         if let Some(ca) = &tls.ca {
             cfg = cfg.client_ca_root(ca.clone());
@@ -206,12 +195,8 @@ pub struct ServerAuth(Option<Arc<[u8; 32]>>);
 impl Interceptor for ServerAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let Some(want) = &self.0 else { return Ok(req) };
-        let got = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| digest(t.as_bytes()));
+        let got =
+            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(|t| digest(t.as_bytes()));
         match got {
             Some(g) if constant_time_eq(&g, want) => Ok(req),
             Some(_) => Err(Status::unauthenticated("wrong token")),

@@ -58,10 +58,7 @@ pub struct IdleLimited {
 
 impl IdleLimited {
     pub fn new(inner: TcpStream, limit: Duration) -> IdleLimited {
-        IdleLimited {
-            inner,
-            deadline: Some(Box::pin(tokio::time::sleep_until(Instant::now() + limit))),
-        }
+        IdleLimited { inner, deadline: Some(Box::pin(tokio::time::sleep_until(Instant::now() + limit))) }
     }
 }
 
@@ -107,5 +104,3 @@ impl Connected for IdleLimited {
         self.inner.connect_info()
     }
 }
-
-

@@ -40,13 +40,7 @@ impl Interval {
     }
 
     pub fn describe(&self) -> String {
-        format!(
-            "{}{}, {}{}",
-            if self.open_low { "(" } else { "[" },
-            show(self.low),
-            show(self.high),
-            if self.open_high { ")" } else { "]" }
-        )
+        format!("{}{}, {}{}", if self.open_low { "(" } else { "[" }, show(self.low), show(self.high), if self.open_high { ")" } else { "]" })
     }
 }
 

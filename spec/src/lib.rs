@@ -15,10 +15,10 @@ pub mod paths;
 pub mod state;
 pub mod task;
 
-pub use model_config::{Activation, ConfigError, ModelConfig, ModelType};
 pub use dtype::BaseDtype;
-pub use model_config::counts;
 pub use method::{BitFitScope, Ia3Params, LoraParams, Method, MethodArgs, MethodKind, MethodRules};
+pub use model_config::counts;
+pub use model_config::{Activation, ConfigError, ModelConfig, ModelType};
 pub use padding::Padding;
 
 /// A flag's value parsed by the type's own `FromStr`, for clap: the refusal is the type's one
@@ -41,11 +41,8 @@ pub fn usage_line(e: &clap::Error) -> String {
         }
     }
     let text = e.render().to_string();
-    let kept: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
-        .collect();
+    let kept: Vec<&str> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")).collect();
     let line = kept.join(" ");
     let line = line.trim_start_matches("error: ");
     if line.is_empty() {

@@ -149,10 +149,7 @@ pub const MAX_PARAMS: u128 = 1 << 36;
 impl ModelConfig {
     /// Reads and checks `config.json`; every error names the file and the field.
     pub fn from_file(path: &Path) -> Result<ModelConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io { path: path.to_path_buf(), source: e })?;
         Self::from_json(&text, path)
     }
 
@@ -162,16 +159,9 @@ impl ModelConfig {
             let field = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_data() && field != "." {
-                ConfigError::Field {
-                    path: path.to_path_buf(),
-                    field,
-                    why: inner.to_string(),
-                }
+                ConfigError::Field { path: path.to_path_buf(), field, why: inner.to_string() }
             } else {
-                ConfigError::Json {
-                    path: path.to_path_buf(),
-                    why: inner.to_string(),
-                }
+                ConfigError::Json { path: path.to_path_buf(), why: inner.to_string() }
             }
         })?;
         cfg.validate(path)?;
@@ -179,11 +169,7 @@ impl ModelConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |field: &str, why: String| ConfigError::Field {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            why,
-        };
+        let bad = |field: &str, why: String| ConfigError::Field { path: path.to_path_buf(), field: field.to_string(), why };
         self.model_type_enum().map_err(|why| bad("model_type", why))?;
         for (field, v, max) in [
             ("vocab_size", self.vocab_size, MAX_VOCAB),
@@ -204,10 +190,7 @@ impl ModelConfig {
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(bad(
                 "num_attention_heads",
-                format!(
-                    "hidden_size {} is not a multiple of num_attention_heads {}",
-                    self.hidden_size, self.num_attention_heads
-                ),
+                format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads),
             ));
         }
         if let Some(n) = self.num_labels {
@@ -216,10 +199,7 @@ impl ModelConfig {
             }
         }
         if self.position_embedding_type != "absolute" {
-            return Err(bad(
-                "position_embedding_type",
-                format!("only \"absolute\" is supported, got {:?}", self.position_embedding_type),
-            ));
+            return Err(bad("position_embedding_type", format!("only \"absolute\" is supported, got {:?}", self.position_embedding_type)));
         }
         if self.is_decoder {
             return Err(bad("is_decoder", "decoder configurations are not supported".into()));
@@ -244,10 +224,7 @@ impl ModelConfig {
             return Err(bad("initializer_range", format!("must be a finite number in [0, 10], got {}", self.initializer_range)));
         }
         if self.pad_id() < 0 || self.pad_id() >= self.vocab_size {
-            return Err(bad(
-                "pad_token_id",
-                format!("{} is outside the vocabulary (vocab_size {})", self.pad_id(), self.vocab_size),
-            ));
+            return Err(bad("pad_token_id", format!("{} is outside the vocabulary (vocab_size {})", self.pad_id(), self.vocab_size)));
         }
         if self.family() == ModelType::Roberta && self.pad_id() + 1 >= self.max_position_embeddings {
             return Err(bad(
@@ -293,9 +270,7 @@ impl ModelConfig {
 
     /// Number of labels as transformers derives it: `num_labels`, else `id2label`'s size, else 2.
     pub fn labels(&self) -> i64 {
-        self.num_labels
-            .or_else(|| self.id2label.as_ref().map(|m| m.len() as i64))
-            .unwrap_or(2)
+        self.num_labels.or_else(|| self.id2label.as_ref().map(|m| m.len() as i64)).unwrap_or(2)
     }
 
     pub fn head_dim(&self) -> i64 {

@@ -77,7 +77,11 @@ mod tests {
         // f32 on the wire, as the Trainer's float32 arguments would be.
         assert_eq!(back.adamw.beta1, 0.9f32 as f64);
         assert_eq!(back.max_grad_norm, 1.0);
-        for bad in [pb::OptimizerSpec { beta1: 1.0, ..o.to_proto() }, pb::OptimizerSpec { eps: f32::NAN, ..o.to_proto() }, pb::OptimizerSpec { max_grad_norm: 0.0, ..o.to_proto() }] {
+        for bad in [
+            pb::OptimizerSpec { beta1: 1.0, ..o.to_proto() },
+            pb::OptimizerSpec { eps: f32::NAN, ..o.to_proto() },
+            pb::OptimizerSpec { max_grad_norm: 0.0, ..o.to_proto() },
+        ] {
             assert!(Optimizer::from_proto(&bad).is_err(), "{bad:?}");
         }
     }

@@ -6,11 +6,7 @@ use std::path::{Component, Path, PathBuf};
 /// `p` made absolute and free of `.`/`..` and symbolic links, as far as it exists (the rest is
 /// appended as written), so two spellings of one directory compare equal.
 pub fn canonical(p: &Path) -> PathBuf {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
-    };
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()) };
     // Component by component: before each `..`, what exists so far is resolved (a symbolic
     // link's `..` is its target's parent, as the kernel sees it), then popped.
     let mut out = PathBuf::new();
@@ -77,11 +73,7 @@ pub fn overlap(a: &Path, b: &Path) -> bool {
 pub fn check_no_overlap(flag: &str, out: &Path, inputs: &[(&str, &Path)]) -> Result<(), String> {
     for (in_flag, input) in inputs {
         if overlap(out, input) {
-            return Err(format!(
-                "{flag} {} overlaps {in_flag} {}: a command never writes where it reads",
-                out.display(),
-                input.display()
-            ));
+            return Err(format!("{flag} {} overlaps {in_flag} {}: a command never writes where it reads", out.display(), input.display()));
         }
     }
     Ok(())

@@ -38,13 +38,9 @@ impl Assembler {
                 return Err("chunks of different states mixed".into());
             }
             Some(st) => st,
-            None => self.state.insert(State {
-                fingerprint: c.fingerprint.clone(),
-                optimizer_step: c.optimizer_step,
-                values: Vec::new(),
-            }),
+            None => self.state.insert(State { fingerprint: c.fingerprint.clone(), optimizer_step: c.optimizer_step, values: Vec::new() }),
         };
-        if c.offset != st.values.len() as u64 || c.data.len() % 4 != 0 {
+        if c.offset != st.values.len() as u64 || !c.data.len().is_multiple_of(4) {
             return Err(format!("state chunk at offset {} is out of order", c.offset));
         }
         if st.values.len() + c.data.len() / 4 > expected {

@@ -77,9 +77,7 @@ impl FromStr for Metric {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let k = s.strip_prefix("eval_").unwrap_or(s);
-        Metric::ALL.into_iter().find(|m| m.key() == k).ok_or_else(|| {
-            format!("{s:?}: unknown metric ({})", Metric::ALL.map(|m| m.key()).join(", "))
-        })
+        Metric::ALL.into_iter().find(|m| m.key() == k).ok_or_else(|| format!("{s:?}: unknown metric ({})", Metric::ALL.map(|m| m.key()).join(", ")))
     }
 }
 
@@ -368,11 +366,7 @@ impl FromStr for Task {
     /// GLUE's spellings too (`SST-2`, `STS-B`, `CoLA`).
     fn from_str(s: &str) -> Result<Task, String> {
         let k = s.to_ascii_lowercase().replace('-', "");
-        TASKS
-            .iter()
-            .find(|t| t.name == k)
-            .map(|t| t.task)
-            .ok_or_else(|| format!("{s:?}: unknown task ({})", TASKS.map(|t| t.name).join(", ")))
+        TASKS.iter().find(|t| t.name == k).map(|t| t.task).ok_or_else(|| format!("{s:?}: unknown task ({})", TASKS.map(|t| t.name).join(", ")))
     }
 }
 

@@ -12,14 +12,8 @@ pub fn root() -> PathBuf {
 /// The reference interpreter: `PEFTRAIN_PYTHON`, else `<root>/.venv/bin/python`. The README's
 /// test command creates it; without it the parity tests fail rather than pass vacuously.
 pub fn python() -> PathBuf {
-    let p = std::env::var_os("PEFTRAIN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
-    assert!(
-        p.exists(),
-        "reference Python {} not found: run ./scripts/test.sh (it creates .venv with transformers and peft)",
-        p.display()
-    );
+    let p = std::env::var_os("PEFTRAIN_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(p.exists(), "reference Python {} not found: run ./scripts/test.sh (it creates .venv with transformers and peft)", p.display());
     p
 }
 
@@ -33,11 +27,7 @@ pub fn run_reference(script: &str, args: &[&str]) -> String {
         .env("TOKENIZERS_PARALLELISM", "false")
         .output()
         .expect("start reference python");
-    assert!(
-        out.status.success(),
-        "reference {script} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "reference {script} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -53,16 +43,12 @@ pub fn minilm_dir() -> PathBuf {
 
 /// `$GLUE_DIR`, else `../shared/data/glue` beside the checkout.
 pub fn glue_dir() -> PathBuf {
-    std::env::var_os("GLUE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/data/glue"))
+    std::env::var_os("GLUE_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/data/glue"))
 }
 
 /// `$ROBERTA_DIR` (tokenizer + config of roberta-base), else `../shared/models/roberta-base`.
 pub fn roberta_dir() -> PathBuf {
-    std::env::var_os("ROBERTA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/models/roberta-base"))
+    std::env::var_os("ROBERTA_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/models/roberta-base"))
 }
 
 /// A built binary of the workspace (`peftrain`, `peftrain-worker`), next to the test
@@ -144,12 +130,7 @@ pub fn peftrain(args: &[&str]) -> std::process::Output {
         .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"))
         .output()
         .expect("start peftrain");
-    assert!(
-        out.status.success(),
-        "peftrain {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "peftrain {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -173,10 +154,7 @@ pub fn tiny_roberta(dir: &Path, seed: u64) -> PathBuf {
 
 /// The trainable weights a run saved (`trainable.safetensors`, checkpoint keys).
 pub fn trainable_weights(dir: &Path) -> std::collections::BTreeMap<String, tch::Tensor> {
-    tch::Tensor::read_safetensors(dir.join("trainable.safetensors"))
-        .expect("trainable.safetensors")
-        .into_iter()
-        .collect()
+    tch::Tensor::read_safetensors(dir.join("trainable.safetensors")).expect("trainable.safetensors").into_iter().collect()
 }
 
 /// Runs `peftrain` expecting failure; returns its exit code and stderr (logging at error level,
@@ -238,9 +216,7 @@ pub fn spawn_logged(mut cmd: Command) -> (std::process::Child, std::sync::mpsc::
 pub fn logged(log: &std::sync::mpsc::Receiver<String>, key: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let line = log
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .unwrap_or_else(|_| panic!("no {key} logged"));
+        let line = log.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).unwrap_or_else(|_| panic!("no {key} logged"));
         if let Some(rest) = line.split(&format!("{key}=")).nth(1) {
             return rest.split_whitespace().next().unwrap_or_default().to_string();
         }

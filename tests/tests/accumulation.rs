@@ -12,11 +12,40 @@ use peftrain_tests::{glue_dir, max_abs_diff, metrics, peftrain, roberta_dir, run
 fn ours(model: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Vec<f64> {
     let (tok, glue) = (roberta_dir(), glue_dir());
     let mut args = vec![
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--method", "lora", "--lora-dropout", "0", "--init-adapter", adapter.to_str().unwrap(),
-        "--train-limit", "60", "--eval-limit", "16", "--lr", "1e-3", "--weight-decay", "0.01",
-        "--warmup-steps", "3", "--no-shuffle", "--logging-steps", "1", "--threads", "1", "--base-dtype", "fp32",
-        "--output-dir", out.to_str().unwrap(),
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        "lora",
+        "--lora-dropout",
+        "0",
+        "--init-adapter",
+        adapter.to_str().unwrap(),
+        "--train-limit",
+        "60",
+        "--eval-limit",
+        "16",
+        "--lr",
+        "1e-3",
+        "--weight-decay",
+        "0.01",
+        "--warmup-steps",
+        "3",
+        "--no-shuffle",
+        "--logging-steps",
+        "1",
+        "--threads",
+        "1",
+        "--base-dtype",
+        "fp32",
+        "--output-dir",
+        out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     peftrain(&args);
@@ -32,11 +61,27 @@ fn accumulated_steps_follow_the_trainer_over_one_and_two_workers() {
     let tsv = glue_dir().join("SST-2/train.tsv");
     let tok = roberta_dir();
     // The Trainer prints its own summary first: the reference's JSON is the last line.
-    let printed = run_reference("hf_trainer.py", &[
-        "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--tsv", tsv.to_str().unwrap(),
-        "--adapter", adapter.to_str().unwrap(), "--limit", "60", "--per-device-train-batch-size", "4",
-        "--gradient-accumulation-steps", "2", "--steps", "30",
-    ]);
+    let printed = run_reference(
+        "hf_trainer.py",
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--tsv",
+            tsv.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--limit",
+            "60",
+            "--per-device-train-batch-size",
+            "4",
+            "--gradient-accumulation-steps",
+            "2",
+            "--steps",
+            "30",
+        ],
+    );
     let reference: serde_json::Value = serde_json::from_str(printed.lines().last().unwrap_or("")).unwrap();
     let want: Vec<f64> = reference["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_eq!(want.len(), 30);

@@ -32,8 +32,25 @@ fn broken_configs_name_file_and_field() {
 
 fn train_args<'a>(model: &'a str, glue: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--model", model, "--tokenizer", "TOKENIZER", "--glue-dir", glue, "--task", "sst2", "--method", "lora",
-        "--max-steps", "2", "--train-limit", "32", "--eval-limit", "8", "--output-dir", out,
+        "train",
+        "--model",
+        model,
+        "--tokenizer",
+        "TOKENIZER",
+        "--glue-dir",
+        glue,
+        "--task",
+        "sst2",
+        "--method",
+        "lora",
+        "--max-steps",
+        "2",
+        "--train-limit",
+        "32",
+        "--eval-limit",
+        "8",
+        "--output-dir",
+        out,
     ]
 }
 
@@ -109,15 +126,42 @@ fn inputs_longer_than_max_length_are_truncated_and_counted() {
     let tok = roberta_dir();
     let glue = glue_dir();
     let o = peftrain_tests::peftrain(&[
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "rte", "--method", "bitfit", "--max-length", "40", "--train-limit", "200", "--eval-limit", "8",
-        "--max-steps", "2", "--output-dir", out.to_str().unwrap(),
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "rte",
+        "--method",
+        "bitfit",
+        "--max-length",
+        "40",
+        "--train-limit",
+        "200",
+        "--eval-limit",
+        "8",
+        "--max-steps",
+        "2",
+        "--output-dir",
+        out.to_str().unwrap(),
     ]);
     // The reference counts the pairs longer than 40 tokens among the first 200.
     let ids = d.path().join("ids.json");
     run_reference(
         "hf_tokenize.py",
-        &["--tokenizer", tok.to_str().unwrap(), "--tsv", glue.join("RTE/train.tsv").to_str().unwrap(), "--max-length", "100000", "--out", ids.to_str().unwrap()],
+        &[
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--tsv",
+            glue.join("RTE/train.tsv").to_str().unwrap(),
+            "--max-length",
+            "100000",
+            "--out",
+            ids.to_str().unwrap(),
+        ],
     );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ids).unwrap()).unwrap();
     let longer = v["input_ids"].as_array().unwrap().iter().take(200).filter(|r| r.as_array().unwrap().len() > 40).count();

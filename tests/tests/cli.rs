@@ -21,7 +21,10 @@ fn params(extra: &[&str]) -> String {
 fn params_prints_peft_lines_for_roberta_base() {
     assert_eq!(params(&["--method", "full"]), "trainable params: 124,647,170 || all params: 124,647,170 || trainable%: 100.0000");
     assert_eq!(params(&["--method", "bitfit"]), "trainable params: 694,274 || all params: 124,647,170 || trainable%: 0.5570");
-    assert_eq!(params(&["--method", "bitfit", "--bitfit-scope", "bias-only"]), "trainable params: 102,914 || all params: 124,647,170 || trainable%: 0.0826");
+    assert_eq!(
+        params(&["--method", "bitfit", "--bitfit-scope", "bias-only"]),
+        "trainable params: 102,914 || all params: 124,647,170 || trainable%: 0.0826"
+    );
     assert_eq!(params(&["--method", "lora"]), "trainable params: 887,042 || all params: 125,534,212 || trainable%: 0.7066");
 }
 
@@ -43,7 +46,11 @@ fn resolved(args: &[&str], envs: &[(&str, &str)]) -> serde_json::Value {
 fn config_file_environment_and_flags_in_that_order() {
     let d = tempfile::tempdir().unwrap();
     let file = d.path().join("run.toml");
-    std::fs::write(&file, "batch_size = 7\nlr = 3e-4\nlogging_steps = 5\nmethod = \"bitfit\"\nlora_targets = [\"query\", \"key\"]\nno_shuffle = true\n").unwrap();
+    std::fs::write(
+        &file,
+        "batch_size = 7\nlr = 3e-4\nlogging_steps = 5\nmethod = \"bitfit\"\nlora_targets = [\"query\", \"key\"]\nno_shuffle = true\n",
+    )
+    .unwrap();
     let f = file.to_str().unwrap();
     // Defaults alone.
     let v = resolved(&[], &[]);

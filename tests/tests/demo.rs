@@ -18,7 +18,7 @@ fn the_demo_reaches_085_and_says_where_its_outputs_are() {
     assert!(stdout.contains("Step  Training Loss  Validation Loss  Accuracy"), "{stdout}");
     assert!(stdout.contains("TrainOutput(global_step=1000"), "{stdout}");
     assert!(stdout.contains("| base ") && stdout.contains("(auto: this CPU has"), "the demo says which base dtype it chose and why: {stdout}");
-    let acc = metrics(out.path()).iter().filter_map(|e| e.get("eval_accuracy")?.as_f64()).last().unwrap();
+    let acc = metrics(out.path()).iter().filter_map(|e| e.get("eval_accuracy")?.as_f64()).next_back().unwrap();
     assert!(acc >= 0.85, "demo dev accuracy {acc} < 0.85");
     let last = stdout.lines().last().unwrap();
     for f in ["adapter_model.safetensors", "report.md", "curves.png"] {

@@ -11,19 +11,52 @@ fn run(model: &Path, out: &Path, method: &str, workers: usize) {
     let (tok, glue) = (roberta_dir(), glue_dir());
     let w = workers.to_string();
     peftrain(&[
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--method", method, "--lora-dropout", "0", "--train-limit", "240", "--eval-limit", "48",
-        "--batch-size", "8", "--eval-batch-size", "16", "--max-steps", "30", "--lr", "1e-3", "--weight-decay", "0.01",
-        "--warmup-steps", "3", "--logging-steps", "1", "--eval-steps", "10", "--workers", &w, "--threads", "1", "--base-dtype", "fp32",
-        "--output-dir", out.to_str().unwrap(),
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        method,
+        "--lora-dropout",
+        "0",
+        "--train-limit",
+        "240",
+        "--eval-limit",
+        "48",
+        "--batch-size",
+        "8",
+        "--eval-batch-size",
+        "16",
+        "--max-steps",
+        "30",
+        "--lr",
+        "1e-3",
+        "--weight-decay",
+        "0.01",
+        "--warmup-steps",
+        "3",
+        "--logging-steps",
+        "1",
+        "--eval-steps",
+        "10",
+        "--workers",
+        &w,
+        "--threads",
+        "1",
+        "--base-dtype",
+        "fp32",
+        "--output-dir",
+        out.to_str().unwrap(),
     ]);
 }
 
 fn evals(dir: &Path) -> Vec<(f64, f64)> {
-    metrics(dir)
-        .iter()
-        .filter_map(|e| Some((e.get("eval_loss")?.as_f64()?, e.get("eval_accuracy")?.as_f64()?)))
-        .collect()
+    metrics(dir).iter().filter_map(|e| Some((e.get("eval_loss")?.as_f64()?, e.get("eval_accuracy")?.as_f64()?))).collect()
 }
 
 fn check_method(method: &str) {
@@ -61,7 +94,10 @@ fn check_method(method: &str) {
             } else {
                 // Framing: 5 bytes per gRPC message plus ~40 bytes of chunk header, a few
                 // messages per round; segment rounding moves at most a few values.
-                assert!(bytes >= payload - 64.0 && bytes <= payload * 1.002 + 2048.0, "{method}, {n} workers: {bytes} bytes sent, expected {payload} plus framing");
+                assert!(
+                    bytes >= payload - 64.0 && bytes <= payload * 1.002 + 2048.0,
+                    "{method}, {n} workers: {bytes} bytes sent, expected {payload} plus framing"
+                );
             }
         }
     }

@@ -7,16 +7,42 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use peftrain_tests::{bin, glue_dir, logged, max_abs_diff, metrics, peftrain, roberta_dir, run_reference, spawn_logged, step_losses, trainable_weights, values};
+use peftrain_tests::{
+    bin, glue_dir, logged, max_abs_diff, metrics, peftrain, roberta_dir, run_reference, spawn_logged, step_losses, trainable_weights, values,
+};
 
 /// Flags of the runs compared here: tiny RoBERTa, 120 steps of 16, dropout in the model.
 fn common(model: &Path, out: &Path) -> Vec<String> {
     let (tok, glue) = (roberta_dir(), glue_dir());
     [
-        "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--method", "lora", "--train-limit", "640", "--eval-limit", "32", "--batch-size", "16",
-        "--max-steps", "120", "--lr", "1e-3", "--logging-steps", "1", "--eval-steps", "60", "--output-dir", out.to_str().unwrap(),
-        "--base-dtype", "fp32",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        "lora",
+        "--train-limit",
+        "640",
+        "--eval-limit",
+        "32",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "120",
+        "--lr",
+        "1e-3",
+        "--logging-steps",
+        "1",
+        "--eval-steps",
+        "60",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -144,8 +170,15 @@ fn frozen_worker_is_detected_and_the_run_goes_on() {
     let model = tiny(d.path(), "0.0");
     let (base, hurt) = (d.path().join("base"), d.path().join("hurt"));
     let mut args = vec![
-        "train".to_string(), "--workers".into(), "3".into(), "--threads".into(), "1".into(), "--lora-dropout".into(), "0".into(),
-        "--worker-timeout".into(), "3".into(),
+        "train".to_string(),
+        "--workers".into(),
+        "3".into(),
+        "--threads".into(),
+        "1".into(),
+        "--lora-dropout".into(),
+        "0".into(),
+        "--worker-timeout".into(),
+        "3".into(),
     ];
     peftrain(&[args.clone(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
     args.extend(common(&model, &hurt));
@@ -169,7 +202,17 @@ fn resume_continues_the_uninterrupted_run() {
     // Dropout on: the masks follow (seed, step, rank), so they too must come back exactly.
     let model = tiny(d.path(), "0.1");
     let (base, cut) = (d.path().join("base"), d.path().join("cut"));
-    let mut args = vec!["train".to_string(), "--workers".into(), "2".into(), "--threads".into(), "1".into(), "--save-steps".into(), "25".into(), "--save-total-limit".into(), "2".into()];
+    let mut args = vec![
+        "train".to_string(),
+        "--workers".into(),
+        "2".into(),
+        "--threads".into(),
+        "1".into(),
+        "--save-steps".into(),
+        "25".into(),
+        "--save-total-limit".into(),
+        "2".into(),
+    ];
     peftrain(&[args.clone(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
     args.extend(common(&model, &cut));
     let (mut run, log) = spawn(&args);
@@ -186,7 +229,12 @@ fn resume_continues_the_uninterrupted_run() {
     assert!(worst <= 1e-6, "resumed per-step losses differ by up to {worst}");
     assert_same_run(&base, &cut, 1e-6);
     // --save-total-limit 2 keeps the newest two checkpoints.
-    let mut cps: Vec<String> = std::fs::read_dir(&cut).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.starts_with("checkpoint-")).collect();
+    let mut cps: Vec<String> = std::fs::read_dir(&cut)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
     cps.sort();
     assert_eq!(cps, ["checkpoint-100", "checkpoint-120"]);
 }
@@ -203,7 +251,8 @@ fn workers_survive_a_coordinator_restart() {
     };
     let listen = format!("127.0.0.1:{port}");
     let coord = |out: &Path, extra: &[&str]| {
-        let mut a = vec!["coordinator".to_string(), "--listen".into(), listen.clone(), "--workers".into(), "2".into(), "--save-steps".into(), "20".into()];
+        let mut a =
+            vec!["coordinator".to_string(), "--listen".into(), listen.clone(), "--workers".into(), "2".into(), "--save-steps".into(), "20".into()];
         a.extend(common(&model, out));
         a.extend(extra.iter().map(|s| s.to_string()));
         a
@@ -251,10 +300,13 @@ fn a_nonfinite_gradient_skips_the_update_instead_of_corrupting_weights() {
     let (base, poisoned) = (d.path().join("base"), d.path().join("poisoned"));
     let mut args = vec!["train".to_string(), "--workers".into(), "2".into(), "--threads".into(), "1".into()];
     args.extend(common(&model, &base));
-    args.iter_mut().skip_while(|a| *a != "--max-steps").nth(1).map(|v| *v = "20".into());
+    if let Some(v) = args.iter_mut().skip_while(|a| *a != "--max-steps").nth(1) {
+        *v = "20".into();
+    }
     peftrain(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     // The failpoint poisons the gradient of step 5 (0-based 4) on every worker.
-    let args: Vec<String> = args.iter().map(|a| if a == base.to_str().unwrap() { poisoned.to_str().unwrap().to_string() } else { a.clone() }).collect();
+    let args: Vec<String> =
+        args.iter().map(|a| if a == base.to_str().unwrap() { poisoned.to_str().unwrap().to_string() } else { a.clone() }).collect();
     let out = Command::new(bin("peftrain"))
         .args(&args)
         .env("RUST_LOG", "error")

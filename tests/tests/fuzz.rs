@@ -11,8 +11,8 @@ use peftrain_proto::v1 as pb;
 use peftrain_worker::replica::Shard;
 use peftrain_worker::service::check_chunk;
 use peftrain_worker::state::AssembledState;
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -30,13 +30,16 @@ fn tsv_like() -> impl Strategy<Value = Vec<u8>> {
         Just("index\tsentence\n".to_string()),
         "[a-z\t]{0,20}\n",
     ];
-    let body = proptest::collection::vec(any::<u8>().prop_map(|b| match b % 8 {
-        0 => b'\t',
-        1 => b'\n',
-        2 => b'"',
-        3 => b'\r',
-        _ => b,
-    }), 0..400);
+    let body = proptest::collection::vec(
+        any::<u8>().prop_map(|b| match b % 8 {
+            0 => b'\t',
+            1 => b'\n',
+            2 => b'"',
+            3 => b'\r',
+            _ => b,
+        }),
+        0..400,
+    );
     (header, body).prop_map(|(h, b)| [h.into_bytes(), b].concat())
 }
 
@@ -177,7 +180,10 @@ fn seed_parquet() -> Vec<u8> {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("rte/validation-00000-of-00001.parquet");
         let tsv = peftrain_tests::glue_dir().join("RTE/dev.tsv");
-        peftrain_tests::run_reference("make_parquet.py", &["--tsv", tsv.to_str().unwrap(), "--task", "rte", "--out", out.to_str().unwrap(), "--limit", "20"]);
+        peftrain_tests::run_reference(
+            "make_parquet.py",
+            &["--tsv", tsv.to_str().unwrap(), "--task", "rte", "--out", out.to_str().unwrap(), "--limit", "20"],
+        );
         std::fs::read(out).unwrap()
     })
     .clone()

@@ -74,7 +74,10 @@ fn every_glue_file_reads_whole_with_the_task_s_labels() {
     }
     // A few values read straight from the files.
     let cola = load_split(&glue_dir(), Task::Cola, Split::Train).unwrap();
-    assert_eq!((cola[0].text_a.as_str(), cola[0].label), ("Our friends won't buy this analysis, let alone the next one we propose.", Some(Label::Class(1))));
+    assert_eq!(
+        (cola[0].text_a.as_str(), cola[0].label),
+        ("Our friends won't buy this analysis, let alone the next one we propose.", Some(Label::Class(1)))
+    );
     let stsb = load_split(&glue_dir(), Task::Stsb, Split::Dev).unwrap();
     assert_eq!((stsb[0].text_a.as_str(), stsb[0].label), ("A man with a hard hat is dancing.", Some(Label::Score(5.0))));
     let mrpc = load_split(&glue_dir(), Task::Mrpc, Split::Train).unwrap();
@@ -92,7 +95,11 @@ fn qqp_qnli_and_mnli_read_from_their_glue_layouts() {
     write("QQP", "train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n7\t1\t2\tHow?\tWhy?\t1\n8\t3\t4\tA?\tB?\t0\n");
     write("QQP", "test.tsv", "id\tquestion1\tquestion2\n0\tWho?\tWhom?\n");
     write("QNLI", "dev.tsv", "index\tquestion\tsentence\tlabel\n3\tWhere?\tHere.\tnot_entailment\n");
-    write("MNLI", "dev_mismatched.tsv", "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tlabel1\tgold_label\n5\t1\t1e\tletters\tA.\tB.\tneutral\tcontradiction\n");
+    write(
+        "MNLI",
+        "dev_mismatched.tsv",
+        "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tlabel1\tgold_label\n5\t1\t1e\tletters\tA.\tB.\tneutral\tcontradiction\n",
+    );
     let qqp = load_split(d.path(), Task::Qqp, Split::Train).unwrap();
     assert_eq!((qqp[0].idx, qqp[0].text_a.as_str(), qqp[0].text_b.as_deref(), qqp[0].label), (7, "How?", Some("Why?"), Some(Label::Class(1))));
     assert_eq!(load_split(d.path(), Task::Qqp, Split::Test).unwrap()[0].label, None);

@@ -3,22 +3,44 @@
 //! weights, hostile config.json sizes, non-float tensors, absurd flags (a table and a property
 //! test), local worker counts, GLUE files with a byte-order mark, config-file keys, and a worker
 //! fed bad segment ids or flooded with idle connections over its real socket.
+// one_at_a_time's guard serialises whole tests (each on its own runtime, taking the lock once
+// at the start), so holding it across awaits cannot deadlock.
+#![allow(clippy::await_holding_lock)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use peftrain_proto::v1 as pb;
-use peftrain_tests::{assert_one_clear_line, bin, glue_dir, logged, peftrain, peftrain_fails, roberta_dir, run_reference, spawn_logged, tiny_roberta, KillOnDrop};
+use peftrain_tests::{
+    assert_one_clear_line, bin, glue_dir, logged, peftrain, peftrain_fails, roberta_dir, run_reference, spawn_logged, tiny_roberta, KillOnDrop,
+};
 use proptest::prelude::*;
 
 /// `peftrain train` on the tiny model: LoRA, SST-2's first 64 rows, batch 8.
 fn train_args(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let (tok, glue) = (roberta_dir(), glue_dir());
     let mut v: Vec<String> = [
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--method", "lora", "--train-limit", "64", "--eval-limit", "8", "--batch-size", "8",
-        "--output-dir", out.to_str().unwrap(), "--quiet",
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        "lora",
+        "--train-limit",
+        "64",
+        "--eval-limit",
+        "8",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--quiet",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -141,14 +163,19 @@ fn a_reused_output_directory_is_refused_and_rotation_deletes_only_this_run_s_che
     std::fs::rename(other.join("checkpoint-1"), &foreign).unwrap();
     let foreign_before = snapshot(&foreign);
     let resume = out.join("checkpoint-4");
-    peftrain(&refs(&train_args(&model, &out, &["--max-steps", "8", "--save-steps", "2", "--save-total-limit", "1", "--resume", resume.to_str().unwrap()])));
+    peftrain(&refs(&train_args(
+        &model,
+        &out,
+        &["--max-steps", "8", "--save-steps", "2", "--save-total-limit", "1", "--resume", resume.to_str().unwrap()],
+    )));
     assert_eq!(checkpoints(&out), ["checkpoint-1", "checkpoint-8"]);
     assert_eq!(snapshot(&foreign), foreign_before);
     // Nor is one replaced that sits where this run's next checkpoint would go.
     let in_the_way = out.join("checkpoint-10");
     std::fs::rename(&foreign, &in_the_way).unwrap();
     let resume = out.join("checkpoint-8");
-    let (_, err) = peftrain_fails(&refs(&train_args(&model, &out, &["--max-steps", "12", "--save-steps", "2", "--resume", resume.to_str().unwrap()])));
+    let (_, err) =
+        peftrain_fails(&refs(&train_args(&model, &out, &["--max-steps", "12", "--save-steps", "2", "--resume", resume.to_str().unwrap()])));
     assert!(err.contains("checkpoint-10") && err.contains("another run"), "{err}");
     assert_eq!(snapshot(&in_the_way), snapshot_moved(&foreign_before, &foreign, &in_the_way));
     std::fs::rename(&in_the_way, &foreign).unwrap();
@@ -180,13 +207,24 @@ fn no_command_writes_where_it_reads() {
     peftrain(&refs(&train_args(&model, &out, &["--max-steps", "2"])));
     let before = snapshot(&model);
     for target in [model.clone(), model.join("merged"), d.path().to_path_buf(), out.clone()] {
-        let (code, err) = peftrain_fails(&["merge", "--model", model.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--output", target.to_str().unwrap()]);
+        let (code, err) =
+            peftrain_fails(&["merge", "--model", model.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--output", target.to_str().unwrap()]);
         assert_eq!(code, 2, "{err}");
         assert_one_clear_line(&err, &["--output", "overlaps", "never writes where it reads"]);
     }
     // The worker's own merge refuses it too (it may be run directly).
     let o = Command::new(bin("peftrain-worker"))
-        .args(["merge", "--model", model.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--output", model.to_str().unwrap(), "--method", "lora"])
+        .args([
+            "merge",
+            "--model",
+            model.to_str().unwrap(),
+            "--adapter",
+            out.to_str().unwrap(),
+            "--output",
+            model.to_str().unwrap(),
+            "--method",
+            "lora",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
@@ -231,7 +269,8 @@ fn a_tampered_checkpoint_is_refused_and_nothing_is_deleted() {
         assert_ne!(text, good);
         std::fs::write(&state, &text).unwrap();
         let before = snapshot(&out);
-        let (code, err) = peftrain_fails(&refs(&train_args(&model, &out, &["--max-steps", "12", "--save-steps", "2", "--save-total-limit", "1", "--resume"])));
+        let (code, err) =
+            peftrain_fails(&refs(&train_args(&model, &out, &["--max-steps", "12", "--save-steps", "2", "--save-total-limit", "1", "--resume"])));
         assert_ne!(code, 0);
         assert_one_clear_line(&err, &["--resume", "checkpoint-", "damaged or edited checkpoint", what]);
         assert_eq!(snapshot(&out), before, "a refused resume changed the directory ({what})");
@@ -313,7 +352,10 @@ fn a_paused_coordinator_re_checks_its_workers_and_carries_on() {
 fn a_run_whose_every_step_is_non_finite_stops_with_an_error() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 3);
-    run_reference("hf_model.py", &["corrupt", "--model", model.to_str().unwrap(), "--tensor", "roberta.embeddings.LayerNorm.weight", "--mode", "nan"]);
+    run_reference(
+        "hf_model.py",
+        &["corrupt", "--model", model.to_str().unwrap(), "--tensor", "roberta.embeddings.LayerNorm.weight", "--mode", "nan"],
+    );
     let out = d.path().join("out");
     let (code, err) = peftrain_fails(&refs(&train_args(&model, &out, &["--max-steps", "40", "--max-skipped-steps", "5"])));
     assert_eq!(code, 1);
@@ -325,8 +367,10 @@ fn a_run_whose_every_step_is_non_finite_stops_with_an_error() {
 
 fn config_with(field: &str, value: serde_json::Value) -> PathBuf {
     let d = tempfile::tempdir().unwrap().keep();
-    let mut cfg: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(r#"{"model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 48, "num_hidden_layers": 2}"#).unwrap();
+    let mut cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        r#"{"model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 48, "num_hidden_layers": 2}"#,
+    )
+    .unwrap();
     cfg.insert(field.into(), value);
     std::fs::write(d.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
     d
@@ -365,8 +409,16 @@ fn params_counts_from_config_alone_equal_peft_s() {
     let d = tempfile::tempdir().unwrap();
     // LoRA on every Linear named dense in BERT (the pooler's too); query and key in RoBERTa.
     for (family, targets, cfg) in [
-        ("bert", "query,value,dense", r#"{"model_type": "bert", "vocab_size": 1000, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 48, "num_hidden_layers": 3, "max_position_embeddings": 64}"#),
-        ("roberta", "query,key", r#"{"model_type": "roberta", "vocab_size": 1200, "hidden_size": 24, "num_attention_heads": 2, "intermediate_size": 40, "num_hidden_layers": 2, "max_position_embeddings": 70, "type_vocab_size": 1, "pad_token_id": 1}"#),
+        (
+            "bert",
+            "query,value,dense",
+            r#"{"model_type": "bert", "vocab_size": 1000, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 48, "num_hidden_layers": 3, "max_position_embeddings": 64}"#,
+        ),
+        (
+            "roberta",
+            "query,key",
+            r#"{"model_type": "roberta", "vocab_size": 1200, "hidden_size": 24, "num_attention_heads": 2, "intermediate_size": 40, "num_hidden_layers": 2, "max_position_embeddings": 70, "type_vocab_size": 1, "pad_token_id": 1}"#,
+        ),
     ] {
         let dir = d.path().join(family);
         std::fs::create_dir_all(&dir).unwrap();
@@ -494,7 +546,8 @@ fn too_many_local_workers_are_refused_and_a_failed_start_stops_them_all() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 3);
     let started = Instant::now();
-    let (code, err) = peftrain_fails(&refs(&train_args(&model, &d.path().join("o"), &["--workers", "1000", "--max-local-workers", "8", "--max-steps", "1"])));
+    let (code, err) =
+        peftrain_fails(&refs(&train_args(&model, &d.path().join("o"), &["--workers", "1000", "--max-local-workers", "8", "--max-steps", "1"])));
     assert_eq!(code, 2);
     assert_one_clear_line(&err, &["--workers 1000", "--max-local-workers"]);
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -506,9 +559,13 @@ fn too_many_local_workers_are_refused_and_a_failed_start_stops_them_all() {
     assert_one_clear_line(&err, &[&format!("--workers {over}"), "--max-local-workers"]);
     // Sixteen workers that cannot all register in a second: all stopped at once, none left.
     let mut cmd = Command::new(bin("peftrain"));
-    cmd.args(train_args(&model, &d.path().join("p"), &["--workers", "16", "--max-local-workers", "16", "--threads", "1", "--register-timeout", "1", "--max-steps", "1"]))
-        .env("RUST_LOG", "error")
-        .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"));
+    cmd.args(train_args(
+        &model,
+        &d.path().join("p"),
+        &["--workers", "16", "--max-local-workers", "16", "--threads", "1", "--register-timeout", "1", "--max-steps", "1"],
+    ))
+    .env("RUST_LOG", "error")
+    .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"));
     let started = Instant::now();
     let o = cmd.output().unwrap();
     assert!(!o.status.success());

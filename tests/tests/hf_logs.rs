@@ -15,9 +15,27 @@ use serde_json::Value;
 fn train(model: &Path, out: &Path, extra: &[&str]) {
     let (tok, glue) = (roberta_dir(), glue_dir());
     let mut args = vec![
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--method", "lora", "--train-limit", "48", "--eval-limit", "24", "--batch-size", "8",
-        "--output-dir", out.to_str().unwrap(), "--base-dtype", "fp32",
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        "lora",
+        "--train-limit",
+        "48",
+        "--eval-limit",
+        "24",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ];
     args.extend_from_slice(extra);
     peftrain(&args);
@@ -61,11 +79,32 @@ fn a_run_logs_its_schedule_s_rates_and_follows_the_trainer_s_strategies() {
     for (kind, want) in kinds.iter().zip(&reference) {
         let out = d.path().join(kind.as_str());
         // TrainingArguments' names: --learning-rate, --num-train-epochs (12 steps of 8 from 48 rows: 2 epochs).
-        train(&model, &out, &[
-            "--lr-scheduler-type", kind.as_str(), "--learning-rate", "3e-3", "--num-train-epochs", "2", "--warmup-steps", "2",
-            "--logging-steps", "1", "--eval-strategy", "no", "--save-strategy", "epoch",
-            "--adam-beta1", "0.8", "--adam-beta2", "0.99", "--adam-epsilon", "1e-6",
-        ]);
+        train(
+            &model,
+            &out,
+            &[
+                "--lr-scheduler-type",
+                kind.as_str(),
+                "--learning-rate",
+                "3e-3",
+                "--num-train-epochs",
+                "2",
+                "--warmup-steps",
+                "2",
+                "--logging-steps",
+                "1",
+                "--eval-strategy",
+                "no",
+                "--save-strategy",
+                "epoch",
+                "--adam-beta1",
+                "0.8",
+                "--adam-beta2",
+                "0.99",
+                "--adam-epsilon",
+                "1e-6",
+            ],
+        );
         let events = metrics(&out);
         let logged: Vec<(u64, f64)> = events.iter().filter_map(|e| Some((e["step"].as_u64()?, e.get("learning_rate")?.as_f64()?))).collect();
         assert_eq!(logged.len(), 12, "--logging-steps 1: {events:?}");
@@ -76,7 +115,11 @@ fn a_run_logs_its_schedule_s_rates_and_follows_the_trainer_s_strategies() {
         // --eval-strategy no: only the final evaluation; --save-strategy epoch: checkpoints 6 and 12.
         let evals: Vec<u64> = events.iter().filter(|e| e.get("eval_loss").is_some()).filter_map(|e| e["step"].as_u64()).collect();
         assert_eq!(evals, [12]);
-        let mut ckpts: Vec<String> = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with("checkpoint-")).collect();
+        let mut ckpts: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("checkpoint-"))
+            .collect();
         ckpts.sort();
         assert_eq!(ckpts, ["checkpoint-12", "checkpoint-6"]);
         let run: Value = serde_json::from_slice(&std::fs::read(out.join("run_config.json")).unwrap()).unwrap();
@@ -85,13 +128,46 @@ fn a_run_logs_its_schedule_s_rates_and_follows_the_trainer_s_strategies() {
     }
     // The Trainer's betas reach the workers' AdamW: other betas, other weights.
     let plain = d.path().join("plain");
-    train(&model, &plain, &["--lr-scheduler-type", "polynomial", "--learning-rate", "3e-3", "--num-train-epochs", "2", "--warmup-steps", "2", "--logging-steps", "1", "--eval-strategy", "no", "--save-strategy", "epoch"]);
-    assert_ne!(std::fs::read(plain.join("trainable.safetensors")).unwrap(), std::fs::read(d.path().join("polynomial/trainable.safetensors")).unwrap());
+    train(
+        &model,
+        &plain,
+        &[
+            "--lr-scheduler-type",
+            "polynomial",
+            "--learning-rate",
+            "3e-3",
+            "--num-train-epochs",
+            "2",
+            "--warmup-steps",
+            "2",
+            "--logging-steps",
+            "1",
+            "--eval-strategy",
+            "no",
+            "--save-strategy",
+            "epoch",
+        ],
+    );
+    assert_ne!(
+        std::fs::read(plain.join("trainable.safetensors")).unwrap(),
+        std::fs::read(d.path().join("polynomial/trainable.safetensors")).unwrap()
+    );
     // A schedule transformers refuses is refused here, in one line.
     let (tok, glue) = (roberta_dir(), glue_dir());
     let (code, err) = peftrain_fails(&[
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--output-dir", d.path().join("bad").to_str().unwrap(), "--lr-scheduler-type", "polynomial", "--lr", "1e-8",
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--output-dir",
+        d.path().join("bad").to_str().unwrap(),
+        "--lr-scheduler-type",
+        "polynomial",
+        "--lr",
+        "1e-8",
     ]);
     assert_eq!(code, 2);
     assert_one_clear_line(&err, &["--lr-scheduler-type polynomial", "1e-8"]);
@@ -105,10 +181,27 @@ fn trainer_state_json_is_the_trainer_s_and_its_log_history_is_metrics_jsonl() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 4);
     let out = d.path().join("out");
-    train(&model, &out, &[
-        "--max-steps", "12", "--logging-steps", "2", "--eval-steps", "4", "--save-steps", "4", "--workers", "2",
-        "--metric-for-best-model", "eval_loss", "--load-best-model-at-end", "--early-stopping-patience", "5",
-    ]);
+    train(
+        &model,
+        &out,
+        &[
+            "--max-steps",
+            "12",
+            "--logging-steps",
+            "2",
+            "--eval-steps",
+            "4",
+            "--save-steps",
+            "4",
+            "--workers",
+            "2",
+            "--metric-for-best-model",
+            "eval_loss",
+            "--load-best-model-at-end",
+            "--early-stopping-patience",
+            "5",
+        ],
+    );
     let events = metrics(&out);
     let dirs: Vec<String> = [out.clone(), out.join("checkpoint-4"), out.join("checkpoint-8"), out.join("checkpoint-12")]
         .iter()
@@ -120,7 +213,8 @@ fn trainer_state_json_is_the_trainer_s_and_its_log_history_is_metrics_jsonl() {
         let s = &loaded[dir];
         // A checkpoint's history is the log up to its step; the last one's and the output
         // directory's include the run's closing summary.
-        let want: Vec<&Value> = events.iter().filter(|e| e["step"].as_u64().unwrap() <= step && (step == 12 || e.get("train_runtime").is_none())).collect();
+        let want: Vec<&Value> =
+            events.iter().filter(|e| e["step"].as_u64().unwrap() <= step && (step == 12 || e.get("train_runtime").is_none())).collect();
         let got: Vec<&Value> = s["log_history"].as_array().unwrap().iter().collect();
         assert_eq!(got, want, "{dir}: log_history");
         assert_eq!(s["global_step"], step, "{dir}");
@@ -156,7 +250,10 @@ fn trainer_state_json_is_the_trainer_s_and_its_log_history_is_metrics_jsonl() {
     assert_eq!(results.len(), 1, "{results:?}");
     assert_eq!(results[0]["metric_type"], "accuracy");
     assert_eq!(results[0]["metric_value"].as_f64(), best_eval["eval_accuracy"].as_f64(), "the best evaluation's (--load-best-model-at-end)");
-    assert_eq!((results[0]["dataset_type"].as_str(), results[0]["dataset_config"].as_str(), results[0]["dataset_split"].as_str()), (Some("nyu-mll/glue"), Some("sst2"), Some("validation")));
+    assert_eq!(
+        (results[0]["dataset_type"].as_str(), results[0]["dataset_config"].as_str(), results[0]["dataset_split"].as_str()),
+        (Some("nyu-mll/glue"), Some("sst2"), Some("validation"))
+    );
 }
 
 #[test]
@@ -165,11 +262,25 @@ fn tensorboard_reads_back_every_logged_scalar_with_the_trainer_s_tags() {
     let model = tiny_roberta(d.path(), 5);
     let out = d.path().join("out");
     let logs = d.path().join("tb");
-    train(&model, &out, &["--max-steps", "12", "--logging-steps", "2", "--eval-steps", "6", "--report-to", "tensorboard", "--logging-dir", logs.to_str().unwrap()]);
+    train(
+        &model,
+        &out,
+        &["--max-steps", "12", "--logging-steps", "2", "--eval-steps", "6", "--report-to", "tensorboard", "--logging-dir", logs.to_str().unwrap()],
+    );
     let read: Value = serde_json::from_str(&run_reference("tensorboard_scalars.py", &[logs.to_str().unwrap()])).unwrap();
     assert_eq!(read["files"], 1);
     let scalars = read["scalars"].as_object().unwrap();
-    for tag in ["train/loss", "train/learning_rate", "train/grad_norm", "train/epoch", "eval/loss", "eval/accuracy", "eval/runtime", "train/train_runtime", "train/total_flos"] {
+    for tag in [
+        "train/loss",
+        "train/learning_rate",
+        "train/grad_norm",
+        "train/epoch",
+        "eval/loss",
+        "eval/accuracy",
+        "eval/runtime",
+        "train/train_runtime",
+        "train/total_flos",
+    ] {
         assert!(scalars.contains_key(tag), "no {tag}: {:?}", scalars.keys().collect::<Vec<_>>());
     }
     let mut expected = 0;

@@ -55,7 +55,9 @@ fn serve(root: PathBuf) -> Hub {
             let body = if path.contains("..") { None } else { std::fs::read(&file).ok() };
             let _ = match body {
                 Some(b) => conn
-                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Repo-Commit: {COMMIT}\r\nConnection: close\r\n\r\n", b.len()).as_bytes())
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Repo-Commit: {COMMIT}\r\nConnection: close\r\n\r\n", b.len()).as_bytes(),
+                    )
                     .and_then(|_| conn.write_all(&b)),
                 None => conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found"),
             };
@@ -137,7 +139,10 @@ fn glue_parquet_downloads_and_loads() {
     for (split, tsv) in [("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv")] {
         let out = glue.join(format!("{split}-00000-of-00001.parquet"));
         let tsv = glue_dir().join("SST-2").join(tsv);
-        run_reference("make_parquet.py", &["--tsv", tsv.to_str().unwrap(), "--task", "sst2", "--out", out.to_str().unwrap(), "--limit", &N.to_string()]);
+        run_reference(
+            "make_parquet.py",
+            &["--tsv", tsv.to_str().unwrap(), "--task", "sst2", "--out", out.to_str().unwrap(), "--limit", &N.to_string()],
+        );
     }
     let hub = serve(srv.path().to_path_buf());
     let cache = tempfile::tempdir().unwrap();

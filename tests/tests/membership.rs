@@ -15,13 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
 
 fn fingerprint(digest: &str, trainable: u64) -> pb::Fingerprint {
-    pb::Fingerprint {
-        digest: digest.into(),
-        model_type: "roberta".into(),
-        trainable_params: trainable,
-        total_params: 100,
-        layout: vec![],
-    }
+    pb::Fingerprint { digest: digest.into(), model_type: "roberta".into(), trainable_params: trainable, total_params: 100, layout: vec![] }
 }
 
 fn register(id: &str, fp: pb::Fingerprint) -> pb::RegisterRequest {
@@ -40,11 +34,7 @@ fn register(id: &str, fp: pb::Fingerprint) -> pb::RegisterRequest {
 async fn coordinator_service_refuses_mismatched_extra_and_stale_workers() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let spec = pb::RunSpec {
-        model_dir: "/models/x".into(),
-        num_labels: 2,
-        ..Default::default()
-    };
+    let spec = pb::RunSpec { model_dir: "/models/x".into(), num_labels: 2, ..Default::default() };
     let registry = Arc::new(Registry::new("run-t".into(), spec.clone(), 2));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let security = peftrain_net::Security::default().with_token("test-token");
@@ -71,8 +61,12 @@ async fn coordinator_service_refuses_mismatched_extra_and_stale_workers() {
     let mut anonymous = pb::coordinator_client::CoordinatorClient::new(ch.clone());
     let e = anonymous.register(register("a", fingerprint("aaaa", 10))).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    let mut wrong = pb::coordinator_client::CoordinatorClient::with_interceptor(ch.clone(), peftrain_net::Security::default().with_token("guess").client_auth());
-    assert_eq!(wrong.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "x".into() }).await.unwrap_err().code(), Code::Unauthenticated);
+    let mut wrong =
+        pb::coordinator_client::CoordinatorClient::with_interceptor(ch.clone(), peftrain_net::Security::default().with_token("guess").client_auth());
+    assert_eq!(
+        wrong.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "x".into() }).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
     let mut c = pb::coordinator_client::CoordinatorClient::with_interceptor(ch, security.client_auth());
     let hello = c.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "a".into() }).await.unwrap();
     assert_eq!(hello.get_ref().spec.as_ref().unwrap().model_dir, spec.model_dir);
@@ -168,9 +162,30 @@ fn multi_node_mode_trains_and_refuses_intruders() {
     let out = d.path().join("out");
     let (tok, glue) = (roberta_dir(), glue_dir());
     let (coord, addr, log) = start_coordinator(&[
-        "--workers", "2", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir",
-        glue.to_str().unwrap(), "--task", "sst2", "--method", "bitfit", "--train-limit", "64", "--eval-limit", "16",
-        "--batch-size", "8", "--max-steps", "8", "--logging-steps", "2", "--output-dir", out.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        "bitfit",
+        "--train-limit",
+        "64",
+        "--eval-limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "8",
+        "--logging-steps",
+        "2",
+        "--output-dir",
+        out.to_str().unwrap(),
     ]);
     // The first registrant fixes the group's fingerprint.
     let w0 = worker(&addr, "w0", &[]);
@@ -227,7 +242,8 @@ fn losing_more_workers_than_allowed_ends_the_run_with_a_clear_error_and_a_checkp
     let last = lines.last().unwrap();
     assert!(last.starts_with("peftrain: error:") && last.contains("fewer than --min-workers 2") && last.contains("local-"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let checkpoints: Vec<_> = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")).collect();
+    let checkpoints: Vec<_> =
+        std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")).collect();
     assert_eq!(checkpoints.len(), 1, "a final checkpoint of the last completed step");
 }
 
@@ -239,9 +255,28 @@ fn a_worker_gone_before_setup_gives_its_place_to_the_next_one() {
     let out = d.path().join("out");
     let (tok, glue) = (roberta_dir(), glue_dir());
     let (coord, addr, log) = start_coordinator(&[
-        "--workers", "2", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir",
-        glue.to_str().unwrap(), "--task", "sst2", "--method", "lora", "--train-limit", "64", "--eval-limit", "16", "--batch-size", "8",
-        "--max-steps", "6", "--output-dir", out.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        "lora",
+        "--train-limit",
+        "64",
+        "--eval-limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "6",
+        "--output-dir",
+        out.to_str().unwrap(),
     ]);
     let mut w_a = worker(&addr, "wA", &[]);
     wait_for(&log, "worker registered (1/2)");
@@ -274,9 +309,28 @@ fn a_worker_with_another_model_registering_first_locks_nobody_out() {
     let out = d.path().join("out");
     let (tok, glue) = (roberta_dir(), glue_dir());
     let (coord, addr, log) = start_coordinator(&[
-        "--workers", "2", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--method", "bitfit", "--train-limit", "64", "--eval-limit", "16", "--batch-size", "8", "--max-steps", "4",
-        "--output-dir", out.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        "bitfit",
+        "--train-limit",
+        "64",
+        "--eval-limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "4",
+        "--output-dir",
+        out.to_str().unwrap(),
     ]);
     // First to arrive, and wrong: the coordinator's own model decides, so it is refused.
     let intruder = worker(&addr, "intruder", &["--model", other.to_str().unwrap()]);

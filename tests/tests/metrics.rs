@@ -2,8 +2,8 @@
 //! on the same predictions: accuracy, F1, Matthews (binary and three classes), Pearson,
 //! Spearman (with ties) and MSE, to 1e-9.
 
-use peftrain::metrics::Scored;
 use peftrain::data::Metric;
+use peftrain::metrics::Scored;
 use peftrain_tests::run_reference;
 
 /// A small seeded generator, so the cases are the same on every run.
@@ -47,7 +47,8 @@ fn metrics_equal_scikit_learn_and_scipy() {
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("cases.json");
     std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
-    let theirs: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(run_reference("metrics.py", &[path.to_str().unwrap()]).trim()).unwrap();
+    let theirs: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_str(run_reference("metrics.py", &[path.to_str().unwrap()]).trim()).unwrap();
     let mut compared = 0;
     for (c, t) in cases.iter().zip(&theirs) {
         for (key, want) in t {

@@ -14,15 +14,7 @@ use peftrain_worker::peft::Method;
 use tch::{Device, Kind, Reduction, Tensor};
 
 fn opts(method: &Method) -> LoadOptions<'_> {
-    LoadOptions {
-        method,
-        device: Device::Cpu,
-        base_kind: Kind::Float,
-        num_labels: Some(2),
-        seed: 0,
-        shapes_only: false,
-        random_init: false,
-    }
+    LoadOptions { method, device: Device::Cpu, base_kind: Kind::Float, num_labels: Some(2), seed: 0, shapes_only: false, random_init: false }
 }
 
 /// A deterministic batch of varied lengths (so padding is exercised), avoiding special ids.
@@ -35,10 +27,8 @@ fn batch(vocab: i64, pad: i64, pairs: bool) -> PaddedBatch {
         x ^= x << 17;
         x
     };
-    let seqs: Vec<Vec<i64>> = lengths
-        .iter()
-        .map(|&l| (0..l).map(|_| 5 + (next() % (vocab as u64 - 5)) as i64).filter(|&t| t != pad).collect())
-        .collect();
+    let seqs: Vec<Vec<i64>> =
+        lengths.iter().map(|&l| (0..l).map(|_| 5 + (next() % (vocab as u64 - 5)) as i64).filter(|&t| t != pad).collect()).collect();
     let types: Vec<Vec<i64>> = seqs.iter().map(|s| (0..s.len()).map(|j| (j >= s.len() / 2) as i64).collect()).collect();
     let labels = (0..seqs.len() as i64).map(|i| i % 2).collect();
     PaddedBatch::new(&seqs, pairs.then_some(types.as_slice()), Some(labels), pad)
@@ -108,7 +98,14 @@ fn check_tiny(family: &str, kind: Checkpoint) {
     }
 }
 
-fn check_against(family: &str, packed: bool, loaded: &model::Loaded, inputs: &model::Inputs, b: &PaddedBatch, reference: &std::collections::HashMap<String, Tensor>) {
+fn check_against(
+    family: &str,
+    packed: bool,
+    loaded: &model::Loaded,
+    inputs: &model::Inputs,
+    b: &PaddedBatch,
+    reference: &std::collections::HashMap<String, Tensor>,
+) {
     let family = if packed { format!("{family} (padding-free)") } else { family.to_string() };
     let logits = loaded.model.forward(inputs, true);
     let d = max_abs_diff(&values(&logits), &values(&reference["logits"]));
@@ -216,7 +213,19 @@ fn minilm_logits_match_transformers_on_sst2_dev() {
         b.write(&bp);
         run_reference(
             "hf_model.py",
-            &["head", "--model", minilm.to_str().unwrap(), "--seed", "7", "--out", head_dir.to_str().unwrap(), "--batch", bp.to_str().unwrap(), "--logits", lp.to_str().unwrap()],
+            &[
+                "head",
+                "--model",
+                minilm.to_str().unwrap(),
+                "--seed",
+                "7",
+                "--out",
+                head_dir.to_str().unwrap(),
+                "--batch",
+                bp.to_str().unwrap(),
+                "--logits",
+                lp.to_str().unwrap(),
+            ],
         );
         let m = loaded.get_or_insert_with(|| model::load(&head_dir, &opts(&method)).expect("load MiniLM classifier"));
         let logits = tch::no_grad(|| m.model.forward(&b.inputs(), false));

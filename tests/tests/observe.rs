@@ -61,7 +61,18 @@ fn metrics_status_json_logs_and_keep_serving() {
     let out = d.path().join("out");
     let (tok, glue) = (roberta_dir(), glue_dir());
     let mut coord = Command::new(bin("peftrain"))
-        .args(["--log-format", "json", "coordinator", "--listen", "127.0.0.1:0", "--workers", "1", "--metrics-listen", "127.0.0.1:0", "--keep-serving"])
+        .args([
+            "--log-format",
+            "json",
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--keep-serving",
+        ])
         .args(["--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap()])
         .args(["--method", "lora", "--train-limit", "640", "--eval-limit", "32", "--batch-size", "8", "--max-steps", "300"])
         .args(["--logging-steps", "10", "--output-dir", out.to_str().unwrap()])

@@ -9,10 +9,37 @@ use peftrain_tests::{glue_dir, max_abs_diff, metrics, peftrain, roberta_dir, run
 fn train(model: &Path, out: &Path, method: &str) -> String {
     let (tok, glue) = (roberta_dir(), glue_dir());
     let o = peftrain(&[
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--method", method, "--train-limit", "96", "--eval-limit", "40", "--batch-size", "8",
-        "--max-steps", "12", "--warmup-steps", "2", "--lr", "1e-3", "--logging-steps", "4", "--eval-steps", "6",
-        "--output-dir", out.to_str().unwrap(), "--base-dtype", "fp32",
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        method,
+        "--train-limit",
+        "96",
+        "--eval-limit",
+        "40",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "12",
+        "--warmup-steps",
+        "2",
+        "--lr",
+        "1e-3",
+        "--logging-steps",
+        "4",
+        "--eval-steps",
+        "6",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ]);
     String::from_utf8(o.stdout).unwrap()
 }
@@ -25,17 +52,23 @@ fn table_metrics_and_train_output() {
     let stdout = train(&model, &out, "lora");
     let lines: Vec<&str> = stdout.lines().collect();
     let h = lines.iter().position(|l| *l == "Step  Training Loss  Validation Loss  Accuracy").expect("table header");
-    let steps: Vec<&str> = lines[h + 1..].iter().take_while(|l| !l.starts_with("TrainOutput")).map(|l| l.split_whitespace().next().unwrap()).collect();
+    let steps: Vec<&str> =
+        lines[h + 1..].iter().take_while(|l| !l.starts_with("TrainOutput")).map(|l| l.split_whitespace().next().unwrap()).collect();
     assert_eq!(steps, ["4", "6", "8", "12"], "rows at logging and evaluation steps:\n{stdout}");
     let row6 = lines[h + 2];
     assert_eq!(row6.split_whitespace().count(), 4, "step 6 shows the last training loss and the evaluation: {row6}");
     let to_line = lines.iter().find(|l| l.starts_with("TrainOutput(")).expect("TrainOutput printed");
     assert!(to_line.starts_with("TrainOutput(global_step=12, training_loss="), "{stdout}");
-    for key in ["'train_runtime': ", "'train_samples_per_second': ", "'train_steps_per_second': ", "'total_flos': ", "'train_loss': ", "'epoch': 1.0"] {
+    for key in ["'train_runtime': ", "'train_samples_per_second': ", "'train_steps_per_second': ", "'total_flos': ", "'train_loss': ", "'epoch': 1.0"]
+    {
         assert!(to_line.contains(key), "TrainOutput lacks {key}");
     }
     // And where the results are.
-    assert!(lines.last().unwrap().contains("adapter_model.safetensors") && lines.last().unwrap().contains("report.md") && lines.last().unwrap().contains("curves.png"));
+    assert!(
+        lines.last().unwrap().contains("adapter_model.safetensors")
+            && lines.last().unwrap().contains("report.md")
+            && lines.last().unwrap().contains("curves.png")
+    );
 
     let events = metrics(&out);
     let train_events: Vec<_> = events.iter().filter(|e| e.get("loss").is_some()).collect();
@@ -71,9 +104,26 @@ fn predict_and_compare(method: &str, via: &str, tolerance: f32) {
     let preds = d.path().join("preds.tsv");
     let (tok, glue) = (roberta_dir(), glue_dir());
     peftrain(&[
-        "predict", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--adapter", out.to_str().unwrap(), "--split", "test", "--eval-limit", "50", "--with-logits",
-        "--output", preds.to_str().unwrap(), "--base-dtype", "fp32",
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--adapter",
+        out.to_str().unwrap(),
+        "--split",
+        "test",
+        "--eval-limit",
+        "50",
+        "--with-logits",
+        "--output",
+        preds.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ]);
     let text = std::fs::read_to_string(&preds).unwrap();
     let mut lines = text.lines();
@@ -92,13 +142,26 @@ fn predict_and_compare(method: &str, via: &str, tolerance: f32) {
     let reference: serde_json::Value = serde_json::from_str(
         run_reference(
             "hf_predict.py",
-            &["--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--adapter", out.to_str().unwrap(),
-              "--tsv", glue.join("SST-2/test.tsv").to_str().unwrap(), "--limit", "50", "--via", via],
+            &[
+                "--model",
+                model.to_str().unwrap(),
+                "--tokenizer",
+                tok.to_str().unwrap(),
+                "--adapter",
+                out.to_str().unwrap(),
+                "--tsv",
+                glue.join("SST-2/test.tsv").to_str().unwrap(),
+                "--limit",
+                "50",
+                "--via",
+                via,
+            ],
         )
         .trim(),
     )
     .unwrap();
-    let theirs: Vec<f32> = reference["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+    let theirs: Vec<f32> =
+        reference["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
     let diff = max_abs_diff(&ours, &theirs);
     assert!(diff <= tolerance, "{method}: predict's logits differ from HF ({via}) by {diff}");
 }
@@ -125,11 +188,33 @@ fn predicted_logits(model: &Path, adapter: &Path, dir: &Path) -> Vec<f32> {
     let preds = dir.join("p.tsv");
     let (tok, glue) = (roberta_dir(), glue_dir());
     peftrain(&[
-        "predict", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--adapter", adapter.to_str().unwrap(), "--split", "test", "--eval-limit", "50", "--with-logits",
-        "--output", preds.to_str().unwrap(), "--base-dtype", "fp32",
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--split",
+        "test",
+        "--eval-limit",
+        "50",
+        "--with-logits",
+        "--output",
+        preds.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ]);
-    std::fs::read_to_string(&preds).unwrap().lines().skip(1).flat_map(|l| l.split('\t').nth(2).unwrap().split(',').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>()).collect()
+    std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split('\t').nth(2).unwrap().split(',').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>())
+        .collect()
 }
 
 fn reference_logits(args: &[&str]) -> Vec<f32> {
@@ -154,8 +239,23 @@ fn peftrain_loads_an_adapter_that_peft_trained() {
     let tok = roberta_dir();
     run_reference(
         "hf_train.py",
-        &["train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--tsv", tsv.to_str().unwrap(), "--method", "lora",
-          "--adapter", init.to_str().unwrap(), "--steps", "10", "--save-adapter", trained.to_str().unwrap()],
+        &[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--tsv",
+            tsv.to_str().unwrap(),
+            "--method",
+            "lora",
+            "--adapter",
+            init.to_str().unwrap(),
+            "--steps",
+            "10",
+            "--save-adapter",
+            trained.to_str().unwrap(),
+        ],
     );
     let ours = predicted_logits(&model, &trained, d.path());
     let theirs = reference_logits(&["--model", model.to_str().unwrap(), "--adapter", trained.to_str().unwrap(), "--via", "peft"]);
@@ -170,15 +270,33 @@ fn peftrain_loads_an_ia3_adapter_that_peft_made_and_trained() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 13);
     let (init, trained) = (d.path().join("init"), d.path().join("peft-trained"));
-    run_reference("hf_train.py", &["ia3-init", "--model", model.to_str().unwrap(), "--out", init.to_str().unwrap(), "--seed", "3", "--perturb", "0.3"]);
+    run_reference(
+        "hf_train.py",
+        &["ia3-init", "--model", model.to_str().unwrap(), "--out", init.to_str().unwrap(), "--seed", "3", "--perturb", "0.3"],
+    );
     let tsv = glue_dir().join("SST-2/train.tsv");
     let tok = roberta_dir();
     for adapter in [&init, &trained] {
         if adapter == &trained {
             run_reference(
                 "hf_train.py",
-                &["train", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--tsv", tsv.to_str().unwrap(), "--method", "ia3",
-                  "--adapter", init.to_str().unwrap(), "--steps", "10", "--save-adapter", trained.to_str().unwrap()],
+                &[
+                    "train",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--tokenizer",
+                    tok.to_str().unwrap(),
+                    "--tsv",
+                    tsv.to_str().unwrap(),
+                    "--method",
+                    "ia3",
+                    "--adapter",
+                    init.to_str().unwrap(),
+                    "--steps",
+                    "10",
+                    "--save-adapter",
+                    trained.to_str().unwrap(),
+                ],
             );
         }
         let ours = predicted_logits(&model, adapter, d.path());
@@ -223,9 +341,33 @@ fn eval_and_compare_from_saved_outputs() {
     let out = d.path().join("cmp");
     let (tok, glue) = (roberta_dir(), glue_dir());
     let o = peftrain(&[
-        "compare", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--methods", "full,bitfit,lora", "--train-limit", "96", "--eval-limit", "40", "--batch-size", "8",
-        "--max-steps", "12", "--logging-steps", "4", "--eval-steps", "6", "--output-dir", out.to_str().unwrap(), "--base-dtype", "fp32",
+        "compare",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--methods",
+        "full,bitfit,lora",
+        "--train-limit",
+        "96",
+        "--eval-limit",
+        "40",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "12",
+        "--logging-steps",
+        "4",
+        "--eval-steps",
+        "6",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ]);
     let stdout = String::from_utf8(o.stdout).unwrap();
     assert!(stdout.contains("report: ") && stdout.contains("curves.png"), "{stdout}");
@@ -252,11 +394,24 @@ fn eval_and_compare_from_saved_outputs() {
 fn eval_repeats_the_final_evaluation(model: &Path, run: &Path) {
     let (tok, glue) = (roberta_dir(), glue_dir());
     let o = peftrain(&[
-        "eval", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--adapter", run.to_str().unwrap(), "--eval-limit", "40", "--base-dtype", "fp32",
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--adapter",
+        run.to_str().unwrap(),
+        "--eval-limit",
+        "40",
+        "--base-dtype",
+        "fp32",
     ]);
     let v: serde_json::Value = serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim().lines().last().unwrap()).unwrap();
-    let last = metrics(run).into_iter().filter(|e| e.get("eval_loss").is_some()).last().unwrap();
+    let last = metrics(run).into_iter().rfind(|e| e.get("eval_loss").is_some()).unwrap();
     assert!((v["eval_loss"].as_f64().unwrap() - last["eval_loss"].as_f64().unwrap()).abs() < 1e-6);
     assert_eq!(v["eval_accuracy"], last["eval_accuracy"]);
 }
@@ -269,13 +424,40 @@ fn ia3_trains_in_compare_and_evaluates_from_its_adapter() {
     let out = d.path().join("cmp");
     let (tok, glue) = (roberta_dir(), glue_dir());
     peftrain(&[
-        "compare", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", "sst2", "--methods", "ia3", "--train-limit", "96", "--eval-limit", "40", "--batch-size", "8",
-        "--max-steps", "12", "--logging-steps", "4", "--eval-steps", "6", "--output-dir", out.to_str().unwrap(), "--base-dtype", "fp32",
+        "compare",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--methods",
+        "ia3",
+        "--train-limit",
+        "96",
+        "--eval-limit",
+        "40",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "12",
+        "--logging-steps",
+        "4",
+        "--eval-steps",
+        "6",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ]);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.lines().any(|l| l.starts_with("| ia3 |")), "report table row for ia3:
-{md}");
+    assert!(
+        md.lines().any(|l| l.starts_with("| ia3 |")),
+        "report table row for ia3:
+{md}"
+    );
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("ia3/adapter_config.json")).unwrap()).unwrap();
     assert_eq!((config["peft_type"].as_str(), config["feedforward_modules"].clone()), (Some("IA3"), serde_json::json!(["output.dense"])));
     eval_repeats_the_final_evaluation(&model, &out.join("ia3"));

@@ -9,9 +9,30 @@ fn minilm_lora_sst2_reaches_080() {
     let out = tempfile::tempdir().unwrap();
     let (model, glue) = (minilm_dir(), glue_dir());
     peftrain(&[
-        "train", "--model", model.to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(), "--task", "sst2",
-        "--method", "lora", "--lora-targets", "query,key,value,dense", "--train-limit", "2000", "--epochs", "1",
-        "--batch-size", "16", "--lr", "2e-3", "--logging-steps", "25", "--workers", "2", "--output-dir",
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        "lora",
+        "--lora-targets",
+        "query,key,value,dense",
+        "--train-limit",
+        "2000",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--logging-steps",
+        "25",
+        "--workers",
+        "2",
+        "--output-dir",
         out.path().to_str().unwrap(),
     ]);
     let evals: Vec<f64> = metrics(out.path()).iter().filter_map(|e| e.get("eval_accuracy")?.as_f64()).collect();

@@ -2,6 +2,9 @@
 //! wrong length and an oversized message are refused with a clear status while a run is going,
 //! and the run's numbers do not change; mutual TLS works and refuses clients without a
 //! certificate of the run's CA.
+// one_at_a_time's guard serialises whole tests (each on its own runtime, taking the lock once
+// at the start), so holding it across awaits cannot deadlock.
+#![allow(clippy::await_holding_lock)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,9 +20,33 @@ const TOKEN: &str = "security-test-token";
 fn args(model: &Path, out: &Path, steps: &str) -> Vec<String> {
     let (tok, glue) = (roberta_dir(), glue_dir());
     [
-        "train", "--workers", "2", "--threads", "1", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(),
-        "--glue-dir", glue.to_str().unwrap(), "--task", "sst2", "--method", "bitfit", "--train-limit", "640", "--eval-limit", "16",
-        "--batch-size", "16", "--max-steps", steps, "--logging-steps", "1", "--output-dir", out.to_str().unwrap(),
+        "train",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--method",
+        "bitfit",
+        "--train-limit",
+        "640",
+        "--eval-limit",
+        "16",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        steps,
+        "--logging-steps",
+        "1",
+        "--output-dir",
+        out.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -36,15 +63,7 @@ fn spawn(args: &[String], envs: &[(&str, &str)]) -> (Child, Receiver<String>) {
 }
 
 fn chunk(total: u64, bytes: usize) -> pb::GradChunk {
-    pb::GradChunk {
-        step: 0,
-        generation: u64::MAX,
-        from_rank: 0,
-        round: 0,
-        offset: 0,
-        data: vec![0u8; bytes].into(),
-        total,
-    }
+    pb::GradChunk { step: 0, generation: u64::MAX, from_rank: 0, round: 0, offset: 0, data: vec![0u8; bytes].into(), total }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +156,12 @@ async fn mutual_tls_trains_and_refuses_clients_without_a_certificate() {
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{coordinator}")).unwrap().connect_lazy();
     let mut c = pb::coordinator_client::CoordinatorClient::with_interceptor(plain, peftrain_net::Security::default().with_token(TOKEN).client_auth());
     assert!(c.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "p".into() }).await.is_err());
-    let no_cert = peftrain_net::Security::load(&peftrain_net::SecurityArgs { tls_ca: Some(ca.clone().into()), token: Some(TOKEN.into()), ..Default::default() }).unwrap();
+    let no_cert = peftrain_net::Security::load(&peftrain_net::SecurityArgs {
+        tls_ca: Some(ca.clone().into()),
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .unwrap();
     let ch = no_cert.endpoint(&coordinator, Duration::from_secs(5)).unwrap().connect_lazy();
     let mut c = pb::coordinator_client::CoordinatorClient::with_interceptor(ch, no_cert.client_auth());
     let e = c.hello(pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: "n".into() }).await.unwrap_err();
@@ -177,7 +201,9 @@ async fn mutual_tls_trains_and_refuses_clients_without_a_certificate() {
 async fn a_tls_configuration_that_cannot_serve_fails_closed() {
     let d = tempfile::tempdir().unwrap();
     let (ca, _, _) = pki(d.path());
-    let security = peftrain_net::Security::load(&peftrain_net::SecurityArgs { tls_ca: Some(ca.into()), token: Some(TOKEN.into()), ..Default::default() }).unwrap();
+    let security =
+        peftrain_net::Security::load(&peftrain_net::SecurityArgs { tls_ca: Some(ca.into()), token: Some(TOKEN.into()), ..Default::default() })
+            .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let registry = std::sync::Arc::new(peftrain::registry::Registry::new("run-tls".into(), pb::RunSpec::default(), 1));
     let served = tokio::time::timeout(Duration::from_secs(5), peftrain::service::serve(listener, registry, &security, std::future::pending())).await;

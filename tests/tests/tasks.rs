@@ -17,9 +17,35 @@ fn tiny_base(dir: &Path) -> PathBuf {
 /// Trains `task` briefly and returns the table's header line.
 fn train(model: &Path, glue: &Path, task: &str, out: &Path) -> String {
     let o = peftrain(&[
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", roberta_dir().to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", task, "--method", "lora", "--train-limit", "96", "--eval-limit", "60", "--batch-size", "8", "--max-steps", "12",
-        "--logging-steps", "4", "--eval-steps", "6", "--lr", "2e-3", "--output-dir", out.to_str().unwrap(), "--base-dtype", "fp32",
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        roberta_dir().to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        task,
+        "--method",
+        "lora",
+        "--train-limit",
+        "96",
+        "--eval-limit",
+        "60",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "12",
+        "--logging-steps",
+        "4",
+        "--eval-steps",
+        "6",
+        "--lr",
+        "2e-3",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ]);
     let stdout = String::from_utf8(o.stdout).unwrap();
     stdout.lines().find(|l| l.starts_with("Step  ")).unwrap_or_else(|| panic!("no table:\n{stdout}")).to_string()
@@ -28,8 +54,23 @@ fn train(model: &Path, glue: &Path, task: &str, out: &Path) -> String {
 /// `eval`'s JSON line for a split of the trained run.
 fn eval(model: &Path, glue: &Path, task: &str, out: &Path, split: &str) -> serde_json::Value {
     let o = peftrain(&[
-        "eval", "--model", model.to_str().unwrap(), "--tokenizer", roberta_dir().to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", task, "--adapter", out.to_str().unwrap(), "--split", split, "--eval-limit", "60", "--base-dtype", "fp32",
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        roberta_dir().to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        task,
+        "--adapter",
+        out.to_str().unwrap(),
+        "--split",
+        split,
+        "--eval-limit",
+        "60",
+        "--base-dtype",
+        "fp32",
     ]);
     serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim().lines().last().unwrap()).unwrap()
 }
@@ -38,11 +79,33 @@ fn eval(model: &Path, glue: &Path, task: &str, out: &Path, split: &str) -> serde
 fn predicted(model: &Path, glue: &Path, task: &str, out: &Path, split: &str, dir: &Path) -> Vec<Vec<f64>> {
     let p = dir.join(format!("{task}-{split}.tsv"));
     peftrain(&[
-        "predict", "--model", model.to_str().unwrap(), "--tokenizer", roberta_dir().to_str().unwrap(), "--glue-dir", glue.to_str().unwrap(),
-        "--task", task, "--adapter", out.to_str().unwrap(), "--split", split, "--eval-limit", "60", "--with-logits",
-        "--output", p.to_str().unwrap(), "--base-dtype", "fp32",
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        roberta_dir().to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        task,
+        "--adapter",
+        out.to_str().unwrap(),
+        "--split",
+        split,
+        "--eval-limit",
+        "60",
+        "--with-logits",
+        "--output",
+        p.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ]);
-    std::fs::read_to_string(&p).unwrap().lines().skip(1).map(|l| l.split('\t').nth(2).unwrap().split(',').map(|v| v.parse().unwrap()).collect()).collect()
+    std::fs::read_to_string(&p)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').nth(2).unwrap().split(',').map(|v| v.parse().unwrap()).collect())
+        .collect()
 }
 
 /// scikit-learn's / scipy's metrics of `logits` against the split's gold labels.
@@ -62,7 +125,8 @@ fn reference_metrics(logits: &[Vec<f64>], gold: &[Label], dir: &Path) -> serde_j
     };
     let path = dir.join("case.json");
     std::fs::write(&path, serde_json::to_vec(&[case]).unwrap()).unwrap();
-    let v: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(run_reference("metrics.py", &[path.to_str().unwrap()]).trim()).unwrap();
+    let v: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_str(run_reference("metrics.py", &[path.to_str().unwrap()]).trim()).unwrap();
     v.into_iter().next().unwrap()
 }
 

@@ -20,7 +20,16 @@ fn compare(tokenizer_dir: &Path, reference_dir: &Path, task: Task, max_length: u
     let out = dir.path().join("ids.json");
     run_reference(
         "hf_tokenize.py",
-        &["--tokenizer", reference_dir.to_str().unwrap(), "--tsv", tsv.to_str().unwrap(), "--max-length", &max_length.to_string(), "--out", out.to_str().unwrap()],
+        &[
+            "--tokenizer",
+            reference_dir.to_str().unwrap(),
+            "--tsv",
+            tsv.to_str().unwrap(),
+            "--max-length",
+            &max_length.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
     );
     let reference: Reference = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let tok = TextTokenizer::load(tokenizer_dir, max_length).expect("tokenizer");

@@ -21,13 +21,25 @@ enum Task {
 
 impl Task {
     fn flag(self) -> &'static str {
-        if self == Task::Sst2 { "sst2" } else { "stsb" }
+        if self == Task::Sst2 {
+            "sst2"
+        } else {
+            "stsb"
+        }
     }
     fn tsv(self) -> &'static str {
-        if self == Task::Sst2 { "SST-2/train.tsv" } else { "STS-B/train.tsv" }
+        if self == Task::Sst2 {
+            "SST-2/train.tsv"
+        } else {
+            "STS-B/train.tsv"
+        }
     }
     fn num_labels(self) -> &'static str {
-        if self == Task::Sst2 { "2" } else { "1" }
+        if self == Task::Sst2 {
+            "2"
+        } else {
+            "1"
+        }
     }
 }
 
@@ -39,8 +51,19 @@ fn reference_on(task: Task, model: &Path, method: &str, scope: &str, adapter: Op
     let tsv = glue_dir().join(task.tsv());
     let tokenizer = roberta_dir();
     let mut args = vec![
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap(), "--tsv", tsv.to_str().unwrap(),
-        "--method", method, "--scope", scope, "--num-labels", task.num_labels(),
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--tsv",
+        tsv.to_str().unwrap(),
+        "--method",
+        method,
+        "--scope",
+        scope,
+        "--num-labels",
+        task.num_labels(),
     ];
     if let Some(a) = adapter {
         args.extend(["--adapter", a.to_str().unwrap()]);
@@ -58,13 +81,49 @@ fn ours_on(task: Task, model: &Path, out: &Path, method: &str, scope: &str, adap
     let workers = workers.to_string();
     let (tokenizer, glue) = (roberta_dir(), glue_dir());
     let mut args = vec![
-        "train", "--model", model.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap(),
-        "--glue-dir", glue.to_str().unwrap(), "--task", task.flag(), "--method", method, "--bitfit-scope", scope,
-        "--lora-dropout", "0", "--train-limit", &limit, "--eval-limit", "16", "--batch-size", "8", "--epochs", "1",
-        "--lr", "1e-3", "--weight-decay", "0.01", "--warmup-steps", "3", "--no-shuffle", "--logging-steps", "1",
-        "--workers", &workers, "--threads", "1", "--output-dir", out.to_str().unwrap(),
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--task",
+        task.flag(),
+        "--method",
+        method,
+        "--bitfit-scope",
+        scope,
+        "--lora-dropout",
+        "0",
+        "--train-limit",
+        &limit,
+        "--eval-limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--weight-decay",
+        "0.01",
+        "--warmup-steps",
+        "3",
+        "--no-shuffle",
+        "--logging-steps",
+        "1",
+        "--workers",
+        &workers,
+        "--threads",
+        "1",
+        "--output-dir",
+        out.to_str().unwrap(),
         // fp32: the numbers are compared with Hugging Face's to the digit.
-        "--base-dtype", "fp32", "--padding", padding,
+        "--base-dtype",
+        "fp32",
+        "--padding",
+        padding,
     ];
     if let Some(a) = adapter {
         args.extend(["--init-adapter", a.to_str().unwrap()]);
@@ -86,7 +145,13 @@ fn check(method: &str, scope: &str) {
     // Both layouts follow the reference: padding-free and padded as transformers computes.
     for padding in ["free", "padded"] {
         let out = dir.path().join(format!("out-{padding}"));
-        check_run(method, &format!("{scope}, --padding {padding}"), &reference, &out, ours(&model, &out, method, scope, adapter.as_deref(), 1, padding));
+        check_run(
+            method,
+            &format!("{scope}, --padding {padding}"),
+            &reference,
+            &out,
+            ours(&model, &out, method, scope, adapter.as_deref(), 1, padding),
+        );
     }
 }
 
@@ -106,7 +171,8 @@ fn check_run(method: &str, scope: &str, reference: &serde_json::Value, out: &Pat
     let trained = trainable_weights(out);
     assert_eq!(trained.len(), finals.len(), "{method}/{scope}: trainable set differs from the reference's");
     for (name, t) in &trained {
-        let r: Vec<f32> = finals[name].as_array().unwrap_or_else(|| panic!("reference lacks {name}")).iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let r: Vec<f32> =
+            finals[name].as_array().unwrap_or_else(|| panic!("reference lacks {name}")).iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let d = max_abs_diff(&values(t), &r);
         assert!(d <= 1e-4, "{method}/{scope}: final {name} differs by {d}");
     }
@@ -141,10 +207,16 @@ fn ia3_follows_the_reference_loop() {
 fn check_regression(method: &str) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny-regression");
-    run_reference("hf_model.py", &["tiny", "--family", "roberta", "--out", model.to_str().unwrap(), "--seed", "12", "--num-labels", "1", "--regression"]);
+    run_reference(
+        "hf_model.py",
+        &["tiny", "--family", "roberta", "--out", model.to_str().unwrap(), "--seed", "12", "--num-labels", "1", "--regression"],
+    );
     let adapter = (method == "lora").then(|| {
         let a = dir.path().join("lora-init");
-        run_reference("hf_train.py", &["lora-init", "--model", model.to_str().unwrap(), "--out", a.to_str().unwrap(), "--seed", "5", "--num-labels", "1"]);
+        run_reference(
+            "hf_train.py",
+            &["lora-init", "--model", model.to_str().unwrap(), "--out", a.to_str().unwrap(), "--seed", "5", "--num-labels", "1"],
+        );
         a
     });
     let reference = reference_on(Task::Stsb, &model, method, "all", adapter.as_deref());

@@ -70,9 +70,31 @@ fn every_format_reads_the_same_examples_with_sorted_label_names() {
 
 fn train_args<'a>(model: &'a str, tok: &'a str, out: &'a str, train: &'a str, dev: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--model", model, "--tokenizer", tok, "--train-file", train, "--validation-file", dev, "--method", "lora",
-        "--batch-size", "8", "--max-steps", "12", "--logging-steps", "4", "--eval-steps", "6", "--lr", "2e-3", "--output-dir", out,
-        "--base-dtype", "fp32",
+        "train",
+        "--model",
+        model,
+        "--tokenizer",
+        tok,
+        "--train-file",
+        train,
+        "--validation-file",
+        dev,
+        "--method",
+        "lora",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "12",
+        "--logging-steps",
+        "4",
+        "--eval-steps",
+        "6",
+        "--lr",
+        "2e-3",
+        "--output-dir",
+        out,
+        "--base-dtype",
+        "fp32",
     ]
 }
 
@@ -141,8 +163,22 @@ fn a_three_label_csv_trains_predicts_names_loads_in_peft_and_merges_with_its_nam
     // predict: the test file has no label column; the labels come from the trained weights.
     let preds = d.path().join("preds.tsv");
     peftrain(&[
-        "predict", "--model", &m, "--tokenizer", &t, "--adapter", &o, "--split", "test", "--test-file", test.with_extension("parquet").to_str().unwrap(),
-        "--with-logits", "--output", preds.to_str().unwrap(), "--base-dtype", "fp32",
+        "predict",
+        "--model",
+        &m,
+        "--tokenizer",
+        &t,
+        "--adapter",
+        &o,
+        "--split",
+        "test",
+        "--test-file",
+        test.with_extension("parquet").to_str().unwrap(),
+        "--with-logits",
+        "--output",
+        preds.to_str().unwrap(),
+        "--base-dtype",
+        "fp32",
     ]);
     let text = std::fs::read_to_string(&preds).unwrap();
     let mut ours = Vec::new();
@@ -162,7 +198,22 @@ fn a_three_label_csv_trains_predicts_names_loads_in_peft_and_merges_with_its_nam
         (l, v["id2label"].clone())
     };
     let tsv = test.with_extension("tsv");
-    let (theirs, _) = reference(&["--model", &m, "--tokenizer", &t, "--adapter", &o, "--tsv", tsv.to_str().unwrap(), "--limit", "30", "--num-labels", "3", "--via", "peft"]);
+    let (theirs, _) = reference(&[
+        "--model",
+        &m,
+        "--tokenizer",
+        &t,
+        "--adapter",
+        &o,
+        "--tsv",
+        tsv.to_str().unwrap(),
+        "--limit",
+        "30",
+        "--num-labels",
+        "3",
+        "--via",
+        "peft",
+    ]);
     let diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert_eq!(theirs.len(), 90);
     assert!(diff <= 1e-5, "peft's logits differ by {diff}");
@@ -170,7 +221,20 @@ fn a_three_label_csv_trains_predicts_names_loads_in_peft_and_merges_with_its_nam
     // merge keeps 3 labels and their names; transformers loads it with the same logits.
     let merged = d.path().join("merged");
     peftrain(&["merge", "--model", &m, "--adapter", &o, "--output", merged.to_str().unwrap()]);
-    let (theirs, id2label) = reference(&["--model", merged.to_str().unwrap(), "--tokenizer", &t, "--tsv", tsv.to_str().unwrap(), "--limit", "30", "--num-labels", "3", "--via", "merged"]);
+    let (theirs, id2label) = reference(&[
+        "--model",
+        merged.to_str().unwrap(),
+        "--tokenizer",
+        &t,
+        "--tsv",
+        tsv.to_str().unwrap(),
+        "--limit",
+        "30",
+        "--num-labels",
+        "3",
+        "--via",
+        "merged",
+    ]);
     assert_eq!(id2label, serde_json::json!({"0": "high", "1": "low", "2": "mid"}));
     let diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff <= 1e-4, "the merged model's logits differ by {diff}");

@@ -78,5 +78,10 @@ fn main() {
             t_rest += t1.elapsed().as_secs_f64();
         }
     }
-    println!("fwd+bwd {:.1} ms/step, grads+adamw {:.1} ms/step, {:.1} samples/s", 1e3 * t_fb / steps as f64, 1e3 * t_rest / steps as f64, (b * steps) as f64 / (t_fb + t_rest));
+    println!(
+        "fwd+bwd {:.1} ms/step, grads+adamw {:.1} ms/step, {:.1} samples/s",
+        1e3 * t_fb / steps as f64,
+        1e3 * t_rest / steps as f64,
+        (b * steps) as f64 / (t_fb + t_rest)
+    );
 }

@@ -17,32 +17,18 @@ impl Replica {
             .iter()
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
-            .ok_or_else(|| ModelError::Missing {
-                path: dir.to_path_buf(),
-                what: "trainable.safetensors or adapter_model.safetensors".into(),
-            })?;
-        let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Checkpoint {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
+            .ok_or_else(|| ModelError::Missing { path: dir.to_path_buf(), what: "trainable.safetensors or adapter_model.safetensors".into() })?;
+        let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Checkpoint { path: path.clone(), why: e.to_string() })?;
         let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
         for (k, t) in tensors {
             by_name.insert(peft_key_to_name(&k), t);
         }
         tch::no_grad(|| -> Result<(), ModelError> {
             for (name, p) in &self.loaded.params.trainable {
-                let t = by_name.remove(name).ok_or_else(|| ModelError::MissingTensor {
-                    path: path.clone(),
-                    name: name.clone(),
-                })?;
+                let t = by_name.remove(name).ok_or_else(|| ModelError::MissingTensor { path: path.clone(), name: name.clone() })?;
                 crate::params::check_float(&path, name, &t)?;
                 if t.size() != p.size() {
-                    return Err(ModelError::ShapeMismatch {
-                        path: path.clone(),
-                        name: name.clone(),
-                        expected: p.size(),
-                        found: t.size(),
-                    });
+                    return Err(ModelError::ShapeMismatch { path: path.clone(), name: name.clone(), expected: p.size(), found: t.size() });
                 }
                 let mut p = p.shallow_clone();
                 p.copy_(&t.to_kind(p.kind()).to_device(p.device()));
@@ -50,10 +36,7 @@ impl Replica {
             Ok(())
         })?;
         if let Some(extra) = by_name.keys().next() {
-            return Err(ModelError::Checkpoint {
-                path,
-                why: format!("tensor `{extra}` is not a trainable parameter of this model and method"),
-            });
+            return Err(ModelError::Checkpoint { path, why: format!("tensor `{extra}` is not a trainable parameter of this model and method") });
         }
         Ok(())
     }
@@ -89,10 +72,5 @@ impl Replica {
 /// dropping the adapter name `default` maps any method's keys.
 pub fn peft_key_to_name(key: &str) -> String {
     let k = key.strip_prefix("base_model.model.").unwrap_or(key);
-    k.replace(".modules_to_save.default.", ".")
-        .replace(".original_module.", ".")
-        .replace(".default.", ".")
-        .trim_end_matches(".default")
-        .to_string()
+    k.replace(".modules_to_save.default.", ".").replace(".original_module.", ".").replace(".default.", ".").trim_end_matches(".default").to_string()
 }
-

@@ -5,12 +5,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use peftrain_net::AuthChannel;
 use peftrain_proto::v1::collective_client::CollectiveClient;
 use peftrain_proto::v1::GradChunk;
 use prost::Message;
 use tokio::sync::{mpsc, Mutex};
-use peftrain_net::AuthChannel;
-
 
 /// gRPC's length-prefixed message framing: 1 flag byte + 4 length bytes.
 pub const GRPC_FRAME_BYTES: u64 = 5;
@@ -69,7 +68,13 @@ pub trait AllReduce: Send + Sync {
     fn wants_host(&self) -> bool;
     /// Sums `grad` over the group in place: afterwards every member holds the same bits.
     /// `abort` carries the newest generation the coordinator announced.
-    async fn all_reduce(&self, inbox: &Inbox, grad: &mut Gradient, step: u64, abort: &mut tokio::sync::watch::Receiver<u64>) -> Result<ReduceStats, CollectiveError>;
+    async fn all_reduce(
+        &self,
+        inbox: &Inbox,
+        grad: &mut Gradient,
+        step: u64,
+        abort: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<ReduceStats, CollectiveError>;
 }
 
 /// The group of one: its gradient is already the group's.
@@ -81,7 +86,13 @@ impl AllReduce for Alone {
         false
     }
 
-    async fn all_reduce(&self, _: &Inbox, _: &mut Gradient, _: u64, _: &mut tokio::sync::watch::Receiver<u64>) -> Result<ReduceStats, CollectiveError> {
+    async fn all_reduce(
+        &self,
+        _: &Inbox,
+        _: &mut Gradient,
+        _: u64,
+        _: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<ReduceStats, CollectiveError> {
         Ok(ReduceStats::default())
     }
 }
@@ -92,7 +103,13 @@ impl AllReduce for Ring {
         true
     }
 
-    async fn all_reduce(&self, inbox: &Inbox, grad: &mut Gradient, step: u64, abort: &mut tokio::sync::watch::Receiver<u64>) -> Result<ReduceStats, CollectiveError> {
+    async fn all_reduce(
+        &self,
+        inbox: &Inbox,
+        grad: &mut Gradient,
+        step: u64,
+        abort: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<ReduceStats, CollectiveError> {
         match grad {
             Gradient::Host(buf) => self.reduce(inbox, buf, step, abort).await,
             Gradient::InPlace => Err(CollectiveError::Send {
@@ -126,9 +143,7 @@ pub struct Ring {
 /// `security` on every call.
 pub fn connect(security: &peftrain_net::Security, addr: &str, timeout: Duration) -> Result<CollectiveClient<AuthChannel>, String> {
     let ch = security.endpoint(addr, timeout).map_err(|e| e.to_string())?.connect_lazy();
-    Ok(CollectiveClient::with_interceptor(ch, security.client_auth())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+    Ok(CollectiveClient::with_interceptor(ch, security.client_auth()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }
 
 /// Element range of segment `i` of `n` over a buffer of `len`.
@@ -189,10 +204,7 @@ impl Ring {
                     total,
                 };
                 bytes_sent += chunk.encoded_len() as u64 + GRPC_FRAME_BYTES;
-                tx.send(chunk).await.map_err(|_| CollectiveError::Send {
-                    to,
-                    why: "stream closed".into(),
-                })?;
+                tx.send(chunk).await.map_err(|_| CollectiveError::Send { to, why: "stream closed".into() })?;
                 off = end;
             }
             let (a, b) = segment(buf.len(), n, recv_seg);
@@ -206,14 +218,7 @@ impl Ring {
                     _ = abort.changed() => return Err(CollectiveError::Abandoned(*abort.borrow())),
                 };
                 let msg = match received_msg {
-                    Err(_) => {
-                        return Err(CollectiveError::Timeout {
-                            from,
-                            step,
-                            round: round as u32,
-                            secs: self.timeout.as_secs_f64(),
-                        })
-                    }
+                    Err(_) => return Err(CollectiveError::Timeout { from, step, round: round as u32, secs: self.timeout.as_secs_f64() }),
                     Ok(None) => return Err(CollectiveError::Closed { from, step }),
                     Ok(Some(m)) => m,
                 };
@@ -237,10 +242,7 @@ impl Ring {
                 let start = msg.offset as usize;
                 let len = msg.data.len() / 4;
                 if start < a || start + len > b {
-                    return Err(bad(format!(
-                        "elements {start}..{} fall outside segment {a}..{b}",
-                        start + len
-                    )));
+                    return Err(bad(format!("elements {start}..{} fall outside segment {a}..{b}", start + len)));
                 }
                 let dst = &mut buf[start..start + len];
                 if reduce {
@@ -254,24 +256,11 @@ impl Ring {
         drop(tx);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(Ok(_))) => {}
-            Ok(Ok(Err(status))) => {
-                return Err(CollectiveError::Send {
-                    to,
-                    why: status.message().to_string(),
-                })
-            }
+            Ok(Ok(Err(status))) => return Err(CollectiveError::Send { to, why: status.message().to_string() }),
             Ok(Err(join)) => return Err(CollectiveError::Send { to, why: join.to_string() }),
-            Err(_) => {
-                return Err(CollectiveError::Send {
-                    to,
-                    why: "no acknowledgement within the timeout".into(),
-                })
-            }
+            Err(_) => return Err(CollectiveError::Send { to, why: "no acknowledgement within the timeout".into() }),
         }
-        Ok(ReduceStats {
-            bytes_sent,
-            millis: started.elapsed().as_secs_f64() * 1000.0,
-        })
+        Ok(ReduceStats { bytes_sent, millis: started.elapsed().as_secs_f64() * 1000.0 })
     }
 }
 

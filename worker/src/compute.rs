@@ -8,8 +8,11 @@ use crate::replica::Replica;
 /// that runs the ops, so hopping between pool threads would start new teams (and ignore the
 /// configured thread count). Jobs are closures sent to it; results come back on a oneshot.
 pub struct ComputeThread {
-    tx: std::sync::mpsc::Sender<Box<dyn FnOnce(&mut Replica) + Send>>,
+    tx: std::sync::mpsc::Sender<Job>,
 }
+
+/// One closure run on the compute thread against the replica.
+type Job = Box<dyn FnOnce(&mut Replica) + Send>;
 
 impl ComputeThread {
     /// Builds the replica on a new thread with `threads` intra-op threads.
@@ -17,7 +20,7 @@ impl ComputeThread {
         threads: Option<usize>,
         build: impl FnOnce() -> Result<Replica, crate::error::ModelError> + Send + 'static,
     ) -> Result<(ComputeThread, ReplicaInfo), WorkerError> {
-        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce(&mut Replica) + Send>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let (built_tx, built_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("peftrain-compute".into())
@@ -40,9 +43,7 @@ impl ComputeThread {
                 }
             })
             .map_err(|e| WorkerError::Internal(format!("cannot start the compute thread: {e}")))?;
-        let info = built_rx
-            .recv()
-            .map_err(|_| WorkerError::Internal("the compute thread died while building the replica".into()))??;
+        let info = built_rx.recv().map_err(|_| WorkerError::Internal("the compute thread died while building the replica".into()))??;
         Ok((ComputeThread { tx }, info))
     }
 
@@ -50,8 +51,8 @@ impl ComputeThread {
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Replica) -> Result<T, WorkerError> + Send + 'static) -> Result<T, WorkerError> {
         let (otx, orx) = tokio::sync::oneshot::channel();
         let job = Box::new(move |r: &mut Replica| {
-            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r)))
-                .unwrap_or_else(|p| Err(WorkerError::Internal(panic_message(&p))));
+            let res =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r))).unwrap_or_else(|p| Err(WorkerError::Internal(panic_message(&p))));
             let _ = otx.send(res);
         });
         self.tx.send(job).map_err(|_| WorkerError::Internal("the compute thread is gone".into()))?;
@@ -60,11 +61,8 @@ impl ComputeThread {
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    let msg = p
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into());
+    let msg =
+        p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into());
     format!("computation failed: {}", msg.lines().next().unwrap_or(""))
 }
 
@@ -91,4 +89,3 @@ impl ReplicaInfo {
         }
     }
 }
-

@@ -24,26 +24,13 @@ impl ModelFiles {
     /// (`peftrain params`).
     pub fn locate(dir: &Path) -> Result<ModelFiles, ModelError> {
         if !dir.is_dir() {
-            return Err(ModelError::Missing {
-                path: dir.to_path_buf(),
-                what: "model directory".into(),
-            });
+            return Err(ModelError::Missing { path: dir.to_path_buf(), what: "model directory".into() });
         }
         let config = dir.join("config.json");
         if !config.is_file() {
-            return Err(ModelError::Missing {
-                path: config,
-                what: "config.json".into(),
-            });
+            return Err(ModelError::Missing { path: config, what: "config.json".into() });
         }
-        let weights = ["model.safetensors", "pytorch_model.bin"]
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|p| p.is_file());
-        Ok(ModelFiles {
-            dir: dir.to_path_buf(),
-            config,
-            weights,
-        })
+        let weights = ["model.safetensors", "pytorch_model.bin"].iter().map(|f| dir.join(f)).find(|p| p.is_file());
+        Ok(ModelFiles { dir: dir.to_path_buf(), config, weights })
     }
 }

@@ -137,10 +137,7 @@ impl Engine {
         }
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Replica) -> Result<T, WorkerError> + Send + 'static,
-    ) -> Result<T, WorkerError> {
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Replica) -> Result<T, WorkerError> + Send + 'static) -> Result<T, WorkerError> {
         self.compute.run(f).await
     }
 
@@ -186,10 +183,7 @@ impl Engine {
         let ring_guard = self.ring.read().await;
         let ring = ring_guard.as_ref().ok_or(WorkerError::NotSetUp)?;
         if order.generation != ring.generation {
-            return Err(WorkerError::StaleGeneration {
-                got: order.generation,
-                current: ring.generation,
-            });
+            return Err(WorkerError::StaleGeneration { got: order.generation, current: ring.generation });
         }
         let StepOrder { step, shard, micro, learning_rate: lr, dropout_seed: seed, .. } = order;
         check_micro(&micro, shard.len()).map_err(WorkerError::BadShard)?;
@@ -309,13 +303,7 @@ impl Engine {
                 .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.loaded.config.type_vocab_size, r.max_tokens())
                 .map_err(WorkerError::BadShard)?;
             let s = r.evaluate(&shard, return_logits);
-            Ok(EvalOutcome {
-                loss_sum: s.loss_sum,
-                correct: s.correct,
-                examples: s.examples,
-                logits: s.logits,
-                num_labels: r.spec.num_labels as u32,
-            })
+            Ok(EvalOutcome { loss_sum: s.loss_sum, correct: s.correct, examples: s.examples, logits: s.logits, num_labels: r.spec.num_labels as u32 })
         })
         .await
     }
@@ -346,13 +334,7 @@ mod tests {
 
     #[test]
     fn a_micro_batch_is_its_examples_of_the_shard() {
-        let s = Shard {
-            ids: vec![1, 2, 3, 4, 5, 6],
-            type_ids: vec![],
-            lengths: vec![2, 1, 3],
-            labels: vec![0, 1, 0],
-            scores: vec![],
-        };
+        let s = Shard { ids: vec![1, 2, 3, 4, 5, 6], type_ids: vec![], lengths: vec![2, 1, 3], labels: vec![0, 1, 0], scores: vec![] };
         let part = s.slice(1..3);
         assert_eq!((part.ids, part.lengths, part.labels), (vec![3, 4, 5, 6], vec![1, 3], vec![1, 0]));
         assert!(s.slice(0..0).is_empty());

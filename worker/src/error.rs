@@ -20,11 +20,7 @@ pub enum ModelError {
     #[error(transparent)]
     Config(#[from] peftrain_spec::ConfigError),
     #[error("{path}: field `{field}`: {why}")]
-    Field {
-        path: PathBuf,
-        field: String,
-        why: String,
-    },
+    Field { path: PathBuf, field: String, why: String },
     #[error("{path}: {what} not found")]
     Missing { path: PathBuf, what: String },
     #[error("{path}: no model weights (expected model.safetensors or pytorch_model.bin)")]
@@ -32,12 +28,7 @@ pub enum ModelError {
     #[error("{path}: tensor `{name}` is missing from the checkpoint")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
-    ShapeMismatch {
-        path: PathBuf,
-        name: String,
-        expected: Vec<i64>,
-        found: Vec<i64>,
-    },
+    ShapeMismatch { path: PathBuf, name: String, expected: Vec<i64>, found: Vec<i64> },
     #[error("{path}: cannot read checkpoint: {why}")]
     Checkpoint { path: PathBuf, why: String },
     #[error("method: {0}")]
@@ -77,7 +68,9 @@ impl From<WorkerError> for tonic::Status {
         match e {
             WorkerError::NotSetUp => tonic::Status::failed_precondition(msg),
             WorkerError::StaleGeneration { .. } => tonic::Status::aborted(msg),
-            WorkerError::BadShard(_) | WorkerError::BadSetup(_) | WorkerError::BadChunk(_) | WorkerError::BadState(_) => tonic::Status::invalid_argument(msg),
+            WorkerError::BadShard(_) | WorkerError::BadSetup(_) | WorkerError::BadChunk(_) | WorkerError::BadState(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
             WorkerError::NothingHeld(_) => tonic::Status::failed_precondition(msg),
             // A failed all-reduce is a peer's doing, not this worker's: ABORTED tells the
             // coordinator to look for the lost peer rather than drop this worker.
@@ -87,4 +80,3 @@ impl From<WorkerError> for tonic::Status {
         }
     }
 }
-

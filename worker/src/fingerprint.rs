@@ -24,22 +24,15 @@ pub struct Fingerprint {
 /// the method, and the trainable layout.
 pub fn fingerprint(loaded: &Loaded, method: &Method) -> Result<Fingerprint, ModelError> {
     let mut h = Sha256::new();
-    let cfg = std::fs::read(&loaded.files.config).map_err(|e| ModelError::Io {
-        path: loaded.files.config.clone(),
-        source: e,
-    })?;
+    let cfg = std::fs::read(&loaded.files.config).map_err(|e| ModelError::Io { path: loaded.files.config.clone(), source: e })?;
     h.update(&cfg);
     if let Some(w) = &loaded.files.weights {
         h.update(checkpoint_identity(w)?);
     }
     h.update(method.describe().as_bytes());
     h.update(loaded.num_labels.to_le_bytes());
-    let layout: Vec<(String, Vec<i64>, String)> = loaded
-        .params
-        .trainable
-        .iter()
-        .map(|(n, t)| (n.clone(), t.size(), format!("{:?}", t.kind()).to_lowercase()))
-        .collect();
+    let layout: Vec<(String, Vec<i64>, String)> =
+        loaded.params.trainable.iter().map(|(n, t)| (n.clone(), t.size(), format!("{:?}", t.kind()).to_lowercase())).collect();
     for (n, s, k) in &layout {
         h.update(n.as_bytes());
         for d in s {
@@ -61,10 +54,7 @@ pub fn fingerprint(loaded: &Loaded, method: &Method) -> Result<Fingerprint, Mode
 /// shape but different values differ without hashing 500 MB.
 fn checkpoint_identity(path: &Path) -> Result<Vec<u8>, ModelError> {
     use std::io::{Read, Seek, SeekFrom};
-    let io = |e| ModelError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
+    let io = |e| ModelError::Io { path: path.to_path_buf(), source: e };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let size = f.metadata().map_err(io)?.len();
     let mut out = size.to_le_bytes().to_vec();

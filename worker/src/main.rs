@@ -136,10 +136,14 @@ fn merge(a: MergeArgs) -> anyhow::Result<()> {
     let p = &a.base;
     // Never into what it reads: writing model.safetensors over the base it is reading from, or
     // copying tokenizer files onto themselves, destroyed them.
-    peftrain_spec::paths::check_no_overlap("--output", &a.output, &[("--model", &p.model), ("--adapter", &a.adapter)]).map_err(|e| anyhow::Error::new(Usage(e)))?;
+    peftrain_spec::paths::check_no_overlap("--output", &a.output, &[("--model", &p.model), ("--adapter", &a.adapter)])
+        .map_err(|e| anyhow::Error::new(Usage(e)))?;
     for f in ["model.safetensors", "config.json"].into_iter().chain(TOKENIZER_FILES) {
         if a.output.join(f).exists() {
-            return Err(anyhow::Error::new(Usage(format!("--output {}: already holds {f}; merge writes into a new or empty directory", a.output.display()))));
+            return Err(anyhow::Error::new(Usage(format!(
+                "--output {}: already holds {f}; merge writes into a new or empty directory",
+                a.output.display()
+            ))));
         }
     }
     let method = typed_method(&p.method)?;

@@ -54,13 +54,7 @@ impl AdamW {
                 (name.clone(), m)
             })
             .collect();
-        AdamW {
-            config,
-            flat_exp_avg,
-            flat_exp_avg_sq,
-            step: 0,
-            state,
-        }
+        AdamW { config, flat_exp_avg, flat_exp_avg_sq, step: 0, state }
     }
 
     /// The update over flat buffers, with tensor ops on the parameters' device: `params` is
@@ -93,16 +87,20 @@ impl AdamW {
 
 /// A CPU fp32 tensor's values as a mutable slice. The caller guarantees the tensor is a
 /// contiguous fp32 tensor on the CPU that nothing else touches for the slice's lifetime.
-unsafe fn cpu_slice<'a>(t: &'a Tensor) -> &'a mut [f32] {
+// A `Tensor` is a handle to storage libtorch owns: mutation through a shared handle is how
+// every in-place tch op works, so the borrow checker cannot see this aliasing either way.
+#[allow(clippy::mut_from_ref)]
+unsafe fn cpu_slice(t: &Tensor) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
 }
 
 /// Whether the fused CPU path applies: every parameter and moment a contiguous fp32 CPU
 /// tensor.
 pub fn fusable(params: &BTreeMap<String, Tensor>, opt: &AdamW) -> bool {
-    params.values().chain(opt.state.values().flat_map(|m| [&m.exp_avg, &m.exp_avg_sq])).all(|t| {
-        t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
-    })
+    params
+        .values()
+        .chain(opt.state.values().flat_map(|m| [&m.exp_avg, &m.exp_avg_sq]))
+        .all(|t| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous())
 }
 
 impl AdamW {
@@ -232,10 +230,7 @@ impl<'a> Segment<'a> {
         let (s0, s1) = self.es.split_at_mut(at);
         let (g0, g1) = self.g.split_at(at);
         let d = self.decay;
-        (
-            Segment { p: p0, ea: a0, es: s0, g: g0, decay: d },
-            Segment { p: p1, ea: a1, es: s1, g: g1, decay: d },
-        )
+        (Segment { p: p0, ea: a0, es: s0, g: g0, decay: d }, Segment { p: p1, ea: a1, es: s1, g: g1, decay: d })
     }
 
     /// Runs the loop compiled for the widest vector unit the CPU has. Rust never contracts a
@@ -387,7 +382,12 @@ mod tests {
         let (pa, pb) = (params(1), params(1));
         let (mut oa, mut ob) = (AdamW::new(cfg, &pa), AdamW::new(cfg, &pb));
         let flat = |ps: &BTreeMap<String, Tensor>| Tensor::cat(&ps.values().map(|p| p.reshape([-1])).collect::<Vec<_>>(), 0);
-        let mask = Tensor::cat(&pa.iter().map(|(n, p)| Tensor::full([p.numel() as i64], if decays(n) { 1.0 } else { 0.0 }, (Kind::Float, tch::Device::Cpu))).collect::<Vec<_>>(), 0);
+        let mask = Tensor::cat(
+            &pa.iter()
+                .map(|(n, p)| Tensor::full([p.numel() as i64], if decays(n) { 1.0 } else { 0.0 }, (Kind::Float, tch::Device::Cpu)))
+                .collect::<Vec<_>>(),
+            0,
+        );
         for step in 0..4 {
             tch::manual_seed(100 + step);
             let g = Tensor::randn([flat(&pa).numel() as i64], (Kind::Float, tch::Device::Cpu));
@@ -439,9 +439,8 @@ mod tests {
                 let m = &ob.state[name];
                 let decay = decay_factor(&cfg, name, 1e-3);
                 let len = p.numel();
-                let seg = unsafe {
-                    Segment { p: cpu_slice(p), ea: cpu_slice(&m.exp_avg), es: cpu_slice(&m.exp_avg_sq), g: &g[off..off + len], decay }
-                };
+                let seg =
+                    unsafe { Segment { p: cpu_slice(p), ea: cpu_slice(&m.exp_avg), es: cpu_slice(&m.exp_avg_sq), g: &g[off..off + len], decay } };
                 update_body(seg, &k);
                 off += len;
             }
@@ -453,4 +452,3 @@ mod tests {
         assert!(oa.flat_exp_avg_sq.eq_tensor(&ob.flat_exp_avg_sq).all().int64_value(&[]) == 1);
     }
 }
-

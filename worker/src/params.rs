@@ -21,10 +21,7 @@ pub struct Checkpoint {
 pub fn check_float(path: &Path, name: &str, t: &Tensor) -> Result<(), ModelError> {
     match t.kind() {
         Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => Ok(()),
-        other => Err(ModelError::Checkpoint {
-            path: path.to_path_buf(),
-            why: format!("tensor `{name}` is {other:?}, not a float dtype"),
-        }),
+        other => Err(ModelError::Checkpoint { path: path.to_path_buf(), why: format!("tensor `{name}` is {other:?}, not a float dtype") }),
     }
 }
 
@@ -33,12 +30,7 @@ impl Checkpoint {
     /// writes), into host memory.
     pub fn read(path: &Path) -> Result<Checkpoint, ModelError> {
         let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-        let list = if is_safetensors {
-            Tensor::read_safetensors(path)
-        } else {
-            Tensor::loadz_multi(path)
-        }
-        .map_err(|e| {
+        let list = if is_safetensors { Tensor::read_safetensors(path) } else { Tensor::loadz_multi(path) }.map_err(|e| {
             let msg = e.to_string();
             let why = if msg.contains("GenericDict") {
                 // libtorch's pickle reader takes a plain dict of tensors, not an OrderedDict.
@@ -48,22 +40,13 @@ impl Checkpoint {
             } else {
                 first_line(&msg)
             };
-            ModelError::Checkpoint {
-                path: path.to_path_buf(),
-                why,
-            }
+            ModelError::Checkpoint { path: path.to_path_buf(), why }
         })?;
-        Ok(Checkpoint {
-            path: path.to_path_buf(),
-            tensors: list.into_iter().collect(),
-        })
+        Ok(Checkpoint { path: path.to_path_buf(), tensors: list.into_iter().collect() })
     }
 
     pub fn from_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Checkpoint {
-        Checkpoint {
-            path: path.to_path_buf(),
-            tensors: tensors.into_iter().collect(),
-        }
+        Checkpoint { path: path.to_path_buf(), tensors: tensors.into_iter().collect() }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
@@ -169,16 +152,7 @@ pub struct Built {
 
 impl<'a> Builder<'a> {
     pub fn new(source: Source<'a>, method: &'a Method, family: ModelType, device: Device, base_kind: Kind) -> Self {
-        Builder {
-            source,
-            method,
-            family,
-            device,
-            base_kind,
-            store: ParamStore::default(),
-            newly_initialized: Vec::new(),
-            used_keys: BTreeSet::new(),
-        }
+        Builder { source, method, family, device, base_kind, store: ParamStore::default(), newly_initialized: Vec::new(), used_keys: BTreeSet::new() }
     }
 
     pub fn method(&self) -> &'a Method {
@@ -213,14 +187,7 @@ impl<'a> Builder<'a> {
         self.declare(name, shape, init, true, false)
     }
 
-    fn declare(
-        &mut self,
-        name: &str,
-        shape: &[i64],
-        init: Init,
-        trainable: bool,
-        from_checkpoint: bool,
-    ) -> Result<Tensor, ModelError> {
+    fn declare(&mut self, name: &str, shape: &[i64], init: Init, trainable: bool, from_checkpoint: bool) -> Result<Tensor, ModelError> {
         let kind = if trainable { Kind::Float } else { self.base_kind };
         let value = match (&self.source, from_checkpoint) {
             (Source::ShapesOnly, _) => Tensor::empty(shape, (kind, Device::Cpu)),
@@ -242,12 +209,7 @@ impl<'a> Builder<'a> {
                     self.newly_initialized.push(name.to_string());
                     initial(shape, init, kind)
                 }
-                None => {
-                    return Err(ModelError::MissingTensor {
-                        path: ckpt.path.clone(),
-                        name: name.to_string(),
-                    })
-                }
+                None => return Err(ModelError::MissingTensor { path: ckpt.path.clone(), name: name.to_string() }),
             },
             _ => initial(shape, init, kind),
         };
@@ -271,11 +233,7 @@ impl<'a> Builder<'a> {
             }
             _ => Vec::new(),
         };
-        Built {
-            store: self.store,
-            newly_initialized: self.newly_initialized,
-            unused_keys,
-        }
+        Built { store: self.store, newly_initialized: self.newly_initialized, unused_keys }
     }
 }
 

@@ -9,10 +9,10 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 pub use crate::collective::Gradient;
 use crate::error::ModelError;
-use crate::model::{self, Inputs, LoadOptions, Loaded};
-use crate::optim::{self, AdamW, AdamWConfig};
 use crate::fingerprint::fingerprint;
 pub use crate::fingerprint::Fingerprint;
+use crate::model::{self, Inputs, LoadOptions, Loaded};
+use crate::optim::{self, AdamW, AdamWConfig};
 use crate::peft::Method;
 
 /// Everything that defines a replica (the plain-data form of the wire `RunSpec`).
@@ -177,10 +177,8 @@ fn flatten_storage(params: &BTreeMap<String, Tensor>, device: Device) -> Tensor 
 
 /// The 0/1 weight-decay mask in the flat layout (None when nothing decays).
 fn flat_decay_mask(params: &BTreeMap<String, Tensor>, device: Device) -> Option<Tensor> {
-    let parts: Vec<Tensor> = params
-        .iter()
-        .map(|(n, p)| Tensor::full([p.numel() as i64], if optim::decays(n) { 1.0 } else { 0.0 }, (Kind::Float, device)))
-        .collect();
+    let parts: Vec<Tensor> =
+        params.iter().map(|(n, p)| Tensor::full([p.numel() as i64], if optim::decays(n) { 1.0 } else { 0.0 }, (Kind::Float, device))).collect();
     (!parts.is_empty()).then(|| Tensor::cat(&parts, 0))
 }
 
@@ -281,12 +279,7 @@ impl Replica {
             let lengths: Vec<usize> = shard.lengths.iter().map(|&n| n as usize).collect();
             model::Packing::from_lengths(&lengths, l, self.device)
         });
-        Inputs {
-            input_ids: t(&ids),
-            token_type_ids: if types.is_empty() { None } else { Some(t(&types)) },
-            attention_mask: t(&mask),
-            packing,
-        }
+        Inputs { input_ids: t(&ids), token_type_ids: if types.is_empty() { None } else { Some(t(&types)) }, attention_mask: t(&mask), packing }
     }
 
     /// The shard's summed loss as transformers computes it per example: cross-entropy over the
@@ -567,10 +560,7 @@ impl Replica {
         tch::no_grad(|| {
             let inputs = self.inputs(shard);
             let logits = self.loaded.model.forward(&inputs, false).to_kind(Kind::Float);
-            let mut stats = EvalStats {
-                examples: shard.len() as u32,
-                ..Default::default()
-            };
+            let mut stats = EvalStats { examples: shard.len() as u32, ..Default::default() };
             if let Some(loss) = self.loss_sum(&logits, shard) {
                 stats.loss_sum = loss.double_value(&[]);
             }
@@ -588,6 +578,4 @@ impl Replica {
             stats
         })
     }
-
 }
-

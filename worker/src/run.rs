@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use peftrain_net::InterceptedService;
 use peftrain_proto::v1 as pb;
 use tch::{Device, Kind};
 use tokio::net::TcpListener;
-use peftrain_net::InterceptedService;
 use tonic::transport::Channel;
 
 /// Largest message a worker accepts from the coordinator: a shard, a state chunk.
@@ -18,12 +18,12 @@ pub const WORKER_MESSAGE_LIMIT: usize = 16 << 20;
 /// Largest gradient chunk a worker accepts from a peer (chunks are 1 MiB of values).
 pub const COLLECTIVE_MESSAGE_LIMIT: usize = 4 << 20;
 
-use crate::peft::Method;
-use peftrain_spec::BaseDtype;
-use crate::replica::{Replica, ReplicaSpec};
 use crate::compute::ComputeThread;
 use crate::engine::Engine;
+use crate::peft::Method;
+use crate::replica::{Replica, ReplicaSpec};
 use crate::service::{CollectiveService, WorkerService};
+use peftrain_spec::BaseDtype;
 
 /// How a worker process is started.
 #[derive(Debug, Clone)]
@@ -169,10 +169,7 @@ type CoordinatorClient = pb::coordinator_client::CoordinatorClient<peftrain_net:
 async fn say_hello(coord: &CoordinatorClient, opts: &WorkerOptions) -> anyhow::Result<pb::HelloReply> {
     with_backoff("hello", opts.coordinator_timeout, || {
         let mut c = coord.clone();
-        let req = pb::HelloRequest {
-            protocol_version: pb::PROTOCOL_VERSION,
-            worker_id: opts.id.clone(),
-        };
+        let req = pb::HelloRequest { protocol_version: pb::PROTOCOL_VERSION, worker_id: opts.id.clone() };
         async move { c.hello(req).await.map(|r| r.into_inner()) }
     })
     .await
@@ -181,9 +178,7 @@ async fn say_hello(coord: &CoordinatorClient, opts: &WorkerOptions) -> anyhow::R
 pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     let device = parse_device(&opts.device)?;
     opts.security.require_token("a worker")?;
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", opts.listen))?;
+    let listener = TcpListener::bind(opts.listen).await.map_err(|e| anyhow::anyhow!("--listen {}: {e}", opts.listen))?;
     let bound = listener.local_addr()?;
     let address = match &opts.advertise {
         Some(a) => a.clone(),
@@ -326,14 +321,6 @@ pub fn to_pb_fingerprint(fp: &crate::replica::Fingerprint) -> pb::Fingerprint {
         model_type: fp.model_type.clone(),
         trainable_params: fp.trainable_params,
         total_params: fp.total_params,
-        layout: fp
-            .layout
-            .iter()
-            .map(|(n, s, k)| pb::TensorInfo {
-                name: n.clone(),
-                shape: s.clone(),
-                dtype: k.clone(),
-            })
-            .collect(),
+        layout: fp.layout.iter().map(|(n, s, k)| pb::TensorInfo { name: n.clone(), shape: s.clone(), dtype: k.clone() }).collect(),
     }
 }

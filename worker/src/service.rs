@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use peftrain_proto::v1 as pb;
 use pb::collective_server::Collective;
 use pb::worker_server::Worker;
+use peftrain_proto::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{Committed, Engine, EvalOutcome, Group, StepOrder, StepOutcome};
@@ -21,24 +21,14 @@ pub fn check_chunk(c: &pb::GradChunk, len: u64, generation: u64) -> Result<bool,
     if c.total != len {
         return Err(WorkerError::BadChunk(format!("gradient buffer of {} values, this group's is {len}", c.total)));
     }
-    if c.data.len() % 4 != 0 || c.offset.saturating_add(c.data.len() as u64 / 4) > len {
-        return Err(WorkerError::BadChunk(format!(
-            "{} bytes at offset {} do not fit the buffer of {len} values",
-            c.data.len(),
-            c.offset
-        )));
+    if !c.data.len().is_multiple_of(4) || c.offset.saturating_add(c.data.len() as u64 / 4) > len {
+        return Err(WorkerError::BadChunk(format!("{} bytes at offset {} do not fit the buffer of {len} values", c.data.len(), c.offset)));
     }
     Ok(c.generation >= generation)
 }
 
 pub fn shard_from(b: pb::Batch) -> Shard {
-    Shard {
-        ids: b.input_ids,
-        type_ids: b.token_type_ids,
-        lengths: b.lengths,
-        labels: b.labels,
-        scores: b.scores,
-    }
+    Shard { ids: b.input_ids, type_ids: b.token_type_ids, lengths: b.lengths, labels: b.labels, scores: b.scores }
 }
 
 impl From<pb::SetupRequest> for Group {
@@ -63,14 +53,7 @@ impl TryFrom<pb::StepRequest> for StepOrder {
         } else {
             r.micro_batch_examples.iter().zip(&r.micro_batch_divisors).map(|(&n, &d)| Micro { examples: n as usize, divisor: d }).collect()
         };
-        Ok(StepOrder {
-            generation: r.generation,
-            step: r.step,
-            shard,
-            micro,
-            learning_rate: r.learning_rate,
-            dropout_seed: r.dropout_seed,
-        })
+        Ok(StepOrder { generation: r.generation, step: r.step, shard, micro, learning_rate: r.learning_rate, dropout_seed: r.dropout_seed })
     }
 }
 

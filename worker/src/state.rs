@@ -41,12 +41,7 @@ impl AssembledState {
     pub fn finish(mut self, _expected: usize) -> Result<AssembledState, WorkerError> {
         let a = self.assembler.take().ok_or_else(|| WorkerError::BadState("state already finished".into()))?;
         let st = a.finish().map_err(WorkerError::BadState)?;
-        Ok(AssembledState {
-            fingerprint: st.fingerprint,
-            optimizer_step: st.optimizer_step,
-            values: st.values,
-            assembler: None,
-        })
+        Ok(AssembledState { fingerprint: st.fingerprint, optimizer_step: st.optimizer_step, values: st.values, assembler: None })
     }
 }
 
@@ -74,7 +69,13 @@ pub fn to_chunks(state: State, chunk_elems: usize) -> Vec<pb::StateChunk> {
         })
         .collect();
     if chunks.is_empty() {
-        chunks.push(pb::StateChunk { fingerprint: state.fingerprint, optimizer_step: state.optimizer_step, total, offset: 0, data: Default::default() });
+        chunks.push(pb::StateChunk {
+            fingerprint: state.fingerprint,
+            optimizer_step: state.optimizer_step,
+            total,
+            offset: 0,
+            data: Default::default(),
+        });
     }
     chunks
 }
@@ -82,7 +83,8 @@ pub fn to_chunks(state: State, chunk_elems: usize) -> Vec<pb::StateChunk> {
 /// The state of the live peer at `peer`, at most `expected` values.
 pub async fn fetch(security: &peftrain_net::Security, peer: &str, timeout: Duration, expected: usize) -> Result<State, WorkerError> {
     let bad = |e: String| WorkerError::BadState(format!("peer {peer}: {e}"));
-    let ch = security.endpoint(peer, timeout).map_err(|e| bad(e.to_string()))?.timeout(timeout * 4).connect().await.map_err(|e| bad(e.to_string()))?;
+    let ch =
+        security.endpoint(peer, timeout).map_err(|e| bad(e.to_string()))?.timeout(timeout * 4).connect().await.map_err(|e| bad(e.to_string()))?;
     let mut client = pb::worker_client::WorkerClient::with_interceptor(ch, security.client_auth()).max_decoding_message_size(64 << 20);
     let mut stream = client.get_state(pb::GetStateRequest {}).await.map_err(|s| bad(s.message().to_string()))?.into_inner();
     Ok(receive_state(&mut stream, expected).await?.into_state())

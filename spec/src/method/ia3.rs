@@ -21,10 +21,7 @@ pub struct Ia3Params {
 
 impl Default for Ia3Params {
     fn default() -> Self {
-        Ia3Params {
-            target_modules: vec!["key".into(), "value".into(), "output.dense".into()],
-            feedforward_modules: vec!["output.dense".into()],
-        }
+        Ia3Params { target_modules: vec!["key".into(), "value".into(), "output.dense".into()], feedforward_modules: vec!["output.dense".into()] }
     }
 }
 

@@ -22,12 +22,7 @@ pub const MAX_LORA_R: u32 = 4096;
 
 impl Default for LoraParams {
     fn default() -> Self {
-        LoraParams {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.1,
-            target_modules: vec!["query".into(), "value".into()],
-        }
+        LoraParams { r: 8, alpha: 16.0, dropout: 0.1, target_modules: vec!["query".into(), "value".into()] }
     }
 }
 

@@ -79,10 +79,7 @@ impl fmt::Display for MethodKind {
 impl FromStr for MethodKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        MethodKind::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| format!("{s:?}: unknown method (full, bitfit, lora, ia3)"))
+        MethodKind::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| format!("{s:?}: unknown method (full, bitfit, lora, ia3)"))
     }
 }
 
@@ -129,10 +126,9 @@ pub fn matches_module(targets: &[String], module: &str) -> bool {
 /// A list of module names from peft's `adapter_config.json`, naming the field when it is not.
 fn peft_names(v: &serde_json::Value, k: &str) -> Result<Vec<String>, String> {
     match v.get(k) {
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .map(|x| x.as_str().map(String::from).ok_or_else(|| format!("field `{k}`: expected a list of module names")))
-            .collect(),
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().map(|x| x.as_str().map(String::from).ok_or_else(|| format!("field `{k}`: expected a list of module names"))).collect()
+        }
         // peft also allows a single regex string; peftrain matches names only.
         Some(serde_json::Value::String(s)) => Err(format!("field `{k}`: {s:?} is a regex; peftrain reads a list of module names")),
         _ => Err(format!("field `{k}` missing or not a list")),
@@ -360,7 +356,9 @@ mod tests {
         }
         assert!(Method::from_proto(&pb::MethodSpec { method: None }).is_err());
         for (r, alpha, dropout) in [(0, 16.0, 0.1), (8, f64::NAN, 0.1), (8, 16.0, 1.5), (1 << 20, 16.0, 0.0)] {
-            let bad = pb::MethodSpec { method: Some(pb::method_spec::Method::Lora(pb::LoraMethod { r, alpha, dropout, target_modules: vec!["query".into()] })) };
+            let bad = pb::MethodSpec {
+                method: Some(pb::method_spec::Method::Lora(pb::LoraMethod { r, alpha, dropout, target_modules: vec!["query".into()] })),
+            };
             assert!(Method::from_proto(&bad).is_err(), "r {r} alpha {alpha} dropout {dropout}");
         }
     }

@@ -73,7 +73,6 @@ pub fn base_params(cfg: &ModelConfig, num_labels: i64) -> u128 {
     base(cfg, num_labels).iter().map(|p| p.numel).sum()
 }
 
-
 /// Trainable and peft's "all" parameter counts of `method` on the model `cfg` describes.
 pub fn counts(cfg: &ModelConfig, num_labels: i64, method: &Method) -> Counts {
     let params = base(cfg, num_labels);
@@ -90,10 +89,7 @@ pub fn counts(cfg: &ModelConfig, num_labels: i64, method: &Method) -> Counts {
         .sum();
     // peft counts the frozen original `modules_to_save` keeps beside the trained head.
     let head_copy = if rules.keeps_head_copy() { head } else { 0 };
-    Counts {
-        trainable: trainable_base + added,
-        all: all_base + added + head_copy,
-    }
+    Counts { trainable: trainable_base + added, all: all_base + added + head_copy }
 }
 
 #[cfg(test)]

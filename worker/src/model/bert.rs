@@ -61,9 +61,7 @@ impl BertModel {
         Ok(BertModel {
             embeddings: BertEmbeddings::new(b, &format!("{name}.embeddings"), cfg)?,
             encoder: Encoder::new(b, &format!("{name}.encoder"), cfg)?,
-            pooler: BertPooler {
-                dense: Linear::new(b, &format!("{name}.pooler.dense"), cfg.hidden_size, cfg.hidden_size, cfg.initializer_range)?,
-            },
+            pooler: BertPooler { dense: Linear::new(b, &format!("{name}.pooler.dense"), cfg.hidden_size, cfg.hidden_size, cfg.initializer_range)? },
         })
     }
 

@@ -114,7 +114,8 @@ impl<'a> Layout<'a> {
             group,
             rows,
             seq,
-            additive: math.then(|| Tensor::zeros(mask.size().as_slice(), (compute, mask.device())).masked_fill(&mask.logical_not(), f64::NEG_INFINITY)),
+            additive: math
+                .then(|| Tensor::zeros(mask.size().as_slice(), (compute, mask.device())).masked_fill(&mask.logical_not(), f64::NEG_INFINITY)),
             mask,
         };
         let parts = match &inputs.packing {
@@ -180,13 +181,7 @@ impl Layer {
                 output: ResidualOutput::new(b, &format!("{name}.attention.output"), cfg.hidden_size, cfg)?,
             },
             intermediate: Intermediate {
-                dense: Linear::new(
-                    b,
-                    &format!("{name}.intermediate.dense"),
-                    cfg.hidden_size,
-                    cfg.intermediate_size,
-                    cfg.initializer_range,
-                )?,
+                dense: Linear::new(b, &format!("{name}.intermediate.dense"), cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range)?,
                 act: cfg.hidden_act,
             },
             output: ResidualOutput::new(b, &format!("{name}.output"), cfg.intermediate_size, cfg)?,
@@ -209,9 +204,7 @@ pub struct Encoder {
 impl Encoder {
     /// `name` is `roberta.encoder` or `bert.encoder`.
     pub fn new(b: &mut Builder, name: &str, cfg: &Config) -> Result<Self, ModelError> {
-        let layer = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::new(b, &format!("{name}.layer.{i}"), cfg))
-            .collect::<Result<Vec<_>, _>>()?;
+        let layer = (0..cfg.num_hidden_layers).map(|i| Layer::new(b, &format!("{name}.layer.{i}"), cfg)).collect::<Result<Vec<_>, _>>()?;
         Ok(Encoder { layer })
     }
 

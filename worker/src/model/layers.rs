@@ -29,13 +29,7 @@ impl Linear {
         let weight = b.param(&format!("{name}.weight"), &[out_dim, in_dim], Init::Normal(init_std))?;
         let bias = Some(b.param(&format!("{name}.bias"), &[out_dim], Init::Zeros)?);
         let adapter = peft(b.method()).adapter(b, name, in_dim, out_dim)?;
-        Ok(Linear {
-            weight,
-            bias,
-            bias_grad: true,
-            adapter,
-            compute: b.compute_kind(),
-        })
+        Ok(Linear { weight, bias, bias_grad: true, adapter, compute: b.compute_kind() })
     }
 
     /// The output is in the compute dtype (fp32 where an adapter's fp32 parameters touch it).
@@ -74,13 +68,7 @@ impl LayerNorm {
     /// keeps layer_norm in fp32 too), and the residual stream it feeds stays fp32.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = *self.weight.size().last().unwrap_or(&0);
-        as_kind(x, Kind::Float).layer_norm(
-            [dim],
-            Some(&as_kind(&self.weight, Kind::Float)),
-            Some(&as_kind(&self.bias, Kind::Float)),
-            self.eps,
-            true,
-        )
+        as_kind(x, Kind::Float).layer_norm([dim], Some(&as_kind(&self.weight, Kind::Float)), Some(&as_kind(&self.bias, Kind::Float)), self.eps, true)
     }
 }
 
@@ -91,18 +79,8 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn new(
-        b: &mut Builder,
-        name: &str,
-        num: i64,
-        dim: i64,
-        init_std: f64,
-        padding_idx: Option<i64>,
-    ) -> Result<Embedding, ModelError> {
-        Ok(Embedding {
-            weight: b.param(&format!("{name}.weight"), &[num, dim], Init::Normal(init_std))?,
-            padding_idx,
-        })
+    pub fn new(b: &mut Builder, name: &str, num: i64, dim: i64, init_std: f64, padding_idx: Option<i64>) -> Result<Embedding, ModelError> {
+        Ok(Embedding { weight: b.param(&format!("{name}.weight"), &[num, dim], Init::Normal(init_std))?, padding_idx })
     }
 
     pub fn forward(&self, ids: &Tensor) -> Tensor {

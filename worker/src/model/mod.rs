@@ -62,9 +62,7 @@ impl Inputs {
             Some(_) => self.tokens(&positions.expand_as(&self.input_ids)),
             None => positions.shallow_clone(),
         };
-        word.forward(&ids).to_kind(Kind::Float)
-            + token_type.forward(&types).to_kind(Kind::Float)
-            + position.forward(&positions).to_kind(Kind::Float)
+        word.forward(&ids).to_kind(Kind::Float) + token_type.forward(&types).to_kind(Kind::Float) + position.forward(&positions).to_kind(Kind::Float)
     }
 
     /// Each row's first token ([CLS] / <s>) of the encoder's output: [batch, hidden].

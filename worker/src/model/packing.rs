@@ -74,11 +74,7 @@ impl Packing {
                 mask: Tensor::from_slice(&mask).view([n as i64, 1, 1, g_seq as i64]).to_device(device),
             });
         }
-        Packing {
-            index: Tensor::from_slice(&index).to_device(device),
-            starts: Tensor::from_slice(&starts).to_device(device),
-            groups,
-        }
+        Packing { index: Tensor::from_slice(&index).to_device(device), starts: Tensor::from_slice(&starts).to_device(device), groups }
     }
 
     /// From a right-padded [batch, seq] attention mask (1 for real tokens).

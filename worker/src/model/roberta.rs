@@ -28,14 +28,7 @@ impl RobertaEmbeddings {
         let (h, std, pad) = (cfg.hidden_size, cfg.initializer_range, cfg.pad_id());
         Ok(RobertaEmbeddings {
             word_embeddings: Embedding::new(b, &format!("{name}.word_embeddings"), cfg.vocab_size, h, std, Some(pad))?,
-            position_embeddings: Embedding::new(
-                b,
-                &format!("{name}.position_embeddings"),
-                cfg.max_position_embeddings,
-                h,
-                std,
-                Some(pad),
-            )?,
+            position_embeddings: Embedding::new(b, &format!("{name}.position_embeddings"), cfg.max_position_embeddings, h, std, Some(pad))?,
             token_type_embeddings: Embedding::new(b, &format!("{name}.token_type_embeddings"), cfg.type_vocab_size, h, std, None)?,
             LayerNorm: LayerNorm::new(b, &format!("{name}.LayerNorm"), h, cfg.layer_norm_eps)?,
             padding_idx: pad,
