@@ -79,7 +79,7 @@ impl Session {
         if let Some(addr) = net.metrics_listen {
             let l = TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
             tracing::info!(metrics_address = %l.local_addr()?, "serving /metrics and /status");
-            tokio::spawn(peftrain_net::http::serve_http(l, observer.handler(), std::future::pending::<()>()));
+            tokio::spawn(peftrain_net::http::serve_http(l, observer.router(), std::future::pending::<()>()));
         }
         let registry = Arc::new(
             Registry::new(run_id, cfg.run_spec(), cfg.workers as u32)

@@ -566,6 +566,7 @@ impl TrainConfig {
             optimizer: Some(self.optimizer().to_proto()),
             base_dtype: self.base_dtype.as_str().into(),
             padding: self.padding.as_str().into(),
+            task: self.task_name(),
         }
     }
 

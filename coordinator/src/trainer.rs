@@ -308,6 +308,7 @@ pub async fn train<W: Write>(
         st.epoch = st.global_step as f64 / steps_per_epoch as f64;
         let global_step = st.global_step;
         window_samples += batch.len() as u64;
+        obs.step_took(step_ms / 1000.0, out.allreduce_ms / 1000.0);
         obs.update(|s| {
             s.step = global_step;
             s.epoch = st.epoch;

@@ -1,76 +1,53 @@
-//! The small HTTP/1.1 endpoint both binaries serve for Prometheus (`/metrics`) and a JSON
-//! status (`/status`): GET only, one response per connection; a few dozen lines instead of a
-//! web framework, since scrapers and `curl` are its only clients.
+//! The HTTP endpoint both binaries serve: Prometheus `/metrics` and a JSON `/status`, routed
+//! by axum (405 for other methods, 404 for other paths) and served by hyper with a bound on
+//! how long a client may take to send its request head.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+pub use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// Answers a path with (content type, body), or None for 404.
-pub type Handler = Arc<dyn Fn(&str) -> Option<(&'static str, String)> + Send + Sync>;
+/// A page's body, computed at each request.
+pub type Page = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Serves `handler` on `listener` until `shutdown` resolves.
-pub async fn serve_http(listener: TcpListener, handler: Handler, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (mut sock, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(_) => continue,
-            },
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut n = 0;
-            // Read the request head (bounded, with a deadline: a silent client cannot hold it).
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                while n < buf.len() {
-                    match sock.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => n += k,
-                    }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let mut parts = head.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-            let (status, ctype, body) = if method != "GET" {
-                ("405 Method Not Allowed", "text/plain", "GET only\n".to_string())
-            } else {
-                match handler(path.split('?').next().unwrap_or(path)) {
-                    Some((ctype, body)) => ("200 OK", ctype, body),
-                    None => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                }
-            };
-            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
+/// `/metrics` (OpenMetrics text from [`crate::prom::render`]) and `/status` (JSON).
+pub fn router(metrics: Page, status: Page) -> Router {
+    Router::new()
+        .route("/metrics", get(move || std::future::ready(([(CONTENT_TYPE, crate::prom::CONTENT_TYPE)], metrics()))))
+        .route("/status", get(move || std::future::ready(([(CONTENT_TYPE, "application/json")], status()))))
 }
 
-/// Prometheus text exposition, one metric at a time.
-#[derive(Default)]
-pub struct Exposition(String);
-
-impl Exposition {
-    pub fn metric(&mut self, name: &str, kind: &str, help: &str, value: f64) -> &mut Self {
-        self.0.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-        self
-    }
-
-    pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.0)
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve_http(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let sock = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                // Out of descriptors and the like: back off rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            // Scrapers and curl send one request; closing after it (no keep-alive) and a
+            // 5 s limit on the request head mean a silent client cannot hold a connection.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(sock), service);
+            let _ = conn.await;
+        });
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod http;
 pub mod logging;
+pub mod prom;
 pub mod serve;
 pub mod wire;
 

@@ -9,17 +9,59 @@ use std::time::{Duration, Instant};
 
 use peftrain_tests::{bin, glue_dir, roberta_dir, tiny_roberta};
 
-fn get(addr: &str, path: &str) -> String {
+/// One HTTP/1.1 request; the whole response (the server closes after one).
+fn request(addr: &str, method: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let out = request(addr, "GET", path);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     out.split("\r\n\r\n").nth(1).unwrap().to_string()
 }
 
+/// A sample's value in a scrape, whatever its labels (enough to poll; the checks of the
+/// format itself go through the Prometheus parser, `openmetrics`).
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap_or_else(|| panic!("{name} missing")).parse().unwrap()
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = if rest.starts_with('{') { &rest[rest.find('}')? + 1..] } else { rest };
+            rest.strip_prefix(' ')
+        })
+        .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// A scrape as prometheus_client's OpenMetrics parser reads it: family -> (type, samples).
+fn openmetrics(text: &str) -> serde_json::Map<String, serde_json::Value> {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    serde_json::from_str(&peftrain_tests::run_reference("openmetrics.py", &[f.path().to_str().unwrap()])).unwrap()
+}
+
+/// Every sample of every family carries `labels` (name -> value).
+fn assert_labelled(families: &serde_json::Map<String, serde_json::Value>, labels: &[(&str, &str)]) {
+    for (family, f) in families {
+        for s in f["samples"].as_array().unwrap() {
+            for (k, v) in labels {
+                assert_eq!(s[1][k], *v, "{family}: sample {s} lacks {k}={v}");
+            }
+        }
+    }
+}
+
+/// A histogram family's `_count` and `_sum`.
+fn histogram(families: &serde_json::Map<String, serde_json::Value>, name: &str) -> (f64, f64) {
+    let f = &families[name];
+    assert_eq!(f["type"], "histogram", "{name}");
+    let get = |suffix: &str| f["samples"].as_array().unwrap().iter().find(|s| s[0] == format!("{name}{suffix}")).unwrap()[2].as_f64().unwrap();
+    (get("_count"), get("_sum"))
 }
 
 /// JSON log lines from a child's stderr; every line must parse.
@@ -88,6 +130,10 @@ fn metrics_status_json_logs_and_keep_serving() {
     let grpc = field(&clog, "address");
     let status: serde_json::Value = serde_json::from_str(&get(&metrics_addr, "/status")).unwrap();
     assert_eq!(status["phase"], "waiting_for_workers");
+    assert!(request(&metrics_addr, "POST", "/metrics").starts_with("HTTP/1.1 405"));
+    assert!(request(&metrics_addr, "GET", "/nowhere").starts_with("HTTP/1.1 404"));
+    let head = request(&metrics_addr, "GET", "/metrics");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text; version=1.0.0"), "{head}");
 
     let mut worker = Command::new(bin("peftrain"))
         .args(["--log-format", "json", "worker", "--coordinator", &format!("http://{grpc}"), "--id", "w0", "--metrics-listen", "127.0.0.1:0"])
@@ -104,10 +150,19 @@ fn metrics_status_json_logs_and_keep_serving() {
     loop {
         let m = get(&wmetrics, "/metrics");
         if metric(&m, "peftrain_worker_steps_total") >= 5.0 {
-            assert_eq!(metric(&m, "peftrain_worker_world_size"), 1.0);
-            assert!(metric(&m, "peftrain_worker_compute_seconds_total") > 0.0);
             let s: serde_json::Value = serde_json::from_str(&get(&wmetrics, "/status")).unwrap();
             assert_eq!(s["worker_id"], "w0");
+            let run = s["run_id"].as_str().unwrap().to_string();
+            assert!(run.starts_with("run-"), "{s}");
+            let f = openmetrics(&m);
+            assert_labelled(&f, &[("run", &run), ("task", "sst2"), ("method", "lora"), ("worker", "w0")]);
+            assert_eq!(f["peftrain_worker_world_size"]["samples"][0][2], 1.0);
+            let steps = f["peftrain_worker_steps"]["samples"][0][2].as_f64().unwrap();
+            // Each step the worker counted is one observation of its step and all-reduce times.
+            let (n, sum) = histogram(&f, "peftrain_worker_step_seconds");
+            assert!(n >= steps && sum > 0.0, "{n} {sum} {steps}");
+            let (n, _) = histogram(&f, "peftrain_worker_allreduce_seconds");
+            assert!(n >= steps, "{n} {steps}");
             break;
         }
         assert!(Instant::now() < deadline, "worker never trained");
@@ -125,6 +180,20 @@ fn metrics_status_json_logs_and_keep_serving() {
     let status: serde_json::Value = serde_json::from_str(&get(&metrics_addr, "/status")).unwrap();
     assert_eq!(status["phase"], "finished");
     assert_eq!(status["step"], 300);
+    let f = openmetrics(&m);
+    assert_labelled(&f, &[("run", status["run_id"].as_str().unwrap()), ("task", "sst2"), ("method", "lora")]);
+    assert_eq!(f["peftrain_steps"]["type"], "counter");
+    assert_eq!(f["peftrain_steps"]["samples"][0][0], "peftrain_steps_total");
+    // One observation per optimizer step, of the step's time and of its all-reduce's.
+    let (n, step_sum) = histogram(&f, "peftrain_step_seconds");
+    assert_eq!(n, 300.0);
+    let (n, reduce_sum) = histogram(&f, "peftrain_allreduce_seconds");
+    assert_eq!(n, 300.0);
+    assert!(step_sum > 0.0 && reduce_sum <= step_sum, "{step_sum} {reduce_sum}");
+    assert!((reduce_sum - status["allreduce_seconds"].as_f64().unwrap()).abs() < 1e-6);
+    let up = &f["peftrain_worker_up"]["samples"];
+    assert_eq!(up.as_array().unwrap().len(), 1, "{up}");
+    assert_eq!((up[0][1]["worker"].as_str(), up[0][2].as_f64()), (Some("w0"), Some(1.0)));
     assert!(coord.0.try_wait().unwrap().is_none(), "--keep-serving keeps the coordinator up");
     Command::new("kill").args(["-TERM", &coord.0.id().to_string()]).status().unwrap();
     assert!(coord.0.wait().unwrap().success(), "SIGTERM ends it cleanly");

@@ -214,13 +214,7 @@ impl Engine {
         let reduce = group.all_reduce(&self.inbox, &mut grad, step, &mut abort).await?;
         let t1 = Instant::now();
         let norm = self.blocking(move |r| Ok(r.hold_gradient(step, grad, lr))).await?;
-        self.stat(|s| {
-            s.steps += 1;
-            s.examples += stats.examples as u64;
-            s.compute_seconds += compute_ms / 1000.0;
-            s.allreduce_bytes += reduce.bytes_sent;
-            s.allreduce_seconds += reduce.millis / 1000.0;
-        });
+        self.stat(|s| s.step_took(stats.examples as u64, compute_ms / 1000.0, reduce.bytes_sent, reduce.millis / 1000.0));
         Ok(StepOutcome {
             step,
             loss_sum: stats.loss_sum,

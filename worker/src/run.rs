@@ -198,6 +198,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     tracing::info!(worker = %opts.id, model = %spec.model_dir.display(), method = spec.method.name(), device = ?device, "building replica");
     let model_digest = peftrain_spec::digest::model_digest(&spec.model_dir, spec.random_init).map_err(anyhow::Error::msg)?;
     let (_, base_dtype) = base_kind(&spec_pb.base_dtype, device)?;
+    let method_name = spec.method.name().to_string();
     let (compute, info) = ComputeThread::start(opts.threads, move || Replica::build(&spec, device))?;
     let fp = info.fingerprint.clone();
     tracing::debug!(trainable = fp.trainable_params, all = info.peft_all_params, "replica built");
@@ -205,17 +206,20 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     engine.stat(|s| {
         s.worker_id = opts.id.clone();
         s.device = opts.device.clone();
+        s.run_id = hello.run_id.clone();
+        s.task = spec_pb.task.clone();
+        s.method = method_name;
     });
     if let Some(addr) = opts.metrics_listen {
         let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
         tracing::info!(metrics_address = %l.local_addr()?, "serving /metrics and /status");
         let e = engine.clone();
-        let handler: peftrain_net::http::Handler = Arc::new(move |path: &str| match path {
-            "/metrics" => Some(("text/plain; version=0.0.4", e.stats().prometheus())),
-            "/status" => Some(("application/json", serde_json::to_string_pretty(&e.stats()).unwrap_or_default() + "\n")),
-            _ => None,
-        });
-        tokio::spawn(peftrain_net::http::serve_http(l, handler, std::future::pending::<()>()));
+        let s = engine.clone();
+        let router = peftrain_net::http::router(
+            Arc::new(move || e.stats().prometheus()),
+            Arc::new(move || serde_json::to_string_pretty(&s.stats()).unwrap_or_default() + "\n"),
+        );
+        tokio::spawn(peftrain_net::http::serve_http(l, router, std::future::pending::<()>()));
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -312,6 +316,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
         }
         tracing::info!(worker = %opts.id, "coordinator run {} does not know this worker; registering again", again.run_id);
         run_id = again.run_id;
+        engine.stat(|s| s.run_id = run_id.clone());
     }
 }
 
