@@ -45,9 +45,31 @@ pub enum Command {
     Compare(CompareCmd),
     /// Write a merged Hugging Face checkpoint (LoRA folded in, BitFit biases written in).
     Merge(MergeCmd),
+    /// Push an output directory to a Hugging Face Hub model repo (HF_ENDPOINT, HF_TOKEN), as
+    /// Trainer.push_to_hub does: everything but checkpoint-* and _*, in one commit.
+    Push(PushCmd),
     /// Write report.md and curves.png for finished runs (e.g. one per method, each run on a
     /// cluster with `peftrain coordinator`).
     Report(ReportCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct PushCmd {
+    /// The directory to push: a run's --output-dir (adapter or weights, model card, logs) or
+    /// a `merge` output.
+    pub dir: PathBuf,
+    /// The repo: ORG/NAME, or NAME in the token owner's namespace (TrainingArguments'
+    /// hub_model_id).
+    #[arg(long, alias = "hub-model-id")]
+    pub repo_id: String,
+    /// The branch to commit to.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// Create the repo private (an existing repo keeps its visibility).
+    #[arg(long, alias = "hub-private-repo")]
+    pub private: bool,
+    #[arg(long, default_value = "End of training")]
+    pub commit_message: String,
 }
 
 #[derive(Args, Debug)]

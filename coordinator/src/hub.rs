@@ -98,7 +98,7 @@ fn repo_folder(id: &str, dataset: bool) -> String {
 
 /// Hub ids are `NAME` or `ORG/NAME` of `[A-Za-z0-9._-]`; anything else is a mistyped path, and
 /// must not reach a URL or a cache path.
-fn is_repo_id(s: &str) -> bool {
+pub(crate) fn is_repo_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     parts.len() <= 2
         && parts.iter().all(|p| {
@@ -179,16 +179,7 @@ fn download(repo: &Repo, needs: &[Need], opts: &HubOptions) -> Result<PathBuf, H
         move |why| HubError::Io { path, why }
     };
     std::fs::create_dir_all(&repo_dir).map_err(io(&repo_dir))?;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(120)))
-        // Renamed repos (roberta-base -> FacebookAI/roberta-base) redirect on the same host and
-        // still need the token; LFS redirects to a CDN host carry a signed URL and must not get it.
-        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
-        .user_agent(concat!("peftrain/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent();
+    let agent = agent();
     // The snapshot is named by the first response's X-Repo-Commit; later files join it.
     let mut snapshot: Option<PathBuf> = None;
     for need in needs {
@@ -267,6 +258,20 @@ fn download(repo: &Repo, needs: &[Need], opts: &HubOptions) -> Result<PathBuf, H
     std::io::Write::write_all(&mut tmp, commit.as_bytes()).map_err(io(&refs))?;
     tmp.persist(refs.join(REVISION)).map_err(|e| HubError::Io { path: refs.join(REVISION), why: e.error })?;
     Ok(snapshot)
+}
+
+/// The HTTP client for the hub: statuses are answers to read, not errors.
+pub(crate) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(120)))
+        // Renamed repos (roberta-base -> FacebookAI/roberta-base) redirect on the same host and
+        // still need the token; LFS redirects to a CDN host carry a signed URL and must not get it.
+        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+        .user_agent(concat!("peftrain/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent()
 }
 
 fn progress_bar(show: bool, len: Option<u64>, what: &str) -> ProgressBar {

@@ -18,6 +18,7 @@ pub mod observe;
 pub mod outdir;
 pub mod plot;
 pub mod progress;
+pub mod push;
 pub mod registry;
 pub mod report;
 pub mod run_state;

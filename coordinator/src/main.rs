@@ -91,6 +91,24 @@ fn merge(m: &peftrain::cli::MergeCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn push(p: &peftrain::cli::PushCmd) -> anyhow::Result<()> {
+    let req = peftrain::push::PushRequest {
+        dir: p.dir.clone(),
+        repo_id: p.repo_id.clone(),
+        revision: p.revision.clone(),
+        private: p.private,
+        commit_message: p.commit_message.clone(),
+    };
+    use peftrain::push::PushError;
+    let done = peftrain::push::push(&req, &peftrain::hub::HubOptions::from_env()).map_err(|e| match e {
+        // What the command line asked for is wrong: a usage error (exit 2), like clap's.
+        PushError::NoToken | PushError::BadRepo(_) | PushError::NotADir(_) | PushError::NotAModel(_) => app::usage(e.to_string()),
+        e => e.into(),
+    })?;
+    println!("pushed {} files ({} through LFS) to {}: {}", done.files, done.lfs_files, done.repo_id, done.commit_url);
+    Ok(())
+}
+
 fn report(r: &peftrain::cli::ReportCmd) -> anyhow::Result<()> {
     // The runs may lie inside the report's directory (compare's layout), never the reverse: a
     // report written into a run would replace that run's own report.md and curves.png.
@@ -244,6 +262,7 @@ fn main() -> ExitCode {
         }),
         Command::Merge(m) => merge(m),
         Command::Report(r) => report(r),
+        Command::Push(p) => push(p),
         Command::Worker { args } => exec_worker(args, &cli.log_format),
         Command::Params(p) => params(p),
         Command::Predict(p) => predict(p),
