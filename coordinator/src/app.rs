@@ -239,6 +239,9 @@ fn send_type_ids(model: &Path, max_length: usize) -> anyhow::Result<bool> {
 /// `peftrain train` / `peftrain coordinator`: the whole run, outputs included.
 pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -> anyhow::Result<RunSummary> {
     cfg.validate_values().map_err(usage)?;
+    if cfg.push_to_hub && crate::hub::HubOptions::from_env().token.is_none() {
+        return Err(usage(crate::push::PushError::NoToken.to_string().replace("push needs", "--push-to-hub needs")));
+    }
     check_local_workers(cfg, workers)?;
     let mut resolved = cfg.clone();
     resolve_inputs(&mut resolved)?;
@@ -394,6 +397,18 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             md.display(),
             png.display()
         );
+        if cfg.push_to_hub {
+            let req = crate::push::PushRequest {
+                dir: cfg.output_dir.clone(),
+                repo_id: cfg.hub_repo_id(),
+                revision: "main".into(),
+                private: cfg.hub_private_repo,
+                commit_message: "End of training".into(),
+            };
+            let hub = crate::hub::HubOptions::from_env();
+            let done = tokio::task::spawn_blocking(move || crate::push::push(&req, &hub)).await??;
+            println!("pushed {} files ({} through LFS) to {}: {}", done.files, done.lfs_files, done.repo_id, done.commit_url);
+        }
         anyhow::Ok(summary)
     }
     .await;

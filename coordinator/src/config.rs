@@ -248,6 +248,20 @@ pub struct TrainConfig {
     #[arg(long, env = "PEFTRAIN_OVERWRITE_OUTPUT_DIR")]
     #[serde(default)]
     pub overwrite_output_dir: bool,
+    /// At the end, push the output directory to the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN)
+    /// as Trainer.push_to_hub does (what `peftrain push` sends).
+    #[arg(long, env = "PEFTRAIN_PUSH_TO_HUB")]
+    #[serde(default)]
+    pub push_to_hub: bool,
+    /// The repo --push-to-hub pushes to: ORG/NAME, or NAME in the token owner's namespace
+    /// (default: the output directory's name, the Trainer's).
+    #[arg(long, env = "PEFTRAIN_HUB_MODEL_ID")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_model_id: Option<String>,
+    /// Create the --push-to-hub repo private.
+    #[arg(long, env = "PEFTRAIN_HUB_PRIVATE_REPO")]
+    #[serde(default)]
+    pub hub_private_repo: bool,
     /// Stop with an error after this many consecutive steps whose gradient was non-finite
     /// (each one skipped on every worker).
     #[arg(long, env = "PEFTRAIN_MAX_SKIPPED_STEPS", default_value_t = default_max_skipped_steps())]
@@ -619,9 +633,24 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The repo --push-to-hub pushes to: --hub-model-id, else the output directory's name.
+    pub fn hub_repo_id(&self) -> String {
+        self.hub_model_id
+            .clone()
+            .unwrap_or_else(|| crate::outdir::canonical(&self.output_dir).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default())
+    }
+
     /// Checks what can be checked before any worker starts; one message per problem.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_values()?;
+        if self.push_to_hub {
+            // Refused before training, as the Trainer creates its repo at start: a run
+            // whose push could not happen is found out in seconds, not hours.
+            let id = self.hub_repo_id();
+            if !crate::hub::is_repo_id(&id) {
+                return Err(format!("--hub-model-id {id:?} is not a Hugging Face repo id (NAME or ORG/NAME)"));
+            }
+        }
         if self.min_workers > self.workers {
             return Err(format!("--min-workers {} exceeds --workers {}", self.min_workers, self.workers));
         }

@@ -37,6 +37,9 @@ const SHARED: &[(&str, &str)] = &[
     ("greater_is_better", "greater_is_better"),
     ("group_by_length", "group_by_length"),
     ("resume_from_checkpoint", "resume"),
+    ("push_to_hub", "push_to_hub"),
+    ("hub_model_id", "hub_model_id"),
+    ("hub_private_repo", "hub_private_repo"),
 ];
 
 /// Whether a JSON object is a TrainingArguments dump rather than a file of peftrain's flags.

@@ -98,7 +98,7 @@ fn repo_folder(id: &str, dataset: bool) -> String {
 
 /// Hub ids are `NAME` or `ORG/NAME` of `[A-Za-z0-9._-]`; anything else is a mistyped path, and
 /// must not reach a URL or a cache path.
-pub(crate) fn is_repo_id(s: &str) -> bool {
+pub fn is_repo_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     parts.len() <= 2
         && parts.iter().all(|p| {

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use peftrain_tests::{assert_one_clear_line, bin, glue_dir, peftrain, python, roberta_dir, root, run_reference, tiny_roberta, KillOnDrop};
+use peftrain_tests::{assert_one_clear_line, bin, glue_dir, python, roberta_dir, root, run_reference, tiny_roberta, KillOnDrop};
 use serde_json::Value;
 
 const TOKEN: &str = "hf_local_test_token";
@@ -45,49 +45,70 @@ fn push(endpoint: &str, token: Option<&str>, args: &[&str]) -> std::process::Out
 
 /// A finished LoRA run with what a Trainer output holds: adapter, model card, trainer_state,
 /// TensorBoard events, curves.png, and a checkpoint that must not be pushed.
-fn trained(d: &Path) -> std::path::PathBuf {
+/// `--push-to-hub` pushes it to `hub` at the end, as the Trainer does.
+fn trained(d: &Path, hub: &Server) -> std::path::PathBuf {
     let model = tiny_roberta(d, 11);
     let out = d.join("run");
     let (tok, glue) = (roberta_dir(), glue_dir());
-    peftrain(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--tokenizer",
-        tok.to_str().unwrap(),
-        "--glue-dir",
-        glue.to_str().unwrap(),
-        "--task",
-        "sst2",
-        "--method",
-        "lora",
-        "--train-limit",
-        "48",
-        "--eval-limit",
-        "24",
-        "--batch-size",
-        "8",
-        "--max-steps",
-        "6",
-        "--save-steps",
-        "3",
-        "--report-to",
-        "tensorboard",
-        "--base-dtype",
-        "fp32",
-        "--output-dir",
-        out.to_str().unwrap(),
-    ]);
+    let o = Command::new(bin("peftrain"))
+        .args([
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--glue-dir",
+            glue.to_str().unwrap(),
+            "--task",
+            "sst2",
+            "--method",
+            "lora",
+            "--train-limit",
+            "48",
+            "--eval-limit",
+            "24",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "6",
+            "--save-steps",
+            "3",
+            "--report-to",
+            "tensorboard",
+            "--base-dtype",
+            "fp32",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--push-to-hub",
+            "--hub-model-id",
+            "peftrain-test/from-train",
+        ])
+        .env("RUST_LOG", "warn")
+        .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"))
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("peftrain-test/from-train"));
     out
+}
+
+/// The paths and sha256s of a repo's last commit in the server's log.
+fn last_commit(store: &Path, repo: &str) -> Vec<(String, String)> {
+    let log = std::fs::read_to_string(store.join("log.jsonl")).unwrap();
+    let c =
+        log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).rfind(|v| v["repo"] == repo).unwrap_or_else(|| panic!("no commit to {repo}"));
+    c["files"].as_array().unwrap().iter().map(|f| (f["path"].as_str().unwrap().to_string(), f["sha256"].as_str().unwrap().to_string())).collect()
 }
 
 #[test]
 fn push_commits_what_upload_folder_commits_and_snapshot_download_reads_it_back() {
     let d = tempfile::tempdir().unwrap();
-    let out = trained(d.path());
-    assert!(std::fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("checkpoint-")));
     let store = d.path().join("hub");
     let hub = serve(&store);
+    let out = trained(d.path(), &hub);
+    assert!(std::fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("checkpoint-")));
 
     let o = push(&hub.endpoint, Some(TOKEN), &[out.to_str().unwrap(), "--repo-id", "peftrain-test/tiny-lora"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -130,6 +151,8 @@ fn push_commits_what_upload_folder_commits_and_snapshot_download_reads_it_back()
         assert_eq!(info["sha256"].as_str().unwrap(), hex_sha256(&local), "{path}");
     }
     assert_eq!(r["summaries"]["peftrain-test/tiny-lora"], "End of training");
+    // train --push-to-hub committed the same directory at the end of the run.
+    assert_eq!(last_commit(&store, "peftrain-test/from-train"), last_commit(&store, "peftrain-test/tiny-lora"));
 }
 
 fn hex_sha256(b: &[u8]) -> String {
@@ -153,6 +176,18 @@ fn push_refusals_are_one_clear_line() {
         assert_one_clear_line(&String::from_utf8_lossy(&o.stderr), needles);
     };
     fails(None, &[dir_s, "--repo-id", "peftrain-test/x"], 2, &["HF_TOKEN"]);
+    // train --push-to-hub without a token is refused before anything trains.
+    let o = Command::new(bin("peftrain"))
+        .args(["train", "--model", "/nonexistent-model", "--output-dir", d.path().join("never").to_str().unwrap(), "--push-to-hub"])
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env_remove("HF_TOKEN")
+        .env("HF_HOME", "/nonexistent")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_one_clear_line(&String::from_utf8_lossy(&o.stderr), &["--push-to-hub", "HF_TOKEN"]);
+    assert!(!d.path().join("never").exists());
     fails(Some(TOKEN), &[dir_s, "--repo-id", "../x"], 2, &["--repo-id", "../x"]);
     fails(Some(TOKEN), &["/nonexistent/run", "--repo-id", "peftrain-test/x"], 2, &["/nonexistent/run"]);
     let empty = d.path().join("empty");
