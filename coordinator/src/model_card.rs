@@ -66,6 +66,7 @@ pub fn model_card(cfg: &TrainConfig, name: &str, eval: Option<&EvalResult>, st: 
             md += &format!("- {}: {v:.4}\n", column_title(k));
         }
     }
+    md += &how_to_use(cfg, name, &base);
     let schedule = cfg.schedule(st.max_steps);
     md += "\n## Training procedure\n\n### Training hyperparameters\n\nThe following hyperparameters were used during training:\n";
     md += &format!("- method: {kind} ({})\n", cfg.method.method().rules().describe());
@@ -85,5 +86,31 @@ pub fn model_card(cfg: &TrainConfig, name: &str, eval: Option<&EvalResult>, st: 
     md += &format!("- lr_scheduler_type: {}\n- lr_scheduler_warmup_steps: {}\n", cfg.lr_scheduler_type, schedule.warmup);
     md += &format!("- training_steps: {}\n", st.global_step);
     md += &format!("\n### Framework versions\n\n- peftrain {}\n", env!("CARGO_PKG_VERSION"));
+    md
+}
+
+/// "How to use": loading the weights with transformers (+ peft), label names included. peft's
+/// adapter format has no field for them (transformers and peft read the base model's
+/// config), so the snippet passes them to `from_pretrained`, as run_glue.py does.
+fn how_to_use(cfg: &TrainConfig, name: &str, base: &str) -> String {
+    let labels = cfg.labels();
+    let mut md = String::from("\n## How to use\n\n");
+    if !cfg.method.kind.saves_peft_adapter() {
+        md += &format!(
+            "`peftrain merge --model {base} --adapter {name} --output merged` writes a transformers checkpoint \
+             (`AutoModelForSequenceClassification.from_pretrained(\"merged\")`, label names included).\n"
+        );
+        return md;
+    }
+    md += "```python\nfrom transformers import AutoModelForSequenceClassification\nfrom peft import PeftModel\n\n";
+    let kwargs = if labels.is_regression() {
+        "num_labels=1, problem_type=\"regression\"".to_string()
+    } else {
+        let names: Vec<String> = labels.id2label().iter().map(|(i, n)| format!("{i}: {}", q(n))).collect();
+        md += &format!("id2label = {{{}}}\n", names.join(", "));
+        format!("num_labels={}, id2label=id2label, label2id={{v: k for k, v in id2label.items()}}", labels.num_labels())
+    };
+    md += &format!("base = AutoModelForSequenceClassification.from_pretrained(\n    {}, {kwargs}\n)\n", q(base));
+    md += &format!("# This directory, or the hub repo it was pushed to:\nmodel = PeftModel.from_pretrained(base, {})\n```\n", q(name));
     md
 }

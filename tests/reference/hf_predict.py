@@ -1,6 +1,8 @@
 """Logits of the first rows of a GLUE TSV with a model + trained weights, through Hugging Face:
 a peft adapter via PeftModel.from_pretrained, or peftrain's trainable.safetensors loaded into
-the transformers model with load_state_dict (strict about names)."""
+the transformers model with load_state_dict (strict about names), or (--via card) the model
+the "How to use" snippet of the adapter's README.md builds, run as written from the directory
+that holds the adapter."""
 import argparse
 import json
 import os
@@ -17,20 +19,29 @@ def main():
     ap.add_argument("--adapter")
     ap.add_argument("--tsv", required=True)
     ap.add_argument("--limit", type=int, default=50)
-    ap.add_argument("--via", choices=["peft", "state-dict", "merged"], default="peft")
+    ap.add_argument("--via", choices=["peft", "state-dict", "merged", "card"], default="peft")
     ap.add_argument("--num-labels", type=int, default=2)
     ap.add_argument("--regression", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(2)
     kw = {"problem_type": "regression"} if a.regression else {}
-    if a.via == "merged":
+    if a.via == "card":
+        card = open(os.path.join(a.adapter, "README.md"), encoding="utf-8").read()
+        code = card.split("```python\n", 1)[1].split("```", 1)[0]
+        here = os.getcwd()
+        os.chdir(os.path.dirname(os.path.abspath(a.adapter)))
+        scope = {}
+        exec(code, scope)
+        os.chdir(here)
+        model = scope["model"]
+    elif a.via == "merged":
         # A merged checkpoint carries its own label count and names.
         model = AutoModelForSequenceClassification.from_pretrained(a.model)
         assert model.config.num_labels == a.num_labels, model.config.num_labels
     else:
         model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=a.num_labels, **kw)
-    if a.via == "merged":
-        pass  # --model is a merged checkpoint: plain transformers, nothing else.
+    if a.via in ("merged", "card"):
+        pass  # --model is a merged checkpoint, or the card built the model: nothing else.
     elif a.via == "peft":
         from peft import PeftModel
 

@@ -217,6 +217,13 @@ fn a_three_label_csv_trains_predicts_names_loads_in_peft_and_merges_with_its_nam
     let diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert_eq!(theirs.len(), 90);
     assert!(diff <= 1e-5, "peft's logits differ by {diff}");
+    // The model card's "How to use" snippet, run as written, builds the same model with the
+    // label names.
+    let (theirs, id2label) =
+        reference(&["--model", &m, "--tokenizer", &t, "--adapter", &o, "--tsv", tsv.to_str().unwrap(), "--limit", "30", "--via", "card"]);
+    assert_eq!(id2label, serde_json::json!({"0": "high", "1": "low", "2": "mid"}));
+    let diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(theirs.len() == 90 && diff <= 1e-5, "the card's model's logits differ by {diff}");
 
     // merge keeps 3 labels and their names; transformers loads it with the same logits.
     let merged = d.path().join("merged");
