@@ -239,9 +239,23 @@ fn send_type_ids(model: &Path, max_length: usize) -> anyhow::Result<bool> {
 /// `peftrain train` / `peftrain coordinator`: the whole run, outputs included.
 pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -> anyhow::Result<RunSummary> {
     cfg.validate_values().map_err(usage)?;
-    if cfg.push_to_hub && crate::hub::HubOptions::from_env().token.is_none() {
-        return Err(usage(crate::push::PushError::NoToken.to_string().replace("push needs", "--push-to-hub needs")));
-    }
+    // --push-to-hub: the token checked and the repo made before anything trains, as the
+    // Trainer's init_hf_repo does.
+    let push_target = match cfg.push_to_hub {
+        false => None,
+        true => {
+            let (id, private, hub) = (cfg.hub_repo_id(), cfg.hub_private_repo, crate::hub::HubOptions::from_env());
+            let target = tokio::task::spawn_blocking(move || crate::push::prepare(&id, private, &hub)).await?;
+            Some(target.map_err(|e| {
+                use crate::push::PushError;
+                let line = format!("--push-to-hub: {e}");
+                match e {
+                    PushError::NoToken | PushError::Offline | PushError::BadRepo(_) => usage(line),
+                    _ => anyhow!(line),
+                }
+            })?)
+        }
+    };
     check_local_workers(cfg, workers)?;
     let mut resolved = cfg.clone();
     resolve_inputs(&mut resolved)?;
@@ -300,6 +314,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
 
     let mut session = Session::start(cfg, workers, type_ids, net, &stop).await?;
     let mut st = LoopState::default();
+    let mut completed = false;
     let result = async {
         let lead = session.cluster.registry.members().into_iter().next().ok_or_else(|| anyhow!("no workers"))?;
         if let Some(msg) = newly_initialized_message(&lead.model_class, &cfg.model, &lead.newly_initialized) {
@@ -367,7 +382,8 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         let hf = crate::run_state::trainer_state(cfg, &st).map_err(|e| anyhow!(e))?;
         checkpoint::write_atomic(&cfg.output_dir.join(crate::run_state::TRAINER_STATE_FILE), &serde_json::to_vec_pretty(&hf)?)?;
         let name = cfg.output_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "peftrain-model".into());
-        let card = crate::model_card::model_card(cfg, &name, summary.last_eval.as_ref(), &st);
+        let repo = push_target.as_ref().map(|t| t.repo_id.as_str());
+        let card = crate::model_card::model_card(cfg, &name, repo, summary.last_eval.as_ref(), &st);
         checkpoint::write_atomic(&cfg.output_dir.join("README.md"), card.as_bytes())?;
         tracing::info!("trainable weights written to {} ({})", cfg.output_dir.display(), human_bytes(bytes));
         std::fs::write(cfg.output_dir.join("train_output.json"), serde_json::to_vec_pretty(&summary.output)?)?;
@@ -397,18 +413,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             md.display(),
             png.display()
         );
-        if cfg.push_to_hub {
-            let req = crate::push::PushRequest {
-                dir: cfg.output_dir.clone(),
-                repo_id: cfg.hub_repo_id(),
-                revision: "main".into(),
-                private: cfg.hub_private_repo,
-                commit_message: "End of training".into(),
-            };
-            let hub = crate::hub::HubOptions::from_env();
-            let done = tokio::task::spawn_blocking(move || crate::push::push(&req, &hub)).await??;
-            println!("pushed {} files ({} through LFS) to {}: {}", done.files, done.lfs_files, done.repo_id, done.commit_url);
-        }
+        completed = true;
         anyhow::Ok(summary)
     }
     .await;
@@ -429,6 +434,24 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         }
     }
     session.finish(net.keep_serving).await;
+    // The push comes after the run is finished and said so: a push that fails leaves a
+    // finished run (outputs written, no extra checkpoint) and says how to retry.
+    if let (Ok(_), true, Some(target)) = (&result, completed, push_target) {
+        let dir = cfg.output_dir.clone();
+        let pushed =
+            tokio::task::spawn_blocking(move || crate::push::commit(&target, &dir, "main", "End of training").map(|d| (d, target.repo_id))).await?;
+        match pushed {
+            Ok((done, _)) => println!("pushed {} files ({} through LFS) to {}: {}", done.files, done.lfs_files, done.repo_id, done.commit_url),
+            Err(e) => {
+                return Err(anyhow!(
+                    "training finished (outputs in {}), but the push failed: {e}; retry with `peftrain push {} --repo-id {}`",
+                    cfg.output_dir.display(),
+                    cfg.output_dir.display(),
+                    cfg.hub_repo_id()
+                ))
+            }
+        }
+    }
     result
 }
 

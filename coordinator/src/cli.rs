@@ -68,6 +68,7 @@ pub struct PushCmd {
     /// Create the repo private (an existing repo keeps its visibility).
     #[arg(long, alias = "hub-private-repo")]
     pub private: bool,
+    /// The commit's summary line (the Trainer's "End of training").
     #[arg(long, default_value = "End of training")]
     pub commit_message: String,
 }

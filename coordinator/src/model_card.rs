@@ -11,9 +11,9 @@ fn q(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-/// The model card of a finished run: `name` its output directory's name, `eval` its final
-/// (or best) evaluation, `st` where its loop ended.
-pub fn model_card(cfg: &TrainConfig, name: &str, eval: Option<&EvalResult>, st: &LoopState) -> String {
+/// The model card of a finished run: `name` its output directory's name, `repo` the hub repo
+/// it is pushed to (if any), `eval` its final (or best) evaluation, `st` where its loop ended.
+pub fn model_card(cfg: &TrainConfig, name: &str, repo: Option<&str>, eval: Option<&EvalResult>, st: &LoopState) -> String {
     let base = cfg.base_model_name();
     let kind = cfg.method.kind;
     let peft = kind.saves_peft_adapter();
@@ -66,7 +66,7 @@ pub fn model_card(cfg: &TrainConfig, name: &str, eval: Option<&EvalResult>, st: 
             md += &format!("- {}: {v:.4}\n", column_title(k));
         }
     }
-    md += &how_to_use(cfg, name, &base);
+    md += &how_to_use(cfg, name, repo, &base);
     let schedule = cfg.schedule(st.max_steps);
     md += "\n## Training procedure\n\n### Training hyperparameters\n\nThe following hyperparameters were used during training:\n";
     md += &format!("- method: {kind} ({})\n", cfg.method.method().rules().describe());
@@ -89,16 +89,27 @@ pub fn model_card(cfg: &TrainConfig, name: &str, eval: Option<&EvalResult>, st: 
     md
 }
 
+/// `s` as one shell word (single-quoted unless it is plainly safe).
+fn shell(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// "How to use": loading the weights with transformers (+ peft), label names included. peft's
 /// adapter format has no field for them (transformers and peft read the base model's
 /// config), so the snippet passes them to `from_pretrained`, as run_glue.py does.
-fn how_to_use(cfg: &TrainConfig, name: &str, base: &str) -> String {
+fn how_to_use(cfg: &TrainConfig, name: &str, repo: Option<&str>, base: &str) -> String {
     let labels = cfg.labels();
     let mut md = String::from("\n## How to use\n\n");
     if !cfg.method.kind.saves_peft_adapter() {
         md += &format!(
-            "`peftrain merge --model {base} --adapter {name} --output merged` writes a transformers checkpoint \
-             (`AutoModelForSequenceClassification.from_pretrained(\"merged\")`, label names included).\n"
+            "`peftrain merge --model {} --adapter {} --output merged` writes a transformers checkpoint \
+             (`AutoModelForSequenceClassification.from_pretrained(\"merged\")`, label names included).\n",
+            shell(base),
+            shell(name)
         );
         return md;
     }
@@ -111,6 +122,9 @@ fn how_to_use(cfg: &TrainConfig, name: &str, base: &str) -> String {
         format!("num_labels={}, id2label=id2label, label2id={{v: k for k, v in id2label.items()}}", labels.num_labels())
     };
     md += &format!("base = AutoModelForSequenceClassification.from_pretrained(\n    {}, {kwargs}\n)\n", q(base));
-    md += &format!("# This directory, or the hub repo it was pushed to:\nmodel = PeftModel.from_pretrained(base, {})\n```\n", q(name));
+    md += &match repo {
+        Some(r) => format!("model = PeftModel.from_pretrained(base, {})\n```\n", q(r)),
+        None => format!("# This directory, or the hub repo it was pushed to:\nmodel = PeftModel.from_pretrained(base, {})\n```\n", q(name)),
+    };
     md
 }

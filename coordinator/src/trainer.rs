@@ -308,7 +308,9 @@ pub async fn train<W: Write>(
         st.epoch = st.global_step as f64 / steps_per_epoch as f64;
         let global_step = st.global_step;
         window_samples += batch.len() as u64;
-        obs.step_took(step_ms / 1000.0, out.allreduce_ms / 1000.0);
+        // allreduce_ms comes from the wire: a histogram takes only a finite, non-negative time.
+        let reduce_s = if out.allreduce_ms.is_finite() { out.allreduce_ms.max(0.0) / 1000.0 } else { 0.0 };
+        obs.step_took(step_ms / 1000.0, reduce_s);
         obs.update(|s| {
             s.step = global_step;
             s.epoch = st.epoch;

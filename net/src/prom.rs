@@ -65,7 +65,7 @@ impl Scrape<'_, '_> {
     pub fn gauges(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (Labels, f64)>) -> std::fmt::Result {
         let mut m = self.enc.encode_descriptor(name, help, None, ConstGauge::new(0.0).metric_type())?;
         for (extra, v) in series {
-            let labels: Labels = self.labels.iter().cloned().chain(extra).collect();
+            let labels: Labels = self.labels.iter().cloned().chain(extra.into_iter().map(|(k, v)| (k, escape(&v)))).collect();
             ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
         }
         Ok(())
@@ -91,9 +91,16 @@ impl<E> std::fmt::Debug for Collect<E> {
     }
 }
 
+/// A label value as OpenMetrics text needs it: prometheus-client writes values as given, so a
+/// quote, backslash or newline in one (a worker id is the user's own text) would break the
+/// whole scrape.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 impl<E: Exposed> Collector for Collect<E> {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        let labels = self.0.labels();
+        let labels: Labels = self.0.labels().into_iter().map(|(k, v)| (k, escape(&v))).collect();
         self.0.families(&mut Scrape { enc: &mut enc, labels: &labels })
     }
 }
@@ -110,4 +117,31 @@ pub fn render(exposed: impl Exposed) -> String {
         let _ = writeln!(out, "# encoding failed: {e}\n# EOF");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Odd;
+
+    impl Exposed for Odd {
+        fn labels(&self) -> Labels {
+            vec![("worker", "w\"1\\x\ny".to_string())]
+        }
+        fn families(&self, e: &mut Scrape) -> std::fmt::Result {
+            e.counter("t_steps_total", "Steps.", 3.0)?;
+            e.gauges("t_up", "Up.", [(vec![("peer", "a\"b".to_string())], 1.0)])
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped_as_openmetrics_says() {
+        let text = render(Odd);
+        // OpenMetrics: label values escape backslash, double quote and line feed.
+        assert!(text.contains(r#"t_steps_total{worker="w\"1\\x\ny"} 3"#), "{text}");
+        assert!(text.contains(r#"t_up{worker="w\"1\\x\ny",peer="a\"b"} 1"#), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with("t_")).count(), 2, "one line per sample: {text}");
+    }
 }

@@ -36,7 +36,14 @@ fn serve(store: &Path) -> Server {
 
 fn push(endpoint: &str, token: Option<&str>, args: &[&str]) -> std::process::Output {
     let mut c = Command::new(bin("peftrain"));
-    c.arg("push").args(args).env("HF_ENDPOINT", endpoint).env("RUST_LOG", "error").env_remove("HF_TOKEN").env("HF_HOME", "/nonexistent");
+    // The suite runs offline (scripts/env.sh); a push to the local server is the exception.
+    c.arg("push")
+        .args(args)
+        .env("HF_ENDPOINT", endpoint)
+        .env_remove("HF_HUB_OFFLINE")
+        .env("RUST_LOG", "error")
+        .env_remove("HF_TOKEN")
+        .env("HF_HOME", "/nonexistent");
     if let Some(t) = token {
         c.env("HF_TOKEN", t);
     }
@@ -86,11 +93,15 @@ fn trained(d: &Path, hub: &Server) -> std::path::PathBuf {
         .env("RUST_LOG", "warn")
         .env("PEFTRAIN_WORKER_BIN", bin("peftrain-worker"))
         .env("HF_ENDPOINT", &hub.endpoint)
+        .env_remove("HF_HUB_OFFLINE")
         .env("HF_TOKEN", TOKEN)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("peftrain-test/from-train"));
+    // The card's snippet loads the adapter from the repo it was pushed to.
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains(r#"PeftModel.from_pretrained(base, "peftrain-test/from-train")"#), "{card}");
     out
 }
 
@@ -110,6 +121,8 @@ fn push_commits_what_upload_folder_commits_and_snapshot_download_reads_it_back()
     let out = trained(d.path(), &hub);
     assert!(std::fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("checkpoint-")));
 
+    // Two files of equal content are one LFS object (the server's upload tokens are single-use).
+    std::fs::copy(out.join("adapter_model.safetensors"), out.join("adapter_model_copy.safetensors")).unwrap();
     let o = push(&hub.endpoint, Some(TOKEN), &[out.to_str().unwrap(), "--repo-id", "peftrain-test/tiny-lora"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let said = String::from_utf8_lossy(&o.stdout);
@@ -152,7 +165,9 @@ fn push_commits_what_upload_folder_commits_and_snapshot_download_reads_it_back()
     }
     assert_eq!(r["summaries"]["peftrain-test/tiny-lora"], "End of training");
     // train --push-to-hub committed the same directory at the end of the run.
-    assert_eq!(last_commit(&store, "peftrain-test/from-train"), last_commit(&store, "peftrain-test/tiny-lora"));
+    let mut pushed_later = last_commit(&store, "peftrain-test/tiny-lora");
+    pushed_later.retain(|(p, _)| p != "adapter_model_copy.safetensors");
+    assert_eq!(last_commit(&store, "peftrain-test/from-train"), pushed_later);
 }
 
 fn hex_sha256(b: &[u8]) -> String {
@@ -180,6 +195,7 @@ fn push_refusals_are_one_clear_line() {
     let o = Command::new(bin("peftrain"))
         .args(["train", "--model", "/nonexistent-model", "--output-dir", d.path().join("never").to_str().unwrap(), "--push-to-hub"])
         .env("HF_ENDPOINT", &hub.endpoint)
+        .env_remove("HF_HUB_OFFLINE")
         .env_remove("HF_TOKEN")
         .env("HF_HOME", "/nonexistent")
         .env("RUST_LOG", "error")
@@ -189,6 +205,15 @@ fn push_refusals_are_one_clear_line() {
     assert_one_clear_line(&String::from_utf8_lossy(&o.stderr), &["--push-to-hub", "HF_TOKEN"]);
     assert!(!d.path().join("never").exists());
     fails(Some(TOKEN), &[dir_s, "--repo-id", "../x"], 2, &["--repo-id", "../x"]);
+    let o = Command::new(bin("peftrain"))
+        .args(["push", dir_s, "--repo-id", "peftrain-test/x"])
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_TOKEN", TOKEN)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_one_clear_line(&String::from_utf8_lossy(&o.stderr), &["HF_HUB_OFFLINE"]);
     fails(Some(TOKEN), &["/nonexistent/run", "--repo-id", "peftrain-test/x"], 2, &["/nonexistent/run"]);
     let empty = d.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();

@@ -316,7 +316,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
         }
         tracing::info!(worker = %opts.id, "coordinator run {} does not know this worker; registering again", again.run_id);
         run_id = again.run_id;
-        engine.stat(|s| s.run_id = run_id.clone());
+        engine.stat(|s| s.new_run(&run_id));
     }
 }
 

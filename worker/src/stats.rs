@@ -38,6 +38,22 @@ impl WorkerStats {
         self.times.observe(compute_seconds, allreduce_seconds);
     }
 
+    /// The worker joined another run: its series start again under the new run label
+    /// (a counter keeps counting only within one label set).
+    pub fn new_run(&mut self, run_id: &str) {
+        let keep = std::mem::take(self);
+        *self = WorkerStats {
+            worker_id: keep.worker_id,
+            run_id: run_id.to_string(),
+            task: keep.task,
+            method: keep.method,
+            device: keep.device,
+            fingerprint: keep.fingerprint,
+            trainable_params: keep.trainable_params,
+            ..Default::default()
+        };
+    }
+
     pub fn prometheus(&self) -> String {
         prom::render(self.clone())
     }
