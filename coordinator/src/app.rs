@@ -246,14 +246,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
         true => {
             let (id, private, hub) = (cfg.hub_repo_id(), cfg.hub_private_repo, crate::hub::HubOptions::from_env());
             let target = tokio::task::spawn_blocking(move || crate::push::prepare(&id, private, &hub)).await?;
-            Some(target.map_err(|e| {
-                use crate::push::PushError;
-                let line = format!("--push-to-hub: {e}");
-                match e {
-                    PushError::NoToken | PushError::Offline | PushError::BadRepo(_) => usage(line),
-                    _ => anyhow!(line),
-                }
-            })?)
+            Some(target.map_err(|e| if e.is_usage() { usage(format!("--push-to-hub: {e}")) } else { anyhow!("--push-to-hub: {e}") })?)
         }
     };
     check_local_workers(cfg, workers)?;

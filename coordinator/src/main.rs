@@ -99,16 +99,12 @@ fn push(p: &peftrain::cli::PushCmd) -> anyhow::Result<()> {
         private: p.private,
         commit_message: p.commit_message.clone(),
     };
-    use peftrain::push::PushError;
-    let done = peftrain::push::push(&req, &peftrain::hub::HubOptions::from_env()).map_err(|e| match e {
-        // What the command line asked for is wrong: a usage error (exit 2), like clap's.
-        PushError::NoToken
-        | PushError::Offline
-        | PushError::BadRevision
-        | PushError::BadRepo(_)
-        | PushError::NotADir(_)
-        | PushError::NotAModel(_) => app::usage(e.to_string()),
-        e => e.into(),
+    let done = peftrain::push::push(&req, &peftrain::hub::HubOptions::from_env()).map_err(|e| {
+        if e.is_usage() {
+            app::usage(e.to_string())
+        } else {
+            e.into()
+        }
     })?;
     println!("pushed {} files ({} through LFS) to {}: {}", done.files, done.lfs_files, done.repo_id, done.commit_url);
     Ok(())

@@ -51,6 +51,22 @@ pub enum PushError {
     Malformed { what: &'static str, url: String, why: String },
 }
 
+impl PushError {
+    /// Whether the command line (or the environment it runs in) asked for something that
+    /// cannot be: a usage error (exit 2, like clap's) rather than a failed push.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            PushError::NoToken
+                | PushError::Offline
+                | PushError::BadRevision
+                | PushError::BadRepo(_)
+                | PushError::NotADir(_)
+                | PushError::NotAModel(_)
+        )
+    }
+}
+
 /// What to push where.
 #[derive(Debug, Clone)]
 pub struct PushRequest {
