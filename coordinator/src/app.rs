@@ -122,12 +122,12 @@ impl Session {
             worker_timeout: Duration::from_secs_f64(cfg.worker_timeout),
             min_workers: cfg.min_workers,
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs_f64(cfg.register_timeout);
+        // Elastic start: all --workers, or --min-workers once --register-timeout has passed.
+        let since = std::time::Instant::now();
         let cluster = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
             let stop = stop.clone();
             let wait = registry
-                .wait_full(left, Duration::from_secs_f64(cfg.register_timeout), || {
+                .wait_start(cfg.min_workers, since, Duration::from_secs_f64(cfg.register_timeout), || {
                     if let Some(sig) = stop.requested() {
                         return Some(format!("stopped by {sig} before training started"));
                     }
@@ -162,9 +162,12 @@ impl Session {
     }
 
     /// Shuts the workers down, waits for local processes, stops the service (after SIGTERM
-    /// or Ctrl-C with `keep_serving`).
-    pub async fn finish(mut self, keep_serving: bool) {
-        self.cluster.shutdown().await;
+    /// or Ctrl-C with `keep_serving`). A run `paused` by a signal (a preempted coordinator)
+    /// leaves remote workers running: they wait for the coordinator that resumes it.
+    pub async fn finish(mut self, keep_serving: bool, paused: bool) {
+        if !paused || self.local.is_some() {
+            self.cluster.shutdown().await;
+        }
         if let Some(l) = self.local.take() {
             l.finish(Duration::from_secs(10)).await;
         }
@@ -426,7 +429,8 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             }
         }
     }
-    session.finish(net.keep_serving).await;
+    let paused = matches!(&result, Ok(summary) if summary.stopped.is_some());
+    session.finish(net.keep_serving, paused).await;
     // The push comes after the run is finished and said so: a push that fails leaves a
     // finished run (outputs written, no extra checkpoint) and says how to retry.
     if let (Ok(_), true, Some(target)) = (&result, completed, push_target) {
@@ -506,7 +510,7 @@ pub async fn run_predict(p: &PredictConfig, workers: &Workers, net: &NetArgs) ->
         anyhow::Ok(rows.len())
     }
     .await;
-    session.finish(false).await;
+    session.finish(false, false).await;
     result
 }
 
@@ -529,7 +533,7 @@ pub async fn run_eval(cfg: &TrainConfig, split: Split, workers: &Workers, net: &
         trainer::evaluate_sets(&mut session.cluster, &[(&rows, "")], cfg.eval_batch(), &cfg.metrics(), cfg.labels().is_regression(), cfg.quiet)
             .await
             .map_err(anyhow::Error::from);
-    session.finish(false).await;
+    session.finish(false, false).await;
     result
 }
 

@@ -217,6 +217,12 @@ pub struct CoordinatorCmd {
     pub train: TrainConfig,
     #[command(flatten)]
     pub net: NetFlags,
+    /// Exit status after stopping on SIGTERM/SIGINT with a checkpoint written. Kubernetes
+    /// counts a pod that exits 0 as done, and a JobSet whose coordinator is done is Completed:
+    /// the manifests set 143 (128 + SIGTERM), which their podFailurePolicy ignores, so the
+    /// coordinator is started again and resumes.
+    #[arg(long, default_value_t = 0, env = "PEFTRAIN_SIGNAL_EXIT_CODE")]
+    pub signal_exit_code: u8,
 }
 
 #[derive(Args, Debug)]

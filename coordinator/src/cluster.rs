@@ -181,6 +181,16 @@ fn classify(c: &Conn, s: tonic::Status) -> Failure {
     }
 }
 
+/// Tells workers to exit; errors are ignored (a worker may already be gone).
+async fn tell_to_exit(conns: &[Conn]) {
+    for c in conns {
+        let mut client = c.client.clone();
+        let mut req = tonic::Request::new(pb::ShutdownRequest {});
+        req.set_timeout(Duration::from_secs(5));
+        let _ = client.shutdown(req).await;
+    }
+}
+
 async fn connect(m: &Member, security: &Security) -> Result<Conn, ClusterError> {
     let err = |why: String| ClusterError::Connect { worker: m.worker_id.clone(), address: m.address.clone(), why };
     let ch = security
@@ -324,16 +334,39 @@ impl Cluster {
 
     /// Drops lost workers from the group (and the registry, so their slots reopen).
     fn remove(&mut self, lost: &BTreeSet<String>) -> Result<(), ClusterError> {
-        for c in self.conns.iter().filter(|c| lost.contains(&c.member.worker_id)) {
+        let names = self.drop_members(lost)?;
+        tracing::warn!("lost {names}; carrying on with {} worker(s)", self.conns.len());
+        Ok(())
+    }
+
+    /// Takes workers out of the group and the registry; fails below --min-workers.
+    fn drop_members(&mut self, ids: &BTreeSet<String>) -> Result<String, ClusterError> {
+        for c in self.conns.iter().filter(|c| ids.contains(&c.member.worker_id)) {
             self.registry.remove_at(&c.member.worker_id, &c.member.address);
         }
-        self.conns.retain(|c| !lost.contains(&c.member.worker_id));
-        let names = lost.iter().cloned().collect::<Vec<_>>().join(", ");
+        self.conns.retain(|c| !ids.contains(&c.member.worker_id));
+        let names = ids.iter().cloned().collect::<Vec<_>>().join(", ");
         if self.conns.len() < self.tolerance.min_workers.max(1) {
             return Err(ClusterError::TooFewWorkers { have: self.conns.len(), min: self.tolerance.min_workers.max(1), lost: names });
         }
-        tracing::warn!("lost {names}; carrying on with {} worker(s)", self.conns.len());
-        Ok(())
+        Ok(names)
+    }
+
+    /// At a step boundary: workers that asked to leave (SIGTERM, a preemption) go now, told to
+    /// exit, and the others re-form the ring. Between two steps nothing is in flight, so no
+    /// step is redone and nobody waits for a heartbeat timeout.
+    pub async fn release_leavers(&mut self) -> Result<usize, ClusterError> {
+        let leaving: BTreeSet<String> =
+            self.registry.leavers().into_iter().filter(|id| self.conns.iter().any(|c| &c.member.worker_id == id)).collect();
+        if leaving.is_empty() {
+            return Ok(0);
+        }
+        let going: Vec<Conn> = self.conns.iter().filter(|c| leaving.contains(&c.member.worker_id)).cloned().collect();
+        let names = self.drop_members(&leaving)?;
+        tell_to_exit(&going).await;
+        tracing::info!("{names} left (asked to stop); carrying on with {} worker(s)", self.conns.len());
+        self.setup().await?;
+        Ok(leaving.len())
     }
 
     /// Workers whose heartbeats stopped for longer than the worker timeout.
@@ -605,14 +638,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Tells every worker to exit; errors are ignored (a worker may already be gone).
+    /// Tells every worker to exit.
     pub async fn shutdown(&self) {
-        for c in &self.conns {
-            let mut client = c.client.clone();
-            let mut req = tonic::Request::new(pb::ShutdownRequest {});
-            req.set_timeout(Duration::from_secs(5));
-            let _ = client.shutdown(req).await;
-        }
+        tell_to_exit(&self.conns).await;
     }
 
     /// Trainable layout of the group (from the fingerprint all members share).

@@ -182,13 +182,16 @@ pub struct TrainConfig {
     /// Deadline of each coordinator -> worker call, seconds.
     #[arg(long, env = "PEFTRAIN_RPC_TIMEOUT", default_value_t = 1800.0)]
     pub rpc_timeout: f64,
-    /// How long to wait for the workers to register, seconds.
+    /// How long to wait for all --workers to register, seconds; then training starts with
+    /// the --min-workers or more that did (torchrun's --nnodes MIN:MAX), and the rest join at
+    /// a step boundary when they register.
     #[arg(long, env = "PEFTRAIN_REGISTER_TIMEOUT", default_value_t = 600.0)]
     pub register_timeout: f64,
     /// Seconds without a heartbeat after which a worker is lost (also bounds ring waits).
     #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
     pub worker_timeout: f64,
-    /// Fewest workers the run may carry on with.
+    /// Fewest workers the run may start with (once --register-timeout has passed) and carry
+    /// on with.
     #[arg(long, default_value_t = 1, env = "PEFTRAIN_MIN_WORKERS")]
     pub min_workers: usize,
     /// Write a checkpoint every N steps (one is always written at the end).

@@ -25,7 +25,7 @@ pub mod run_state;
 pub mod sampler;
 pub mod schedule;
 pub mod service;
-pub mod signals;
+pub use peftrain_net::signals;
 pub mod strategy;
 pub mod table;
 pub mod tensorboard;

@@ -253,8 +253,14 @@ fn main() -> ExitCode {
         Command::Train(t) => {
             runtime().and_then(|rt| rt.block_on(app::run_training(&config(&t.train), &local(&t.local), &t.net.to_args())).map(|_| ()))
         }
-        Command::Coordinator(c) => runtime()
-            .and_then(|rt| rt.block_on(app::run_training(&config(&c.train), &Workers::Remote { listen: c.listen }, &c.net.to_args())).map(|_| ())),
+        Command::Coordinator(c) => {
+            let run =
+                runtime().and_then(|rt| rt.block_on(app::run_training(&config(&c.train), &Workers::Remote { listen: c.listen }, &c.net.to_args())));
+            match run {
+                Ok(summary) if summary.stopped.is_some() && c.signal_exit_code != 0 => return ExitCode::from(c.signal_exit_code),
+                r => r.map(|_| ()),
+            }
+        }
         Command::Eval(e) => eval(e, config(&e.train)),
         Command::Compare(c) => runtime().and_then(|rt| {
             let (md, png) = rt.block_on(app::run_compare(&config(&c.train), &c.methods, &local(&c.local), &c.net.to_args()))?;

@@ -44,6 +44,35 @@ pub struct Member {
     pub peft_all_params: u64,
     /// The frozen base's dtype as the worker resolved it, and why.
     pub base_dtype: String,
+    /// It asked to leave (SIGTERM): the cluster lets it go at the next step boundary.
+    pub leaving: bool,
+}
+
+/// What the coordinator does about the workers registered so far, as torchrun's rendezvous
+/// (`--nnodes MIN:MAX`) decides it: start at once when all are there; once the registration
+/// time is up, start with whoever came if they are at least the minimum, else give up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartDecision {
+    Start,
+    Wait,
+    Fail(String),
+}
+
+/// A pure function of the counts and the clock, so it is unit-tested without sockets.
+pub fn start_decision(registered: usize, expected: usize, min_workers: usize, waited: Duration, timeout: Duration) -> StartDecision {
+    let min = min_workers.clamp(1, expected.max(1));
+    if registered >= expected {
+        StartDecision::Start
+    } else if waited < timeout {
+        StartDecision::Wait
+    } else if registered >= min {
+        StartDecision::Start
+    } else {
+        StartDecision::Fail(format!(
+            "only {registered} of {expected} workers registered within {:.0} s (--register-timeout), fewer than --min-workers {min}",
+            timeout.as_secs_f64()
+        ))
+    }
 }
 
 struct State {
@@ -209,6 +238,7 @@ impl Registry {
                 non_embedding_params: req.non_embedding_params,
                 peft_all_params: req.peft_all_params,
                 base_dtype: req.base_dtype,
+                leaving: false,
             });
         }
         if st.fingerprint.is_none() {
@@ -220,18 +250,37 @@ impl Registry {
         Ok(reply)
     }
 
+    /// A heartbeat; one that says `leaving` marks its worker to be let go at the next step
+    /// boundary, or, before the group is set up, forgets it at once (its slot reopens).
     pub fn heartbeat(&self, req: &pb::HeartbeatRequest) -> pb::HeartbeatReply {
+        let started = self.started.load(std::sync::atomic::Ordering::SeqCst);
         let mut st = self.state();
-        let known = req.run_id == self.run_id
-            && st.members.iter_mut().any(|m| {
-                if m.worker_id == req.worker_id {
-                    m.last_seen = Instant::now();
-                    true
-                } else {
-                    false
-                }
-            });
-        pb::HeartbeatReply { known }
+        let Some(m) = st.members.iter_mut().find(|m| req.run_id == self.run_id && m.worker_id == req.worker_id) else {
+            return pb::HeartbeatReply { known: false };
+        };
+        m.last_seen = Instant::now();
+        if !req.leaving {
+            return pb::HeartbeatReply { known: true };
+        }
+        if !m.leaving {
+            tracing::info!(worker = %m.worker_id, "asked to leave (SIGTERM): it goes at the next step boundary");
+        }
+        m.leaving = true;
+        if started {
+            return pb::HeartbeatReply { known: true };
+        }
+        st.members.retain(|m| m.worker_id != req.worker_id);
+        if st.members.is_empty() {
+            st.fingerprint = None;
+        }
+        drop(st);
+        self.changed.notify_waiters();
+        pb::HeartbeatReply { known: false }
+    }
+
+    /// Workers that asked to leave.
+    pub fn leavers(&self) -> Vec<String> {
+        self.state().members.iter().filter(|m| m.leaving).map(|m| m.worker_id.clone()).collect()
     }
 
     /// Forgets a worker (lost): its slot reopens for a replacement, and its heartbeats are
@@ -267,23 +316,38 @@ impl Registry {
         self.state().fingerprint.clone()
     }
 
-    /// Waits until `expected` workers registered, `abort` reports a reason to stop (e.g. a local
-    /// worker process died), or `left` passes (of a registration deadline of `timeout` in all).
-    pub async fn wait_full(&self, left: Duration, timeout: Duration, mut abort: impl FnMut() -> Option<String>) -> Result<Vec<Member>, String> {
-        let deadline = Instant::now() + left;
+    /// Waits until `start_decision` says start (all `expected` registered, or at least
+    /// `min_workers` once `timeout` since `since` has passed) or fail, or `abort` reports a
+    /// reason to stop (e.g. a local worker process died). Later workers join at a step boundary.
+    pub async fn wait_start(
+        &self,
+        min_workers: usize,
+        since: Instant,
+        timeout: Duration,
+        mut abort: impl FnMut() -> Option<String>,
+    ) -> Result<Vec<Member>, String> {
         loop {
             let notified = self.changed.notified();
             let members = self.members();
-            if members.len() as u32 >= self.expected {
-                return Ok(members);
+            match start_decision(members.len(), self.expected as usize, min_workers, since.elapsed(), timeout) {
+                StartDecision::Start => {
+                    if members.len() < self.expected as usize {
+                        tracing::warn!(
+                            "starting with {} of {} workers after {:.0} s; the others join at a step boundary when they register",
+                            members.len(),
+                            self.expected,
+                            timeout.as_secs_f64()
+                        );
+                    }
+                    return Ok(members);
+                }
+                StartDecision::Fail(why) => return Err(why),
+                StartDecision::Wait => {}
             }
             if let Some(why) = abort() {
                 return Err(why);
             }
-            if Instant::now() >= deadline {
-                return Err(format!("only {} of {} workers registered within {:.0} s", members.len(), self.expected, timeout.as_secs_f64()));
-            }
-            // Poll the abort condition at least every 200 ms while waiting for registrations.
+            // Poll the abort condition and the clock at least every 200 ms while waiting.
             let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
         }
     }
@@ -312,6 +376,43 @@ fn layout_difference(a: &pb::Fingerprint, b: &pb::Fingerprint) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_is_decided_like_torchruns_rendezvous() {
+        let s = Duration::from_secs;
+        // All there: at once, whatever the clock says.
+        assert_eq!(start_decision(3, 3, 1, s(0), s(60)), StartDecision::Start);
+        // Some missing: wait out the registration time, even with the minimum there.
+        assert_eq!(start_decision(2, 3, 1, s(59), s(60)), StartDecision::Wait);
+        assert_eq!(start_decision(0, 3, 1, s(10), s(60)), StartDecision::Wait);
+        // Time up: start with the minimum or more, else fail and say why.
+        assert_eq!(start_decision(2, 3, 2, s(60), s(60)), StartDecision::Start);
+        assert_eq!(start_decision(1, 3, 1, s(61), s(60)), StartDecision::Start);
+        let StartDecision::Fail(why) = start_decision(1, 4, 2, s(60), s(60)) else { panic!("should fail") };
+        assert!(why.contains("only 1 of 4") && why.contains("--min-workers 2") && why.contains("60 s"), "{why}");
+        // A minimum of 0 still needs one worker; one above the count means all of them.
+        assert!(matches!(start_decision(0, 2, 0, s(60), s(60)), StartDecision::Fail(_)));
+        assert!(matches!(start_decision(2, 3, 9, s(60), s(60)), StartDecision::Fail(_)));
+    }
+
+    #[test]
+    fn a_leaving_worker_is_forgotten_before_the_start_and_marked_after() {
+        let r = Registry::new("r".into(), pb::RunSpec::default(), 2);
+        r.register(req("a", fp("d", 1))).unwrap();
+        r.register(req("b", fp("d", 1))).unwrap();
+        let hb = |id: &str, leaving| pb::HeartbeatRequest { worker_id: id.into(), run_id: "r".into(), leaving };
+        assert!(r.heartbeat(&hb("a", false)).known);
+        // Before the group is set up: gone at once, its slot open again.
+        assert!(!r.heartbeat(&hb("a", true)).known);
+        assert_eq!(r.members().len(), 1);
+        r.register(req("c", fp("d", 1))).unwrap();
+        r.mark_started();
+        // After: still a member, marked, until the cluster lets it go.
+        assert!(r.heartbeat(&hb("b", true)).known);
+        assert_eq!(r.leavers(), vec!["b".to_string()]);
+        assert_eq!(r.members().len(), 2);
+        assert!(!r.heartbeat(&hb("z", true)).known);
+    }
 
     fn fp(d: &str, n: u64) -> pb::Fingerprint {
         pb::Fingerprint { digest: d.into(), model_type: "roberta".into(), trainable_params: n, total_params: 10, layout: vec![] }

@@ -269,7 +269,9 @@ pub async fn train<W: Write>(
         let idx = &order[pos * batch_size..((pos + 1) * batch_size).min(n)];
         let batch: Vec<&Encoded> = idx.iter().map(|&i| &train[i]).collect();
 
-        // A replacement worker joins between steps, with a live peer's state.
+        // Between steps: workers asked to stop leave, and replacements or late comers join
+        // with a live peer's state.
+        cluster.release_leavers().await?;
         cluster.admit_joiners().await?;
 
         // The step: forward/backward, all-reduce, clip, AdamW, on every worker.

@@ -13,6 +13,7 @@ pub mod http;
 pub mod logging;
 pub mod prom;
 pub mod serve;
+pub mod signals;
 pub mod wire;
 
 use sha2::{Digest, Sha256};
@@ -69,6 +70,37 @@ pub struct SecurityArgs {
     pub tls_ca: Option<PathBuf>,
 }
 
+/// Fewest characters a shared token may have. A token guards every RPC of a run on a shared
+/// cluster, including the one that loads weights into a worker: 16 characters is already far
+/// below the 64 of `openssl rand -hex 32` (what docs/deploy.md makes), but rules out the
+/// short words people type by hand.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Words that mark a token as a stand-in left in a manifest or an example, never a secret.
+const PLACEHOLDER_WORDS: [&str; 6] = ["changeme", "change-me", "change_me", "placeholder", "replace-me", "replaceme"];
+
+/// Why a token cannot guard a run, if it cannot: empty, not printable ASCII, shorter than
+/// `MIN_TOKEN_LEN`, or a placeholder.
+pub fn check_token(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("the token is empty".into());
+    }
+    if t.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        return Err("the token must be printable ASCII without spaces".into());
+    }
+    if t.len() < MIN_TOKEN_LEN {
+        return Err(format!("the token has {} characters, fewer than {MIN_TOKEN_LEN}: make one with `openssl rand -hex 32`", t.len()));
+    }
+    let lower = t.to_ascii_lowercase();
+    if let Some(w) = PLACEHOLDER_WORDS.iter().find(|w| lower.contains(*w)) {
+        return Err(format!("the token is a placeholder (it contains \"{w}\"): make a real one with `openssl rand -hex 32`"));
+    }
+    if t.bytes().collect::<std::collections::BTreeSet<u8>>().len() < 4 {
+        return Err("the token repeats fewer than 4 distinct characters: make a real one with `openssl rand -hex 32`".into());
+    }
+    Ok(())
+}
+
 impl Security {
     pub fn load(a: &SecurityArgs) -> Result<Security, NetError> {
         let token = match (&a.token_file, &a.token) {
@@ -80,9 +112,8 @@ impl Security {
             (None, None) => None,
         };
         if let Some(t) = &token {
-            if t.is_empty() || t.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-                return Err(NetError::Config("the token must be non-empty printable ASCII without spaces".into()));
-            }
+            let from = a.token_file.as_ref().map_or("PEFTRAIN_TOKEN".to_string(), |p| p.display().to_string());
+            check_token(t).map_err(|why| NetError::Config(format!("{from}: {why}")))?;
         }
         let identity = match (&a.tls_cert, &a.tls_key) {
             (Some(c), Some(k)) => Some(Identity::from_pem(read(c)?, read(k)?)),
@@ -94,7 +125,7 @@ impl Security {
         Ok(Security { token: token.map(Arc::from), tls })
     }
 
-    /// A fresh random token (single-node mode hands it to its local workers).
+    /// A fresh random token (single-node mode hands it to its local workers): 256 bits, hex.
     pub fn random_token() -> Result<String, NetError> {
         let mut b = [0u8; 32];
         // The operating system's CSPRNG (getrandom(2) here), as the `getrandom` crate reaches it.
@@ -221,6 +252,32 @@ pub const HTTP2_CONNECTION_WINDOW: u32 = 64 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weak_tokens_are_refused_at_load() {
+        let load = |t: &str| Security::load(&SecurityArgs { token: Some(t.into()), ..Default::default() }).map(|_| ());
+        for (bad, why) in [
+            ("", "empty"),
+            ("   ", "empty"),
+            ("short-token", "fewer than 16"),
+            ("CHANGE-ME-placeholder-token-replace-before-use", "placeholder"),
+            ("my-changeme-token-0123", "placeholder"),
+            ("aaaaaaaaaaaaaaaaaaaaaaaa", "distinct"),
+            ("tab\tinside-a-long-token", "printable"),
+        ] {
+            let e = load(bad).expect_err(bad).to_string();
+            assert!(e.contains("PEFTRAIN_TOKEN") && e.contains(why), "{bad:?}: {e}");
+        }
+        load(&Security::random_token().unwrap()).unwrap();
+        load("0123456789abcdef").unwrap();
+        let dir = std::env::temp_dir().join(format!("peftrain-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        std::fs::write(&f, "tooshort\n").unwrap();
+        let e = Security::load(&SecurityArgs { token_file: Some(f.clone()), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains(&f.display().to_string()) && e.contains("8 characters"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn server_checks_the_bearer_token() {

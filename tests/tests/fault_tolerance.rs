@@ -1,6 +1,8 @@
 //! Losing nothing: a run that loses a worker (SIGKILL or SIGSTOP) finishes with the numbers of
 //! one that didn't, a replacement joins with a live peer's state, a resumed run continues the
-//! uninterrupted one's per-step losses, and workers outlive a coordinator restart.
+//! uninterrupted one's per-step losses, and workers outlive a coordinator restart. Elastic
+//! start (fewer than --workers at first, the rest joining later) and preemption (SIGTERM of a
+//! worker, then of the coordinator) leave the numbers unchanged too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -290,6 +292,151 @@ fn workers_survive_a_coordinator_restart() {
         assert!(w.wait().unwrap().success(), "the same worker processes finished the run");
     }
     assert_same_run(&base, &cut, 1e-6);
+}
+
+/// A free loopback port for a coordinator of one test.
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+/// A remote worker process of the run at `listen`, its log on a channel.
+fn remote_worker(listen: &str, id: &str, extra: &[&str]) -> (Child, Receiver<String>) {
+    let mut cmd = Command::new(bin("peftrain"));
+    cmd.args(["worker", "--coordinator", &format!("http://{listen}"), "--id", id, "--threads", "1"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("PEFTRAIN_TOKEN", "fault-tolerance-test")
+        .stdout(Stdio::null());
+    spawn_logged(cmd)
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn elastic_start_with_the_minimum_then_late_workers_join() {
+    let _serial = peftrain_tests::one_at_a_time();
+    let d = tempfile::tempdir().unwrap();
+    // Dropout off: the masks follow the ranks, and the group grows.
+    let model = tiny(d.path(), "0.0");
+    let (base, elastic) = (d.path().join("base"), d.path().join("elastic"));
+    let args = ["train", "--workers", "3", "--threads", "1", "--lora-dropout", "0"];
+    peftrain(&[args.iter().map(|s| s.to_string()).collect(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    // 3 workers expected, 1 enough to start after 2 s; the other two come at step 10.
+    let listen = free_port();
+    let mut a: Vec<String> =
+        ["coordinator", "--listen", &listen, "--workers", "3", "--min-workers", "1", "--register-timeout", "2", "--lora-dropout", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    a.extend(common(&model, &elastic));
+    let (mut run, log) = spawn(&a);
+    // The late comers sort first and last among the ranks: arrival order is not rank order.
+    let first = remote_worker(&listen, "w1", &[]);
+    let started = Instant::now();
+    wait_for_step(&elastic, 10, &mut run, &log);
+    assert!(started.elapsed() >= Duration::from_secs(2), "it waited out --register-timeout for the others");
+    let late = [remote_worker(&listen, "w2", &[]), remote_worker(&listen, "w0", &[])];
+    wait_success(run, Duration::from_secs(300));
+    for (mut w, _) in late.into_iter().chain([first]) {
+        assert!(wait_exit(&mut w, Duration::from_secs(30)).success(), "every worker finished with the run");
+    }
+    assert_same_run(&base, &elastic, 1e-5);
+    let w = workers_per_step(&elastic);
+    assert_eq!(w.first(), Some(&1), "training started with the one worker there: {w:?}");
+    assert_eq!(w.last(), Some(&3), "the late workers joined: {w:?}");
+    // Too few by the deadline: one clear line, exit 1.
+    let lonely = d.path().join("lonely");
+    let mut a: Vec<String> = ["coordinator", "--listen", &free_port(), "--workers", "3", "--min-workers", "2", "--register-timeout", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(common(&model, &lonely));
+    let out = Command::new(bin("peftrain")).args(&a).env("PEFTRAIN_TOKEN", "fault-tolerance-test").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("only 0 of 3 workers registered within 1 s") && err.contains("--min-workers 2"), "{err}");
+}
+
+#[test]
+fn preempted_worker_leaves_at_a_step_boundary_and_a_preempted_coordinator_resumes() {
+    let _serial = peftrain_tests::one_at_a_time();
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny(d.path(), "0.0");
+    let (base, preempted) = (d.path().join("base"), d.path().join("preempted"));
+    let args = ["train", "--workers", "3", "--threads", "1", "--lora-dropout", "0"];
+    peftrain(&[args.iter().map(|s| s.to_string()).collect(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let listen = free_port();
+    // A long heartbeat timeout: leaving must not wait for it.
+    let coord = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "coordinator",
+            "--listen",
+            &listen,
+            "--workers",
+            "3",
+            "--lora-dropout",
+            "0",
+            "--worker-timeout",
+            "60",
+            "--save-steps",
+            "1000",
+            "--signal-exit-code",
+            "143",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(common(&model, &preempted));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let (mut run, log) = spawn(&coord(&[]));
+    let exit143 = ["--signal-exit-code", "143", "--coordinator-timeout", "120"];
+    let mut workers: Vec<(Child, Receiver<String>)> = ["w0", "w1", "w2"].iter().map(|id| remote_worker(&listen, id, &exit143)).collect();
+    wait_for_step(&preempted, 20, &mut run, &log);
+    // The worker: gone at the next step boundary, exit 143, the run carrying on with two.
+    signal(&workers[2].0.id().to_string(), "-TERM");
+    let asked = Instant::now();
+    let status = wait_exit(&mut workers[2].0, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(143), "a preempted worker exits with --signal-exit-code");
+    assert!(asked.elapsed() < Duration::from_secs(10), "left in {:?}, long before the 60 s heartbeat timeout", asked.elapsed());
+    wait_for_step(&preempted, 50, &mut run, &log);
+    // The coordinator: a checkpoint at this step boundary, exit 143 well inside the 60 s the
+    // manifests give it; the workers wait, and the resumed coordinator finishes with them.
+    signal(&run.id().to_string(), "-TERM");
+    let asked = Instant::now();
+    let status = wait_exit(&mut run, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(143), "a preempted coordinator exits with --signal-exit-code");
+    assert!(asked.elapsed() < Duration::from_secs(10), "stopped in {:?}", asked.elapsed());
+    let checkpoints =
+        std::fs::read_dir(&preempted).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")).count();
+    assert_eq!(checkpoints, 1, "the stop wrote its checkpoint (--save-steps 1000 writes none before)");
+    let (run, _log) = spawn(&coord(&["--resume"]));
+    // The preempted worker's pod comes back under its name.
+    workers[2] = remote_worker(&listen, "w2", &exit143);
+    wait_success(run, Duration::from_secs(300));
+    for (mut w, _) in workers {
+        assert!(wait_exit(&mut w, Duration::from_secs(30)).success(), "the workers finished the run");
+    }
+    assert_same_run(&base, &preempted, 1e-5);
+    let events = metrics(&preempted);
+    let redone: u64 = events.iter().filter_map(|e| e.get("steps_redone").and_then(|v| v.as_u64())).max().unwrap_or(0);
+    assert_eq!(redone, 0, "leaving at a step boundary redoes nothing");
+    let w = workers_per_step(&preempted);
+    assert!(w.contains(&2) && w.last() == Some(&3), "two carried on, three after the resume: {w:?}");
 }
 
 #[test]

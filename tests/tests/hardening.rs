@@ -615,10 +615,10 @@ async fn a_worker_refuses_bad_segment_ids_and_closes_idle_connections() {
     let (mut child, log) = spawn_peftrain(
         train_args(&model, &out, &["--threads", "1", "--max-steps", "1000000", "--logging-steps", "500"]),
         "info",
-        &[("PEFTRAIN_TOKEN", "hardening-token")],
+        &[("PEFTRAIN_TOKEN", "hardening-test-token")],
     );
     let worker = logged(&log, "worker_address");
-    let token = peftrain_net::Security::default().with_token("hardening-token");
+    let token = peftrain_net::Security::default().with_token("hardening-test-token");
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{worker}")).unwrap().connect_lazy();
     let mut w = pb::worker_client::WorkerClient::with_interceptor(ch, token.client_auth());
     // RoBERTa has one token type: segment id 5 would index past its table inside libtorch.

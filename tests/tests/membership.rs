@@ -87,8 +87,10 @@ async fn coordinator_service_refuses_mismatched_extra_and_stale_workers() {
     no_fp.fingerprint = None;
     assert_eq!(c.register(no_fp).await.unwrap_err().code(), Code::InvalidArgument);
 
-    assert!(c.heartbeat(pb::HeartbeatRequest { worker_id: "a".into(), run_id: "run-t".into() }).await.unwrap().get_ref().known);
-    assert!(!c.heartbeat(pb::HeartbeatRequest { worker_id: "z".into(), run_id: "run-t".into() }).await.unwrap().get_ref().known);
+    assert!(c.heartbeat(pb::HeartbeatRequest { worker_id: "a".into(), run_id: "run-t".into(), ..Default::default() }).await.unwrap().get_ref().known);
+    assert!(
+        !c.heartbeat(pb::HeartbeatRequest { worker_id: "z".into(), run_id: "run-t".into(), ..Default::default() }).await.unwrap().get_ref().known
+    );
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
@@ -101,7 +103,7 @@ fn start_coordinator(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
-        .env("PEFTRAIN_TOKEN", "membership-test")
+        .env("PEFTRAIN_TOKEN", "membership-test-token")
         .stdout(Stdio::piped());
     let (child, rx) = peftrain_tests::spawn_logged(cmd);
     let addr = wait_for(&rx, "address=");
@@ -127,7 +129,7 @@ fn worker(addr: &str, id: &str, extra: &[&str]) -> Child {
         .args(["worker", "--coordinator", &format!("http://{addr}"), "--id", id, "--threads", "1"])
         .args(extra)
         .env("RUST_LOG", "warn")
-        .env("PEFTRAIN_TOKEN", "membership-test")
+        .env("PEFTRAIN_TOKEN", "membership-test-token")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -119,7 +119,7 @@ fn metrics_status_json_logs_and_keep_serving() {
         .args(["--method", "lora", "--train-limit", "640", "--eval-limit", "32", "--batch-size", "8", "--max-steps", "300"])
         .args(["--logging-steps", "10", "--output-dir", out.to_str().unwrap()])
         .env("RUST_LOG", "info")
-        .env("PEFTRAIN_TOKEN", "observe")
+        .env("PEFTRAIN_TOKEN", "observe-test-token")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -138,7 +138,7 @@ fn metrics_status_json_logs_and_keep_serving() {
     let mut worker = Command::new(bin("peftrain"))
         .args(["--log-format", "json", "worker", "--coordinator", &format!("http://{grpc}"), "--id", "w0", "--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
-        .env("PEFTRAIN_TOKEN", "observe")
+        .env("PEFTRAIN_TOKEN", "observe-test-token")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

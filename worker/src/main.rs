@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use peftrain_worker::model::{self, LoadOptions};
 use peftrain_worker::peft::Method;
-use peftrain_worker::run::{run_worker, WorkerOptions};
+use peftrain_worker::run::{run_worker, Ended, WorkerOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "peftrain-worker", version, about = "peftrain worker: one RoBERTa/BERT replica")]
@@ -65,6 +65,12 @@ struct WorkerArgs {
     /// Seconds a ring peer may stay silent inside an all-reduce.
     #[arg(long, default_value_t = 30.0, env = "PEFTRAIN_WORKER_TIMEOUT")]
     worker_timeout: f64,
+    /// Exit status after leaving the group on SIGTERM/SIGINT. Kubernetes counts a pod that
+    /// exits 0 as done, and a Job never replaces a done index: the manifests set 143 (128 +
+    /// SIGTERM) and their podFailurePolicy ignores it, so a preempted worker's index is
+    /// started again when there is room.
+    #[arg(long, default_value_t = 0, env = "PEFTRAIN_SIGNAL_EXIT_CODE")]
+    signal_exit_code: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +262,7 @@ fn main() {
         Some(Command::Merge(a)) => merge(a),
         None => {
             let w = cli.worker;
+            let signal_exit_code = w.signal_exit_code;
             match w.coordinator.clone() {
                 None => Err(anyhow::anyhow!("--coordinator URL is required (or PEFTRAIN_COORDINATOR)")),
                 Some(coordinator) => worker_numbers(&w).and_then(|()| {
@@ -294,6 +301,11 @@ fn main() {
                             .build()
                             .map_err(anyhow::Error::from)
                             .and_then(|rt| rt.block_on(run_worker(opts)))
+                            .map(|ended| {
+                                if ended == Ended::Left && signal_exit_code != 0 {
+                                    std::process::exit(signal_exit_code.into());
+                                }
+                            })
                     })
                 }),
             }

@@ -1,6 +1,7 @@
 //! A worker process's life: learn the run from the coordinator, build the replica, serve the
 //! Worker and Collective services, register, heartbeat, and stop when told or when the
-//! coordinator is gone for longer than its timeout.
+//! coordinator is gone for longer than its timeout. SIGTERM (a preemption, a node drain) makes
+//! it ask to leave: the coordinator lets it go at the next step boundary.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +45,15 @@ pub struct WorkerOptions {
     pub security: peftrain_net::Security,
     /// Serve Prometheus `/metrics` and JSON `/status` here.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How a worker's life ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The coordinator ended the run.
+    Finished,
+    /// A signal asked it to stop, and it left its group at a step boundary (or had none).
+    Left,
 }
 
 /// Parses `cpu`, `cuda` or `cuda:I`, loading libtorch's CUDA library when needed.
@@ -175,9 +185,10 @@ async fn say_hello(coord: &CoordinatorClient, opts: &WorkerOptions) -> anyhow::R
     .await
 }
 
-pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
+pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
     let device = parse_device(&opts.device)?;
     opts.security.require_token("a worker")?;
+    let stop = peftrain_net::signals::StopSignal::install()?;
     let listener = TcpListener::bind(opts.listen).await.map_err(|e| anyhow::anyhow!("--listen {}: {e}", opts.listen))?;
     let bound = listener.local_addr()?;
     let address = match &opts.advertise {
@@ -270,6 +281,11 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
     // Heartbeats well inside the coordinator's worker timeout.
     let beat = (opts.collective_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(2));
     loop {
+        if stop.requested().is_some() {
+            // Asked to stop before (re)joining a group: nobody to leave.
+            engine.shutdown.notify_one();
+            return Ok(Ended::Left);
+        }
         let reply = with_backoff("register", opts.coordinator_timeout, || {
             let mut c = coord.clone();
             let req = pb::RegisterRequest { run_id: run_id.clone(), ..reg.clone() };
@@ -287,20 +303,45 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<()> {
 
         // Heartbeats until the coordinator stops knowing us (it restarted, or declared us lost
         // while we were frozen): then register again, with the same replica.
+        // A signal is told at once rather than at the next beat, so the coordinator lets this
+        // worker go at the very next step boundary.
         let mut last_ok = Instant::now();
+        let mut asked_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 res = &mut server => {
                     res??;
-                    return Ok(());
+                    return Ok(if stop.requested().is_some() { Ended::Left } else { Ended::Finished });
                 }
                 _ = tokio::time::sleep(beat) => {}
+                _ = stop.asked(), if asked_at.is_none() => {}
             }
-            let req = pb::HeartbeatRequest { worker_id: opts.id.clone(), run_id: run_id.clone() };
+            let leaving = stop.requested().is_some();
+            if leaving && asked_at.is_none() {
+                tracing::info!(worker = %opts.id, "asked to stop: leaving the group at the next step boundary");
+                asked_at = Some(Instant::now());
+            }
+            // Bounded: a coordinator that does not let this worker go within its timeout (it is
+            // evaluating, or too old to know `leaving`) is left without a goodbye.
+            if asked_at.is_some_and(|t| t.elapsed() > opts.coordinator_timeout) {
+                engine.shutdown.notify_one();
+                return Ok(Ended::Left);
+            }
+            let req = pb::HeartbeatRequest { worker_id: opts.id.clone(), run_id: run_id.clone(), leaving };
             let mut hb = tonic::Request::new(req);
             hb.set_timeout(beat * 2);
             match coord.heartbeat(hb).await {
                 Ok(r) if r.get_ref().known => last_ok = Instant::now(),
+                // Forgotten while leaving, or the coordinator gone (connection refused: a local
+                // coordinator's death is what sent the SIGTERM): nothing to wait for.
+                Ok(_) if leaving => {
+                    engine.shutdown.notify_one();
+                    return Ok(Ended::Left);
+                }
+                Err(s) if leaving && s.code() == tonic::Code::Unavailable => {
+                    engine.shutdown.notify_one();
+                    return Ok(Ended::Left);
+                }
                 Ok(_) => break,
                 Err(_) if last_ok.elapsed() > opts.coordinator_timeout => {
                     engine.shutdown.notify_one();

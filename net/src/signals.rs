@@ -1,12 +1,19 @@
-//! SIGTERM and SIGINT as a request to stop: the training loop finishes its step, writes a
-//! checkpoint and exits 0 (a Kubernetes eviction, Ctrl-C); `--resume` then continues bit for
-//! bit. A second signal stops at once.
+//! SIGTERM and SIGINT as a request to stop at the next step boundary (a Kubernetes eviction or
+//! node drain, Ctrl-C). The coordinator finishes its step, writes a checkpoint and exits
+//! (`--resume` then continues bit for bit); a worker leaves its group between two steps. A
+//! second signal stops at once.
 
 use std::sync::{Arc, Mutex};
 
 /// Whether a stop was asked for, and by which signal.
 #[derive(Clone, Default)]
-pub struct StopSignal(Arc<Mutex<Option<&'static str>>>);
+pub struct StopSignal(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    signal: Mutex<Option<&'static str>>,
+    asked: tokio::sync::Notify,
+}
 
 impl StopSignal {
     /// Listens for SIGTERM and SIGINT from now on (inside a tokio runtime); once per process,
@@ -33,7 +40,8 @@ impl StopSignal {
                         std::process::exit(130);
                     }
                     tracing::info!("{name}: stopping after the current step");
-                    *flag.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(name);
+                    *flag.0.signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(name);
+                    flag.0.asked.notify_waiters();
                 }
             });
         }
@@ -42,6 +50,17 @@ impl StopSignal {
 
     /// The signal that asked to stop, if one did.
     pub fn requested(&self) -> Option<&'static str> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.0.signal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once a stop has been asked for.
+    pub async fn asked(&self) {
+        loop {
+            let notified = self.0.asked.notified();
+            if self.requested().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
