@@ -14,5 +14,9 @@ fi
 if [ -z "${ROBERTA_DIR:-}" ] && [ -d "$PEFTRAIN_ROOT/../shared/models/roberta-base" ]; then
   export ROBERTA_DIR="$(cd "$PEFTRAIN_ROOT/../shared/models/roberta-base" && pwd)"
 fi
+# The JobSet CRD the manifests are validated against (tests/deploy/check.sh).
+if [ -z "${JOBSET_CRD:-}" ] && [ -f "$PEFTRAIN_ROOT/../shared/schemas/jobset.x-k8s.io_jobsets-v0.9.1.yaml" ]; then
+  export JOBSET_CRD="$(cd "$PEFTRAIN_ROOT/../shared/schemas" && pwd)/jobset.x-k8s.io_jobsets-v0.9.1.yaml"
+fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TOKENIZERS_PARALLELISM=false

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Checks deploy/: every kustomize overlay renders (`kubectl kustomize`), every rendered object
-# validates against the Kubernetes schemas kubernetes-validate carries (offline, strict), the
-# objects fit together (tests/deploy/validate_manifests.py), the token override recipe of
-# docs/deploy.md works, and the image builds where a Docker engine answers (skipped, with the
-# reason, where none does).
+# validates offline and strictly (core kinds against the Kubernetes schemas kubernetes-validate
+# carries, the JobSet against its CRD, cert-manager's kinds with its validators from npm), the
+# objects fit together (tests/deploy/validate_manifests.py, itself checked to refuse broken
+# renders by tests/deploy/mutations.py), the recipes of docs/deploy.md (a token Secret of one's
+# own, a Kueue queue) render and validate, and the image builds where a Docker engine answers
+# (skipped, with the reason, where none does).
 #
 #   tests/deploy/check.sh
 #
 # Python: $PEFTRAIN_PYTHON, else the repository's .venv/bin/python (kubernetes-validate is in
 # scripts/requirements.txt). kubectl: $KUBECTL, else the first kubectl on PATH that is new
 # enough (kustomize 5 is built into kubectl >= 1.27; Debian's kubernetes-client 1.20 is not).
+# JobSet CRD: $JOBSET_CRD (scripts/env.sh points it at ../shared/schemas). node and npm: on PATH.
 # Set PEFTRAIN_DOCKER_BUILD=0 to skip the image build even where Docker works.
 # Exits non-zero if any check fails; the last line counts them.
 set -uo pipefail
@@ -95,6 +98,28 @@ fi
 kustomize_version="$("$KUBECTL_BIN" version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p')"
 pass "kubectl: $KUBECTL_BIN ($git, kustomize ${kustomize_version:-built in})"
 
+# --- cert-manager's validators (npm) ---------------------------------------------------------
+if [ -z "${JOBSET_CRD:-}" ] || [ ! -f "$JOBSET_CRD" ]; then
+  fail "JOBSET_CRD=${JOBSET_CRD:-} is not the JobSet CRD file (scripts/env.sh sets it from ../shared/schemas)"
+  finish
+fi
+CM="$ROOT/tests/deploy/certmanager"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  fail "node and npm are needed for cert-manager's validators (tests/deploy/certmanager)"
+  finish
+fi
+if [ ! -d "$CM/node_modules/@kubernetes-models/cert-manager" ]; then
+  if ! npm ci --prefix "$CM" --no-audit --no-fund --loglevel=error >"$work/npm.log" 2>&1; then
+    fail "npm ci --prefix tests/deploy/certmanager: $(tail -n 3 "$work/npm.log")"
+    finish
+  fi
+fi
+pass "cert-manager validators: @kubernetes-models/cert-manager $(node -p "require('$CM/node_modules/@kubernetes-models/cert-manager/package.json').version")"
+
+validate() {
+  "$PY" "$ROOT/tests/deploy/validate_manifests.py" --jobset-crd "$JOBSET_CRD" "$@"
+}
+
 # --- render and validate ---------------------------------------------------------------------
 # name|directory|validator flags (what each overlay must contain beyond the schemas)
 targets=("base|$DEPLOY/base|--expect-workers 2 --expect-device cpu")
@@ -104,11 +129,12 @@ for dir in "$DEPLOY"/overlays/*/; do
   case "$name" in
     dev) flags="--expect-workers 2 --expect-device cpu" ;;
     gpu) flags="--expect-device cuda --expect-gpu" ;;
+    gpu-tls) flags="--expect-device cuda --expect-gpu --expect-tls" ;;
     *) flags="" ;;
   esac
   targets+=("overlays/$name|$dir|$flags")
 done
-for required in dev gpu; do
+for required in dev gpu gpu-tls; do
   [ -d "$DEPLOY/overlays/$required" ] || fail "overlay deploy/overlays/$required is missing"
 done
 
@@ -121,7 +147,7 @@ for t in "${targets[@]}"; do
   fi
   pass "render deploy/$name ($(grep -c '^kind:' "$out") objects)"
   # shellcheck disable=SC2086
-  if report="$("$PY" "$ROOT/tests/deploy/validate_manifests.py" $flags "$out" 2>&1)"; then
+  if report="$(validate $flags "$out" 2>&1)"; then
     pass "validate deploy/$name"
   else
     fail "validate deploy/$name"
@@ -131,7 +157,7 @@ done
 
 for f in "$DEPLOY"/tools/*.yaml; do
   [ -e "$f" ] || continue
-  if report="$("$PY" "$ROOT/tests/deploy/validate_manifests.py" --plain "$f" 2>&1)"; then
+  if report="$(validate --plain "$f" 2>&1)"; then
     pass "validate deploy/tools/$(basename "$f")"
   else
     fail "validate deploy/tools/$(basename "$f")"
@@ -139,10 +165,18 @@ for f in "$DEPLOY"/tools/*.yaml; do
   echo "$report"
 done
 
-# --- the token override of docs/deploy.md ----------------------------------------------------
+# --- the validator refuses what it should ----------------------------------------------------
+# Each mutation of the dev render breaks one rule; the validator must refuse every one.
+if report="$("$PY" "$ROOT/tests/deploy/mutations.py" "$work/overlays_dev.yaml" "$JOBSET_CRD" 2>&1)"; then
+  pass "validator: $report"
+else
+  fail "validator: $report"
+fi
+
+# --- the recipes of docs/deploy.md: a token Secret of one's own, a Kueue queue ----------------
 mine="$work/mine"
 mkdir -p "$mine"
-printf 'token-from-check-sh-%s' "$$" >"$mine/token"
+printf 'token-from-check-sh-%s-%s' "$$" "$RANDOM$RANDOM" >"$mine/token"
 gpu_rel="$("$PY" -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$DEPLOY/overlays/gpu" "$mine")"
 cat >"$mine/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
@@ -151,9 +185,23 @@ resources:
 - $gpu_rel
 secretGenerator:
 - name: peftrain-token
-  behavior: replace
+  namespace: peftrain
   files:
   - token
+  options:
+    disableNameSuffixHash: true
+patches:
+- target:
+    group: jobset.x-k8s.io
+    kind: JobSet
+    name: peftrain
+  patch: |-
+    - op: add
+      path: /metadata/labels/kueue.x-k8s.io~1queue-name
+      value: team-a
+    - op: add
+      path: /spec/suspend
+      value: true
 EOF
 if "$KUBECTL_BIN" kustomize "$mine" >"$work/mine.yaml" 2>"$work/mine.err" &&
    "$PY" - "$work/mine.yaml" "$mine/token" <<'EOF'
@@ -161,17 +209,25 @@ import base64, sys, yaml
 objs = [o for o in yaml.safe_load_all(open(sys.argv[1])) if o]
 want = open(sys.argv[2]).read()
 (secret,) = [o for o in objs if o["kind"] == "Secret"]
-name = secret["metadata"]["name"]
-assert base64.b64decode(secret["data"]["token"]).decode() == want, "token not replaced"
-refs = [v["secret"]["secretName"] for o in objs if o["kind"] in ("Deployment", "Job")
-        for v in o["spec"]["template"]["spec"]["volumes"] if "secret" in v]
-assert refs and all(r == name for r in refs), f"pods mount {refs}, not {name}"
+assert base64.b64decode(secret["data"]["token"]).decode() == want, "token not in the Secret"
+(js,) = [o for o in objs if o["kind"] == "JobSet"]
+refs = [v["secret"]["secretName"] for rj in js["spec"]["replicatedJobs"]
+        for v in rj["template"]["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+assert refs and all(r == secret["metadata"]["name"] for r in refs), f"pods mount {refs}, not {secret['metadata']['name']}"
+assert js["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and js["spec"]["suspend"] is True
 EOF
 then
-  pass "token override: an overlay's secretGenerator (behavior: replace) replaces the placeholder"
+  pass "recipes: a token Secret of one's own and a Kueue queue render as docs/deploy.md says"
 else
-  fail "token override: $(cat "$work/mine.err" 2>/dev/null)"
+  fail "recipes (token, Kueue): $(cat "$work/mine.err" 2>/dev/null)"
 fi
+# The user's overlay validates like the rest, its Secret allowed (it is theirs, not ours).
+if report="$(validate --allow-secret --expect-device cuda --expect-gpu "$work/mine.yaml" 2>&1)"; then
+  pass "validate the recipes' render"
+else
+  fail "validate the recipes' render"
+fi
+echo "$report" | sed "s|$work/||g"
 
 # --- the image -------------------------------------------------------------------------------
 # What can be checked without an engine: the context filter keeps the workspace, the runtime
