@@ -258,6 +258,12 @@ fn main() -> ExitCode {
                 runtime().and_then(|rt| rt.block_on(app::run_training(&config(&c.train), &Workers::Remote { listen: c.listen }, &c.net.to_args())));
             match run {
                 Ok(summary) if summary.stopped.is_some() && c.signal_exit_code != 0 => return ExitCode::from(c.signal_exit_code),
+                // Stopped before training started (waiting for workers): nothing to checkpoint,
+                // and still a stop on a signal, not a failure.
+                Err(e) if c.signal_exit_code != 0 && peftrain_net::signals::requested_in_process().is_some() => {
+                    eprintln!("peftrain: {}", peftrain_net::logging::error_line(e.as_ref()));
+                    return ExitCode::from(c.signal_exit_code);
+                }
                 r => r.map(|_| ()),
             }
         }

@@ -5,6 +5,14 @@
 
 use std::sync::{Arc, Mutex};
 
+static INSTALLED: std::sync::OnceLock<StopSignal> = std::sync::OnceLock::new();
+
+/// The signal that asked this process to stop, if handlers were installed and one did (a
+/// command that failed because of it reports the signal's exit status, not a failure's).
+pub fn requested_in_process() -> Option<&'static str> {
+    INSTALLED.get().and_then(|s| s.requested())
+}
+
 /// Whether a stop was asked for, and by which signal.
 #[derive(Clone, Default)]
 pub struct StopSignal(Arc<Inner>);
@@ -19,7 +27,6 @@ impl StopSignal {
     /// Listens for SIGTERM and SIGINT from now on (inside a tokio runtime); once per process,
     /// so every run of a `compare` shares one request to stop.
     pub fn install() -> std::io::Result<StopSignal> {
-        static INSTALLED: std::sync::OnceLock<StopSignal> = std::sync::OnceLock::new();
         if let Some(s) = INSTALLED.get() {
             return Ok(s.clone());
         }
