@@ -13,7 +13,7 @@ Worker faults come only while all N workers are in the group (one replica always
 
 It prints, per kind, how long the coordinator took to see the fault (its log line: "lost" for
 kill and stop, "left" for restart, the exit for coordinator), how long training stalled
-(fault to the next step logged), the time lost (the stall less one undisturbed step), and the
+(the longest wait for a step until the next fault), the time lost (the stall less one undisturbed step), and the
 throughput the disturbed run kept against the undisturbed one. Every wait has a bound; at the
 end no process of the run may be left (looked for by a tag in every command line).
 
@@ -105,6 +105,7 @@ class Group:
         self.all = []
         self.seen = {}  # step -> first time it was seen in metrics.jsonl
         self.group = 0  # workers in the group at the newest step
+        self.offset = 0  # bytes of metrics.jsonl read so far
 
     def coord_cmd(self):
         a = self.a
@@ -131,10 +132,19 @@ class Group:
         return w
 
     def poll_metrics(self):
+        """Reads what metrics.jsonl gained since the last look (a resume may truncate it to the
+        checkpoint's step: then from the start again; steps seen keep their first time)."""
         path = os.path.join(self.out, "metrics.jsonl")
         try:
-            with open(path) as f:
-                for line in f:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:
+                    self.offset = 0
+                f.seek(self.offset)
+                chunk = f.read()
+                # Only whole lines: a line still being written is read next time.
+                end = chunk.rfind(b"\n") + 1
+                self.offset += end
+                for line in chunk[:end].decode("utf-8", "replace").splitlines():
                     try:
                         e = json.loads(line)
                     except ValueError:
@@ -231,12 +241,11 @@ def run(a, out, tag, chaos):
                     finished = True
                     break
                 g.start_coordinator()
-                f["restarted_at"] = time.time()
             else:
                 continue
             faults.append(f)
             next_fault = time.time() + rng.expovariate(1 / a.mtbf)
-        time.sleep(0.01)
+        time.sleep(0.02)
     wall = time.time() - start
     for i in stopped:
         g.workers[i].signal(signal.SIGCONT)
@@ -259,11 +268,12 @@ def run(a, out, tag, chaos):
         else:
             seen = t + f["exit_s"] if f.get("exit_s") is not None else None
         f["detected_s"] = None if seen is None else seen - t
-        # Training resumes with the first step logged after the fault (for the coordinator's:
-        # after it was started again, since the step in flight still completes before it stops).
-        t0 = f.get("restarted_at", t)
-        after = [s for s, when in g.seen.items() if when > t0 and s > f["step"]]
-        f["stall_s"] = (g.seen[min(after)] - t) if after else None
+        # The stall: the longest wait for a step between this fault and the next (the step in
+        # flight may still complete at once; the one that needs the lost worker, or the
+        # restarted coordinator, is what waits).
+        pts = sorted((s, when) for s, when in g.seen.items() if s >= f["step"])
+        gaps = [b[1] - max(a[1], t) for a, b in zip(pts, pts[1:]) if t < b[1] < until]
+        f["stall_s"] = max(gaps) if gaps else None
     return {"finished": finished, "wall_s": wall, "steps": g.last_step(), "faults": faults, "worker_exits": exits, "orphans": orphans,
             "coordinator_starts": len(g.coordinators), "timed_out": not finished and time.time() >= deadline}
 

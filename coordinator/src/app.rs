@@ -182,7 +182,10 @@ impl Session {
         if let Some(s) = self.stop_server.take() {
             let _ = s.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+        // A graceful stop waits for open connections; a frozen worker's never closes. A paused
+        // run is being preempted: its grace period is better spent by its successor.
+        let drain = if paused { Duration::from_secs(1) } else { Duration::from_secs(5) };
+        let _ = tokio::time::timeout(drain, &mut self.server).await;
     }
 
     pub fn local_pids(&self) -> Vec<u32> {
@@ -242,6 +245,12 @@ fn send_type_ids(model: &Path, max_length: usize) -> anyhow::Result<bool> {
 /// `peftrain train` / `peftrain coordinator`: the whole run, outputs included.
 pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -> anyhow::Result<RunSummary> {
     cfg.validate_values().map_err(usage)?;
+    // A missing, weak or placeholder token and unreadable TLS files are refused at start,
+    // before anything is read or written (exit 2: in a JobSet, a failure no retry mends).
+    let security = Security::load(&net.security).map_err(|e| usage(e.to_string()))?;
+    if let Workers::Remote { .. } = workers {
+        security.require_token("the coordinator").map_err(|e| usage(e.to_string()))?;
+    }
     // --push-to-hub: the token checked and the repo made before anything trains, as the
     // Trainer's init_hf_repo does.
     let push_target = match cfg.push_to_hub {

@@ -224,3 +224,51 @@ fn a_refused_gradient_chunk_is_named_as_one() {
     let e = peftrain_worker::service::check_chunk(&pb::GradChunk { offset: 39, ..chunk(40, 8) }, 40, 0).unwrap_err();
     assert!(!e.to_string().contains("shard"), "{e}");
 }
+
+#[test]
+fn empty_short_and_placeholder_tokens_are_refused_at_start() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_roberta(d.path(), 3);
+    let out = d.path().join("never");
+    let (tok, glue) = (roberta_dir(), glue_dir());
+    let coordinator = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut cmd = Command::new(bin("peftrain"));
+        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--model", model.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap()])
+            .args(["--glue-dir", glue.to_str().unwrap(), "--output-dir", out.to_str().unwrap()])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .env_remove("PEFTRAIN_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let worker = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut cmd = Command::new(bin("peftrain"));
+        cmd.args(["worker", "--coordinator", "http://127.0.0.1:9"]).args(extra).env("RUST_LOG", "error").env_remove("PEFTRAIN_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    // The base kustomization's old placeholder, a short word, an empty file, none at all.
+    let placeholder = [("PEFTRAIN_TOKEN", "CHANGE-ME-placeholder-token-replace-before-use")];
+    let short = d.path().join("short");
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let empty = d.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let cases: [(&[(&str, &str)], Vec<&str>, &[&str]); 4] = [
+        (&placeholder, vec![], &["PEFTRAIN_TOKEN", "placeholder"]),
+        (&[], vec!["--token-file", short.to_str().unwrap()], &["short", "7 characters", "fewer than 16"]),
+        (&[], vec!["--token-file", empty.to_str().unwrap()], &["empty", "the token is empty"]),
+        (&[], vec![], &["shared token", "--token-file"]),
+    ];
+    for (env, extra, needles) in &cases {
+        for (who, o) in [("coordinator", coordinator(env, extra)), ("worker", worker(env, extra))] {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{who} {extra:?}: {err}");
+            peftrain_tests::assert_one_clear_line(&err, needles);
+        }
+    }
+    assert!(!out.exists(), "a refused coordinator wrote {}", out.display());
+}

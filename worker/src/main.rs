@@ -290,9 +290,13 @@ fn main() {
                         tls_key: w.tls_key,
                         tls_ca: w.tls_ca,
                     });
+                    // A refused token or TLS file is input, not a failure: exit 2.
                     let opts = match security {
+                        Ok(security) if security.token().is_none() => {
+                            Err(anyhow::Error::new(Usage("a worker needs the run's shared token: --token-file FILE or PEFTRAIN_TOKEN".into())))
+                        }
                         Ok(security) => Ok(WorkerOptions { security, ..opts }),
-                        Err(e) => Err(anyhow::anyhow!(e)),
+                        Err(e) => Err(anyhow::Error::new(Usage(e.to_string()))),
                     };
                     opts.and_then(|opts| {
                         tokio::runtime::Builder::new_multi_thread()
