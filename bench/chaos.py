@@ -202,7 +202,7 @@ def run(a, out, tag, chaos):
         # worker's only while the group is whole, so that one replica always holds the state
         # (as torchft's tests keep one replica group alive: losing every replica at once is a
         # restart from the last checkpoint, another story).
-        if chaos and now >= next_fault and g.last_step() > (faults[-1]["step"] if faults else 0) and g.last_step() < a.max_steps - 20:
+        if chaos and now >= next_fault and g.last_step() > (faults[-1]["step_after"] if faults else 0) and g.last_step() < a.max_steps - 20:
             # The kinds in a random order, each once per round: every kind is exercised.
             if not order:
                 order = rng.sample(a.kinds, len(a.kinds))
@@ -243,6 +243,10 @@ def run(a, out, tag, chaos):
                 g.start_coordinator()
             else:
                 continue
+            # What was logged up to now (the stopped coordinator's last step included) came
+            # before the fault was handled: the next fault waits for a step after it.
+            g.poll_metrics()
+            f["step_after"] = g.last_step()
             faults.append(f)
             next_fault = time.time() + rng.expovariate(1 / a.mtbf)
         time.sleep(0.02)

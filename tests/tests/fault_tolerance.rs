@@ -325,6 +325,13 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// The undisturbed reference: 3 local workers, LoRA dropout off.
+fn undisturbed_3(model: &Path, out: &Path) {
+    let mut a: Vec<String> = ["train", "--workers", "3", "--threads", "1", "--lora-dropout", "0"].iter().map(|s| s.to_string()).collect();
+    a.extend(common(model, out));
+    peftrain(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+}
+
 #[test]
 fn elastic_start_with_the_minimum_then_late_workers_join() {
     let _serial = peftrain_tests::one_at_a_time();
@@ -332,8 +339,7 @@ fn elastic_start_with_the_minimum_then_late_workers_join() {
     // Dropout off: the masks follow the ranks, and the group grows.
     let model = tiny(d.path(), "0.0");
     let (base, elastic) = (d.path().join("base"), d.path().join("elastic"));
-    let args = ["train", "--workers", "3", "--threads", "1", "--lora-dropout", "0"];
-    peftrain(&[args.iter().map(|s| s.to_string()).collect(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    undisturbed_3(&model, &base);
     // 3 workers expected, 1 enough to start after 2 s; the other two come at step 10.
     let listen = free_port();
     let mut a: Vec<String> =
@@ -376,8 +382,7 @@ fn preempted_worker_leaves_at_a_step_boundary_and_a_preempted_coordinator_resume
     let d = tempfile::tempdir().unwrap();
     let model = tiny(d.path(), "0.0");
     let (base, preempted) = (d.path().join("base"), d.path().join("preempted"));
-    let args = ["train", "--workers", "3", "--threads", "1", "--lora-dropout", "0"];
-    peftrain(&[args.iter().map(|s| s.to_string()).collect(), common(&model, &base)].concat().iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    undisturbed_3(&model, &base);
     let listen = free_port();
     // A long heartbeat timeout: leaving must not wait for it.
     let coord = |extra: &[&str]| {

@@ -200,7 +200,11 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
         coordinator_channel(&opts.coordinator, &opts.security)?,
         opts.security.client_auth(),
     );
-    let hello = say_hello(&coord, &opts).await?;
+    // A stop asked for while the coordinator is still out of reach ends the wait at once.
+    let hello = tokio::select! {
+        h = say_hello(&coord, &opts) => h?,
+        _ = stop.asked() => return Ok(Ended::Left),
+    };
     let spec_pb = hello.spec.ok_or_else(|| anyhow::anyhow!("coordinator sent no run spec"))?;
     let mut spec = replica_spec(&spec_pb, device)?;
     if let Some(dir) = &opts.model_override {
@@ -286,12 +290,18 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
             engine.shutdown.notify_one();
             return Ok(Ended::Left);
         }
-        let reply = with_backoff("register", opts.coordinator_timeout, || {
+        let register = with_backoff("register", opts.coordinator_timeout, || {
             let mut c = coord.clone();
             let req = pb::RegisterRequest { run_id: run_id.clone(), ..reg.clone() };
             async move { c.register(req).await.map(|r| r.into_inner()) }
-        })
-        .await;
+        });
+        let reply = tokio::select! {
+            r = register => r,
+            _ = stop.asked() => {
+                engine.shutdown.notify_one();
+                return Ok(Ended::Left);
+            }
+        };
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
@@ -350,7 +360,17 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
                 Err(_) => {}
             }
         }
-        let again = say_hello(&coord, &opts).await?;
+        if stop.requested().is_some() {
+            engine.shutdown.notify_one();
+            return Ok(Ended::Left);
+        }
+        let again = tokio::select! {
+            h = say_hello(&coord, &opts) => h?,
+            _ = stop.asked() => {
+                engine.shutdown.notify_one();
+                return Ok(Ended::Left);
+            }
+        };
         if again.spec != Some(spec_pb.clone()) {
             engine.shutdown.notify_one();
             anyhow::bail!("the coordinator now runs a different model or method; start a new worker for it");
