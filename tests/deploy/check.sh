@@ -166,8 +166,8 @@ for f in "$DEPLOY"/tools/*.yaml; do
 done
 
 # --- the validator refuses what it should ----------------------------------------------------
-# Each mutation of the dev render breaks one rule; the validator must refuse every one.
-if report="$("$PY" "$ROOT/tests/deploy/mutations.py" "$work/overlays_dev.yaml" "$JOBSET_CRD" 2>&1)"; then
+# Each mutation of the dev or gpu-tls render breaks one rule; the validator must refuse every one.
+if report="$("$PY" "$ROOT/tests/deploy/mutations.py" "$work/overlays_dev.yaml" "$work/overlays_gpu-tls.yaml" "$JOBSET_CRD" 2>&1)"; then
   pass "validator: $report"
 else
   fail "validator: $report"

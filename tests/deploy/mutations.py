@@ -2,7 +2,7 @@
 """Checks that validate_manifests.py refuses broken renders: each mutation of a rendered dev
 overlay breaks one rule the deployment relies on, and the validator must fail on every one.
 
-    mutations.py RENDERED_DEV_YAML JOBSET_CRD
+    mutations.py RENDERED_DEV_YAML RENDERED_GPU_TLS_YAML JOBSET_CRD
 """
 
 import copy
@@ -56,22 +56,47 @@ MUTATIONS = {
 }
 
 
-def main():
-    rendered, crd = sys.argv[1], sys.argv[2]
-    with open(rendered) as f:
-        objs = [o for o in yaml.safe_load_all(f) if o]
+def certificate(o, name):
+    return [c for c in o if c["kind"] == "Certificate" and c["metadata"]["name"] == name][0]["spec"]
+
+
+# Broken renders of the gpu-tls overlay (validated with --expect-tls).
+TLS_MUTATIONS = {
+    "an unknown Certificate field": lambda o: certificate(o, "peftrain-tls").update(dnsName=["x"]),
+    "an unknown nested cert-manager field": lambda o: certificate(o, "peftrain-tls")["privateKey"].update(sizee=256),
+    "a bad cert-manager enum": lambda o: certificate(o, "peftrain-tls")["usages"].append("world domination"),
+    "a certificate that does not name the pods": lambda o: certificate(o, "peftrain-tls").update(dnsNames=["peftrain.example.com"]),
+    "a certificate without client auth": lambda o: certificate(o, "peftrain-tls").update(usages=["server auth"]),
+    "workers without the CA (no mutual TLS)": lambda o: pod(o, 1)["containers"][0]["env"].pop(),
+    "grpc probes behind TLS": lambda o: pod(o, 0)["containers"][0].update(readinessProbe={"grpc": {"port": 50051}}),
+}
+
+
+def refused(objs, mutations, crd, extra, d):
     accepted = []
+    for what, mutate in mutations.items():
+        o = copy.deepcopy(objs)
+        mutate(o)
+        path = os.path.join(d, "mutated.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump_all(o, f)
+        p = subprocess.run([sys.executable, VALIDATOR, "--jobset-crd", crd, *extra, path], capture_output=True, text=True)
+        if p.returncode == 0:
+            accepted.append(what)
+    return accepted
+
+
+def main():
+    dev, tls, crd = sys.argv[1], sys.argv[2], sys.argv[3]
+    load = lambda p: [o for o in yaml.safe_load_all(open(p)) if o]
     with tempfile.TemporaryDirectory() as d:
-        for what, mutate in MUTATIONS.items():
-            o = copy.deepcopy(objs)
-            mutate(o)
-            path = os.path.join(d, "mutated.yaml")
-            with open(path, "w") as f:
-                yaml.safe_dump_all(o, f)
-            p = subprocess.run([sys.executable, VALIDATOR, "--jobset-crd", crd, path], capture_output=True, text=True)
-            if p.returncode == 0:
-                accepted.append(what)
-    print("%d of %d broken renders refused%s" % (len(MUTATIONS) - len(accepted), len(MUTATIONS), "; accepted: " + ", ".join(accepted) if accepted else ""))
+        # The unbroken renders pass, so each refusal below is the mutation's doing.
+        if refused(load(dev), {"none": lambda o: None}, crd, [], d) != ["none"] or refused(load(tls), {"none": lambda o: None}, crd, ["--expect-tls", "--expect-gpu"], d) != ["none"]:
+            print("the unbroken renders do not validate")
+            return 1
+        accepted = refused(load(dev), MUTATIONS, crd, [], d) + refused(load(tls), TLS_MUTATIONS, crd, ["--expect-tls", "--expect-gpu"], d)
+    n = len(MUTATIONS) + len(TLS_MUTATIONS)
+    print("%d of %d broken renders refused%s" % (n - len(accepted), n, "; accepted: " + ", ".join(accepted) if accepted else ""))
     return 1 if accepted else 0
 
 

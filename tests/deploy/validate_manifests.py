@@ -7,7 +7,9 @@ Schemas:
 - JobSet: the JobSet CRD's own openAPIV3Schema (--jobset-crd, v0.9.1 in ../shared/schemas),
   with unknown fields refused as `kubectl apply --validate=strict` would; and each replicated
   Job's template once more as a batch/v1 Job against the core schemas;
-- cert-manager kinds: cert-manager's validators (tests/deploy/certmanager, from npm).
+- cert-manager kinds: the validators kubernetes-models generates from cert-manager's CRDs, and
+  unknown fields refused by walking its generated type declarations (tests/deploy/certmanager,
+  from npm).
 
 Then the run itself: one JobSet whose coordinator and workers fit together, the failure and
 success policies, the PodDisruptionBudget and NetworkPolicies selecting the right pods, probes,

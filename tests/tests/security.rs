@@ -257,17 +257,22 @@ fn empty_short_and_placeholder_tokens_are_refused_at_start() {
     std::fs::write(&short, "hunter2\n").unwrap();
     let empty = d.path().join("empty");
     std::fs::write(&empty, "\n").unwrap();
-    let cases: [(&[(&str, &str)], Vec<&str>, &[&str]); 4] = [
-        (&placeholder, vec![], &["PEFTRAIN_TOKEN", "placeholder"]),
-        (&[], vec!["--token-file", short.to_str().unwrap()], &["short", "7 characters", "fewer than 16"]),
-        (&[], vec!["--token-file", empty.to_str().unwrap()], &["empty", "the token is empty"]),
-        (&[], vec![], &["shared token", "--token-file"]),
+    struct Case<'a> {
+        env: &'a [(&'a str, &'a str)],
+        extra: Vec<&'a str>,
+        says: &'a [&'a str],
+    }
+    let cases = [
+        Case { env: &placeholder, extra: vec![], says: &["PEFTRAIN_TOKEN", "placeholder"] },
+        Case { env: &[], extra: vec!["--token-file", short.to_str().unwrap()], says: &["short", "7 characters", "fewer than 16"] },
+        Case { env: &[], extra: vec!["--token-file", empty.to_str().unwrap()], says: &["empty", "the token is empty"] },
+        Case { env: &[], extra: vec![], says: &["shared token", "--token-file"] },
     ];
-    for (env, extra, needles) in &cases {
-        for (who, o) in [("coordinator", coordinator(env, extra)), ("worker", worker(env, extra))] {
+    for c in &cases {
+        for (who, o) in [("coordinator", coordinator(c.env, &c.extra)), ("worker", worker(c.env, &c.extra))] {
             let err = String::from_utf8_lossy(&o.stderr);
-            assert_eq!(o.status.code(), Some(2), "{who} {extra:?}: {err}");
-            peftrain_tests::assert_one_clear_line(&err, needles);
+            assert_eq!(o.status.code(), Some(2), "{who} {:?}: {err}", c.extra);
+            peftrain_tests::assert_one_clear_line(&err, c.says);
         }
     }
     assert!(!out.exists(), "a refused coordinator wrote {}", out.display());
