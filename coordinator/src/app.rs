@@ -134,15 +134,17 @@ impl Session {
                     local.as_mut().and_then(|l| l.exited())
                 })
                 .await;
+            // Marked before the group is formed: a worker that asks to leave meanwhile is kept
+            // and let go at the first step boundary, instead of vanishing under a live connection.
             let started = match wait {
-                Ok(_) => Cluster::start(registry.clone(), tolerance, send_type_ids, security.clone(), cfg.padding).await,
+                Ok(_) => {
+                    registry.mark_started();
+                    Cluster::start(registry.clone(), tolerance, send_type_ids, security.clone(), cfg.padding).await
+                }
                 Err(why) => Err(crate::cluster::ClusterError::Setup(why)),
             };
             match started {
-                Ok(c) => {
-                    registry.mark_started();
-                    break c;
-                }
+                Ok(c) => break c,
                 // Registered, then gone before the group was set up: its place goes to the next
                 // worker to register (multi-node), within the same registration deadline.
                 Err(crate::cluster::ClusterError::Connect { worker, address, why }) => {
@@ -162,8 +164,8 @@ impl Session {
     }
 
     /// Shuts the workers down, waits for local processes, stops the service (after SIGTERM
-    /// or Ctrl-C with `keep_serving`). A run `paused` by a signal (a preempted coordinator)
-    /// leaves remote workers running: they wait for the coordinator that resumes it.
+    /// or Ctrl-C with `keep_serving`). A run that is not done (`paused`: stopped by a signal
+    /// or failed) leaves remote workers running: they wait for the coordinator that resumes it.
     pub async fn finish(mut self, keep_serving: bool, paused: bool) {
         if !paused || self.local.is_some() {
             self.cluster.shutdown().await;
@@ -438,8 +440,10 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
             }
         }
     }
-    let paused = matches!(&result, Ok(summary) if summary.stopped.is_some());
-    session.finish(net.keep_serving, paused).await;
+    // Remote workers are told to exit only when the run is done: after a stop or a failure
+    // they wait for the coordinator that resumes it (exiting 0 would mark a Job's index done).
+    let done = matches!(&result, Ok(summary) if summary.stopped.is_none());
+    session.finish(net.keep_serving, !done).await;
     // The push comes after the run is finished and said so: a push that fails leaves a
     // finished run (outputs written, no extra checkpoint) and says how to retry.
     if let (Ok(_), true, Some(target)) = (&result, completed, push_target) {

@@ -213,6 +213,9 @@ impl Cluster {
         padding: Padding,
     ) -> Result<Cluster, ClusterError> {
         let mut members = registry.members();
+        if members.is_empty() {
+            return Err(ClusterError::Setup("no registered worker is left to start with".into()));
+        }
         members.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         let mut conns = Vec::new();
         for m in &members {
@@ -356,6 +359,10 @@ impl Cluster {
     /// exit, and the others re-form the ring. Between two steps nothing is in flight, so no
     /// step is redone and nobody waits for a heartbeat timeout.
     pub async fn release_leavers(&mut self) -> Result<usize, ClusterError> {
+        // A leaver not in the group yet (registered, not admitted) is forgotten, not admitted.
+        for m in self.registry.members().into_iter().filter(|m| m.leaving && !self.conns.iter().any(|c| c.member.worker_id == m.worker_id)) {
+            self.registry.remove_at(&m.worker_id, &m.address);
+        }
         let leaving: BTreeSet<String> =
             self.registry.leavers().into_iter().filter(|id| self.conns.iter().any(|c| &c.member.worker_id == id)).collect();
         if leaving.is_empty() {
@@ -373,6 +380,15 @@ impl Cluster {
     fn silent(&self) -> BTreeSet<String> {
         let ids: BTreeSet<&String> = self.conns.iter().map(|c| &c.member.worker_id).collect();
         self.registry.silent(self.tolerance.worker_timeout).into_iter().filter(|id| ids.contains(id)).collect()
+    }
+
+    /// Whether letting the workers that asked to leave go would leave fewer than
+    /// --min-workers: then the run stops at this boundary with a checkpoint, taken while the
+    /// leavers still hold the state, rather than failing and losing the steps since the last.
+    pub fn leaving_below_minimum(&self) -> bool {
+        let leavers = self.registry.leavers();
+        let going = self.conns.iter().filter(|c| leavers.contains(&c.member.worker_id)).count();
+        going > 0 && self.conns.len() - going < self.tolerance.min_workers.max(1)
     }
 
     /// At a step boundary: brings registered replacements into the group, each receiving the

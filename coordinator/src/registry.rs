@@ -121,6 +121,7 @@ impl Registry {
     /// Marks the group as set up: silent members are no longer evicted at registration (the
     /// cluster's heartbeat watchdog removes lost ones itself).
     pub fn mark_started(&self) {
+        let _st = self.state();
         self.started.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -220,9 +221,11 @@ impl Registry {
             }
         }
         if let Some(m) = st.members.iter_mut().find(|m| m.worker_id == req.worker_id) {
-            // The same worker registering again (a retry) replaces its entry.
+            // The same worker registering again (a retry, or a replacement under its name)
+            // replaces its entry, and is not leaving.
             m.address = req.address;
             m.last_seen = Instant::now();
+            m.leaving = false;
         } else {
             if st.members.len() as u32 >= self.expected {
                 return Err(RegistryError::Full { worker: req.worker_id, expected: self.expected });
@@ -253,8 +256,9 @@ impl Registry {
     /// A heartbeat; one that says `leaving` marks its worker to be let go at the next step
     /// boundary, or, before the group is set up, forgets it at once (its slot reopens).
     pub fn heartbeat(&self, req: &pb::HeartbeatRequest) -> pb::HeartbeatReply {
-        let started = self.started.load(std::sync::atomic::Ordering::SeqCst);
         let mut st = self.state();
+        // Read under the lock `mark_started` is set under: a group being formed keeps its members.
+        let started = self.started.load(std::sync::atomic::Ordering::SeqCst);
         let Some(m) = st.members.iter_mut().find(|m| req.run_id == self.run_id && m.worker_id == req.worker_id) else {
             return pb::HeartbeatReply { known: false };
         };

@@ -241,8 +241,10 @@ pub async fn train<W: Write>(
     });
 
     for step in st.global_step..total {
-        // SIGTERM/SIGINT: stop at this step boundary with a checkpoint `--resume` continues from.
-        if let Some(sig) = stop.requested() {
+        // SIGTERM/SIGINT, or workers preempted below --min-workers: stop at this step boundary
+        // with a checkpoint `--resume` continues from.
+        let preempted = cluster.leaving_below_minimum().then_some("SIGTERM of workers (fewer than --min-workers would be left)");
+        if let Some(sig) = stop.requested().or(preempted) {
             progress.finish();
             let mut snapshot = st.clone();
             snapshot.runtime_before += started.elapsed().as_secs_f64();

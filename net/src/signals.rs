@@ -37,14 +37,16 @@ impl StopSignal {
     fn listen() -> std::io::Result<StopSignal> {
         use tokio::signal::unix::{signal, SignalKind};
         let stop = StopSignal::default();
-        for (kind, name) in [(SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")] {
+        // A second signal exits as a process killed by it would (128 + its number), which the
+        // manifests' podFailurePolicies treat like the first one's 143.
+        for (kind, name, code) in [(SignalKind::terminate(), "SIGTERM", 143), (SignalKind::interrupt(), "SIGINT", 130)] {
             let mut s = signal(kind)?;
             let flag = stop.clone();
             tokio::spawn(async move {
                 while s.recv().await.is_some() {
                     if flag.requested().is_some() {
                         eprintln!("peftrain: {name} again: stopping now, without a checkpoint");
-                        std::process::exit(130);
+                        std::process::exit(code);
                     }
                     tracing::info!("{name}: stopping after the current step");
                     *flag.0.signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(name);

@@ -39,7 +39,12 @@ MUTATIONS = {
     "no success policy": lambda o: jobset(o)["spec"].pop("successPolicy"),
     "no ttl": lambda o: jobset(o)["spec"].pop("ttlSecondsAfterFinished"),
     "workers exit 0 when preempted": lambda o: pod(o, 1)["containers"][0]["env"].pop(),
-    "preemption counted as a failure": lambda o: job(o, 1)["podFailurePolicy"]["rules"].pop(0),
+    "preemption counted as a failure": lambda o: job(o, 1)["podFailurePolicy"].update(
+        rules=[r for r in job(o, 1)["podFailurePolicy"]["rules"] if 143 not in (r.get("onExitCodes") or {}).get("values", [])]
+    ),
+    "a worker's refused token retried": lambda o: job(o, 1)["podFailurePolicy"].update(
+        rules=[r for r in job(o, 1)["podFailurePolicy"]["rules"] if r.get("action") != "FailJob"]
+    ),
     "a token in the render": lambda o: o.append(
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "peftrain-token", "namespace": "peftrain"}, "stringData": {"token": "x"}}
     ),
@@ -48,6 +53,9 @@ MUTATIONS = {
     "a PDB that selects the coordinator too": lambda o: [p for p in o if p["kind"] == "PodDisruptionBudget"][0]["spec"]["selector"][
         "matchLabels"
     ].pop("app.kubernetes.io/component"),
+    "a PDB that never lets a drain through (maxUnavailable on Job pods)": lambda o: [p for p in o if p["kind"] == "PodDisruptionBudget"][0][
+        "spec"
+    ].update(maxUnavailable=1),
     "workers dialling another host": lambda o: pod(o, 1)["containers"][0]["args"].__setitem__(2, "http://peftrain-coordinator:50051"),
     "a Deployment beside the JobSet": lambda o: o.append(
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "extra", "namespace": "peftrain"},

@@ -290,8 +290,13 @@ def check_run(objs, path, expect_workers, expect_device, expect_gpu, expect_tls,
     if pod(rjobs["coordinator"])["spec"].get("restartPolicy") != "Never":
         errs.append("%s: coordinator restartPolicy is not Never (podFailurePolicy needs it)" % path)
     ignores_preemption(path + ": coordinator", cjob, "coordinator", errs)
-    if not any(r.get("action") == "FailJob" and 2 in (r.get("onExitCodes") or {}).get("values", []) for r in (cjob.get("podFailurePolicy") or {}).get("rules", [])):
-        errs.append("%s: coordinator podFailurePolicy does not fail the Job on exit 2 (a refused configuration)" % path)
+    for who, spec in (("coordinator", cjob), ("workers", rjobs["workers"]["template"]["spec"])):
+        rules = (spec.get("podFailurePolicy") or {}).get("rules", [])
+        if not any(r.get("action") == "FailJob" and 2 in (r.get("onExitCodes") or {}).get("values", []) for r in rules):
+            errs.append("%s: %s podFailurePolicy does not fail the Job on exit 2 (refused input: no retry mends it)" % (path, who))
+    targets = [set(r.get("targetReplicatedJobs") or rjobs) for r in fp.get("rules", []) if r.get("action") == "FailJobSet"]
+    if not any({"coordinator", "workers"} <= t for t in targets):
+        errs.append("%s: the FailJobSet rule does not cover both Jobs' refused input" % path)
     check_probes_and_resources(path + ": coordinator", coord, 50051, expect_tls, errs)
     check_env_refs(path + ": coordinator", coord, errs)
     args = coord.get("args", [])
@@ -361,8 +366,11 @@ def check_run(objs, path, expect_workers, expect_device, expect_gpu, expect_tls,
     labels_w = pod(rjobs["workers"])["metadata"].get("labels", {})
     if not selects(pdb["spec"].get("selector", {}), labels_w) or selects(pdb["spec"].get("selector", {}), labels_c):
         errs.append("%s: PodDisruptionBudget peftrain-workers does not select exactly the worker pods" % path)
-    if pdb["spec"].get("maxUnavailable") != 1 and pdb["spec"].get("minAvailable") is None:
-        errs.append("%s: PodDisruptionBudget sets neither maxUnavailable 1 nor minAvailable" % path)
+    # Job pods have no scale subresource: only an integer minAvailable lets evictions through.
+    ma = pdb["spec"].get("minAvailable")
+    if "maxUnavailable" in pdb["spec"] or not isinstance(ma, int) or ma != n - 1:
+        errs.append("%s: PodDisruptionBudget minAvailable %r / maxUnavailable %r: for Job pods it must be the integer workers - 1 (%d)"
+                    % (path, ma, pdb["spec"].get("maxUnavailable"), n - 1))
 
     # NetworkPolicy: gRPC only from the run's own pods, metrics only from a labelled namespace.
     policies = by_kind.get("NetworkPolicy", [])

@@ -351,9 +351,9 @@ fn elastic_start_with_the_minimum_then_late_workers_join() {
     let (mut run, log) = spawn(&a);
     // The late comers sort first and last among the ranks: arrival order is not rank order.
     let first = remote_worker(&listen, "w1", &[]);
-    let started = Instant::now();
     wait_for_step(&elastic, 10, &mut run, &log);
-    assert!(started.elapsed() >= Duration::from_secs(2), "it waited out --register-timeout for the others");
+    let said: Vec<String> = log.try_iter().collect();
+    assert!(said.iter().any(|l| l.contains("starting with 1 of 3 workers after 2 s")), "the elastic start was not logged:\n{}", said.join("\n"));
     let late = [remote_worker(&listen, "w2", &[]), remote_worker(&listen, "w0", &[])];
     wait_success(run, Duration::from_secs(300));
     for (mut w, _) in late.into_iter().chain([first]) {
@@ -478,4 +478,45 @@ fn a_nonfinite_gradient_skips_the_update_instead_of_corrupting_weights() {
     for (name, t) in trainable_weights(&poisoned) {
         assert!(values(&t).iter().all(|v| v.is_finite()), "{name} holds non-finite values");
     }
+}
+
+#[test]
+fn preempting_every_worker_pauses_the_run_with_a_checkpoint() {
+    let _serial = peftrain_tests::one_at_a_time();
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny(d.path(), "0.0");
+    let (base, drained) = (d.path().join("base"), d.path().join("drained"));
+    let mut a: Vec<String> = ["train", "--workers", "1", "--threads", "1", "--lora-dropout", "0"].iter().map(|s| s.to_string()).collect();
+    a.extend(common(&model, &base));
+    peftrain(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    // One worker, --min-workers 1: letting it go would leave none. The run stops at that
+    // boundary as on a signal, the checkpoint taken from the leaving worker, and resumes.
+    let listen = free_port();
+    let coord = |extra: &[&str]| {
+        let mut a: Vec<String> = ["coordinator", "--listen", &listen, "--workers", "1", "--lora-dropout", "0", "--signal-exit-code", "143"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(common(&model, &drained));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let exit143 = ["--signal-exit-code", "143", "--coordinator-timeout", "120"];
+    let (mut run, log) = spawn(&coord(&[]));
+    let (mut w, _) = remote_worker(&listen, "w0", &exit143);
+    wait_for_step(&drained, 20, &mut run, &log);
+    signal(&w.id().to_string(), "-TERM");
+    assert_eq!(wait_exit(&mut run, Duration::from_secs(30)).code(), Some(143), "the coordinator stopped as on a signal");
+    assert_eq!(wait_exit(&mut w, Duration::from_secs(30)).code(), Some(143), "the worker left");
+    let checkpoints: Vec<String> = std::fs::read_dir(&drained)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "one checkpoint, at the stop: {checkpoints:?}");
+    let (run, _log) = spawn(&coord(&["--resume"]));
+    let (mut w, _) = remote_worker(&listen, "w0", &exit143);
+    wait_success(run, Duration::from_secs(300));
+    assert!(wait_exit(&mut w, Duration::from_secs(30)).success());
+    assert_same_run(&base, &drained, 1e-5);
 }
