@@ -270,8 +270,10 @@ mod tests {
         }
         load(&Security::random_token().unwrap()).unwrap();
         load("0123456789abcdef").unwrap();
-        let dir = std::env::temp_dir().join(format!("peftrain-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // A directory of this test's own (create_dir fails on one that exists), removed after.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("peftrain-token-test-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
         let f = dir.join("token");
         std::fs::write(&f, "tooshort\n").unwrap();
         let e = Security::load(&SecurityArgs { token_file: Some(f.clone()), ..Default::default() }).unwrap_err().to_string();
