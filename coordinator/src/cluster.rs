@@ -365,7 +365,9 @@ impl Cluster {
         }
         let leaving: BTreeSet<String> =
             self.registry.leavers().into_iter().filter(|id| self.conns.iter().any(|c| &c.member.worker_id == id)).collect();
-        if leaving.is_empty() {
+        // Below --min-workers the trainer stops the run at the next boundary with a checkpoint
+        // (`leaving_below_minimum`); until then the leavers stay and hold the state.
+        if leaving.is_empty() || self.leaving_below_minimum() {
             return Ok(0);
         }
         let going: Vec<Conn> = self.conns.iter().filter(|c| leaving.contains(&c.member.worker_id)).cloned().collect();
