@@ -63,15 +63,32 @@ pub struct Session {
     server: tokio::task::JoinHandle<Result<(), crate::service::ServeError>>,
 }
 
+/// The run's token and TLS files, as a group of `workers` needs them: remote workers need the
+/// user's token; single-node mode makes a random one when the user gave none.
+pub fn load_security(workers: &Workers, net: &NetArgs) -> Result<Security, peftrain_net::NetError> {
+    let security = Security::load(&net.security)?;
+    match workers {
+        // Single-node: without a token of the user's, a fresh one protects loopback too.
+        Workers::Local { .. } if security.token().is_none() => Ok(security.with_token(&Security::random_token()?)),
+        Workers::Local { .. } => Ok(security),
+        Workers::Remote { .. } => security.require_token("the coordinator").map(|()| security),
+    }
+}
+
 impl Session {
     pub async fn start(cfg: &TrainConfig, workers: &Workers, send_type_ids: bool, net: &NetArgs, stop: &StopSignal) -> anyhow::Result<Session> {
-        let mut security = Security::load(&net.security)?;
-        match workers {
-            // Single-node: without a token of the user's, a fresh one protects loopback too.
-            Workers::Local { .. } if security.token().is_none() => security = security.with_token(&Security::random_token()?),
-            Workers::Local { .. } => {}
-            Workers::Remote { .. } => security.require_token("the coordinator")?,
-        }
+        Self::start_with(cfg, workers, send_type_ids, net, load_security(workers, net)?, stop).await
+    }
+
+    /// As `start`, with the token and TLS files already loaded (`load_security`).
+    pub async fn start_with(
+        cfg: &TrainConfig,
+        workers: &Workers,
+        send_type_ids: bool,
+        net: &NetArgs,
+        security: Security,
+        stop: &StopSignal,
+    ) -> anyhow::Result<Session> {
         // TLS mistakes surface here, before anything listens.
         security.server_tls()?;
         let run_id = format!("run-{}-{}", std::process::id(), now_millis());
@@ -249,10 +266,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
     cfg.validate_values().map_err(usage)?;
     // A missing, weak or placeholder token and unreadable TLS files are refused at start,
     // before anything is read or written (exit 2: in a JobSet, a failure no retry mends).
-    let security = Security::load(&net.security).map_err(|e| usage(e.to_string()))?;
-    if let Workers::Remote { .. } = workers {
-        security.require_token("the coordinator").map_err(|e| usage(e.to_string()))?;
-    }
+    let security = load_security(workers, net).map_err(|e| usage(e.to_string()))?;
     // --push-to-hub: the token checked and the repo made before anything trains, as the
     // Trainer's init_hf_repo does.
     let push_target = match cfg.push_to_hub {
@@ -319,7 +333,7 @@ pub async fn run_training(cfg: &TrainConfig, workers: &Workers, net: &NetArgs) -
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     checkpoint::write_atomic(&cfg.output_dir.join("run_config.json"), &serde_json::to_vec_pretty(cfg)?)?;
 
-    let mut session = Session::start(cfg, workers, type_ids, net, &stop).await?;
+    let mut session = Session::start_with(cfg, workers, type_ids, net, security, &stop).await?;
     let mut st = LoopState::default();
     let mut completed = false;
     let result = async {

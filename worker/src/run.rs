@@ -280,6 +280,11 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
         model_digest,
         base_dtype,
     };
+    // Leaving (a stop was asked for): the local server stops, and the process exits as Left.
+    let leave = || {
+        engine.shutdown.notify_one();
+        Ok(Ended::Left)
+    };
     let mut server = server;
     let mut run_id = hello.run_id.clone();
     // Heartbeats well inside the coordinator's worker timeout.
@@ -287,8 +292,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
     loop {
         if stop.requested().is_some() {
             // Asked to stop before (re)joining a group: nobody to leave.
-            engine.shutdown.notify_one();
-            return Ok(Ended::Left);
+            return leave();
         }
         let register = with_backoff("register", opts.coordinator_timeout, || {
             let mut c = coord.clone();
@@ -298,8 +302,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
         let reply = tokio::select! {
             r = register => r,
             _ = stop.asked() => {
-                engine.shutdown.notify_one();
-                return Ok(Ended::Left);
+                return leave();
             }
         };
         let reply = match reply {
@@ -334,8 +337,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
             // Bounded: a coordinator that does not let this worker go within its timeout (it is
             // evaluating, or too old to know `leaving`) is left without a goodbye.
             if asked_at.is_some_and(|t| t.elapsed() > opts.coordinator_timeout) {
-                engine.shutdown.notify_one();
-                return Ok(Ended::Left);
+                return leave();
             }
             let req = pb::HeartbeatRequest { worker_id: opts.id.clone(), run_id: run_id.clone(), leaving };
             let mut hb = tonic::Request::new(req);
@@ -345,12 +347,10 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
                 // Forgotten while leaving, or the coordinator gone (connection refused: a local
                 // coordinator's death is what sent the SIGTERM): nothing to wait for.
                 Ok(_) if leaving => {
-                    engine.shutdown.notify_one();
-                    return Ok(Ended::Left);
+                    return leave();
                 }
                 Err(s) if leaving && s.code() == tonic::Code::Unavailable => {
-                    engine.shutdown.notify_one();
-                    return Ok(Ended::Left);
+                    return leave();
                 }
                 Ok(_) => break,
                 Err(_) if last_ok.elapsed() > opts.coordinator_timeout => {
@@ -361,14 +361,12 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
             }
         }
         if stop.requested().is_some() {
-            engine.shutdown.notify_one();
-            return Ok(Ended::Left);
+            return leave();
         }
         let again = tokio::select! {
             h = say_hello(&coord, &opts) => h?,
             _ = stop.asked() => {
-                engine.shutdown.notify_one();
-                return Ok(Ended::Left);
+                return leave();
             }
         };
         if again.spec != Some(spec_pb.clone()) {
