@@ -11,6 +11,10 @@ Worker faults come only while all N workers are in the group (one replica always
   coordinator  SIGTERM of the coordinator (a checkpoint at the step boundary, exit 143),
                started again with --resume
 
+When the steps left would end the run before --min-faults faults at the pace so far (a slow
+machine), the next fault comes at once (a coordinator fault if a worker fault must wait): the
+count is then met on any machine, and the output says how many faults were hurried.
+
 It prints, per kind, how long the coordinator took to see the fault (its log line: "lost" for
 kill and stop, "left" for restart, the exit for coordinator), how long training stalled
 (the longest wait for a step until the next fault), the time lost (the stall less one undisturbed step), and the
@@ -41,6 +45,9 @@ import time
 
 TOKEN = "chaos-harness-token-" + "%08x" % random.SystemRandom().getrandbits(32)
 KINDS = ("kill", "stop", "restart", "coordinator")
+# Steps kept in reserve per fault still owed to --min-faults (a fault needs a step after the
+# previous one, and a worker fault a whole group).
+HURRY_STEPS_PER_FAULT = 60
 
 
 def free_port():
@@ -202,17 +209,27 @@ def run(a, out, tag, chaos):
         # worker's only while the group is whole, so that one replica always holds the state
         # (as torchft's tests keep one replica group alive: losing every replica at once is a
         # restart from the last checkpoint, another story).
-        if chaos and now >= next_fault and g.last_step() > (faults[-1]["step_after"] if faults else 0) and g.last_step() < a.max_steps - 20:
+        # Hurried: the steps left would end the run before --min-faults at this pace (a slow
+        # machine, long rejoins), so the next fault is due now and, while a worker fault must
+        # wait for the group to be whole, a coordinator fault goes first.
+        needed = a.min_faults - len(faults)
+        hurry = needed > 0 and (a.max_steps - 20) - g.last_step() < needed * HURRY_STEPS_PER_FAULT
+        if chaos and (now >= next_fault or hurry) and g.last_step() > (faults[-1]["step_after"] if faults else 0) and g.last_step() < a.max_steps - 20:
             # The kinds in a random order, each once per round: every kind is exercised.
             if not order:
                 order = rng.sample(a.kinds, len(a.kinds))
             kind = order[0]
             if kind != "coordinator" and (g.group < a.workers or stopped):
-                time.sleep(0.01)
-                continue
-            order.pop(0)
+                if not (hurry and "coordinator" in a.kinds):
+                    time.sleep(0.01)
+                    continue
+                kind = "coordinator"
+                if kind in order:
+                    order.remove(kind)
+            else:
+                order.pop(0)
             live = [i for i, w in g.workers.items() if w.alive() and i not in stopped]
-            f = {"kind": kind, "at": now, "step": g.last_step()}
+            f = {"kind": kind, "at": now, "step": g.last_step(), "hurried": hurry and now < next_fault}
             if kind == "kill" and live:
                 i = rng.choice(live)
                 f["target"] = g.workers[i].name
@@ -352,6 +369,10 @@ def main():
     for r in s["by_kind"]:
         print("%-12s %5d %14s %14s %12s %12s" % (r["kind"], r["count"], fmt(r["detected_mean_s"]), fmt(r["detected_max_s"]),
                                                  fmt(r["stall_mean_s"]), fmt(r["lost_mean_s"])))
+    hurried = sum(1 for f in chaos["faults"] if f.get("hurried"))
+    gaps = [b["at"] - a_["at"] for a_, b in zip(chaos["faults"], chaos["faults"][1:])]
+    print("mean time between faults: %s (%d of them hurried to reach --min-faults)"
+          % ("%.2f s" % statistics.mean(gaps) if gaps else "-", hurried))
     print("throughput retained: %.1f%% of the undisturbed run's steps/s" % (100 * s["throughput_retained"]))
     print("orphan processes: %d" % (len(base["orphans"]) + len(chaos["orphans"])))
     if a.json:
