@@ -121,7 +121,7 @@ class Group:
                 "--model", a.model, "--tokenizer", a.tokenizer, "--glue-dir", a.glue, "--task", "sst2", "--method", "lora",
                 "--lora-dropout", "0", "--train-limit", str(a.train_limit), "--eval-strategy", "no", "--batch-size", "16",
                 "--max-steps", str(a.max_steps), "--lr", "1e-3", "--logging-steps", "1", "--save-steps", "200",
-                "--save-total-limit", "2", "--base-dtype", "fp32", "--seed", "42", "--output-dir", self.out]
+                "--save-total-limit", "2", "--base-dtype", "fp32", "--seed", "42", "--all-reduce", a.all_reduce, "--output-dir", self.out]
 
     def start_coordinator(self):
         self.coordinator = Proc("coordinator", self.coord_cmd(), self.env, os.path.join(self.logs, "coordinator.log"))
@@ -340,6 +340,7 @@ def main():
     ap.add_argument("--min-faults", type=int, default=20)
     ap.add_argument("--worker-timeout", type=float, default=2.0)
     ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--all-reduce", default="auto", help="the coordinator's --all-reduce")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json")
@@ -357,11 +358,11 @@ def main():
     base = run(a, dirs["undisturbed"], tags["undisturbed"], chaos=False)
     chaos = run(a, dirs["disturbed"], tags["disturbed"], chaos=True)
     s = summarize(base, chaos, a)
-    report = {"cpu": cpu_class(), "workers": a.workers, "max_steps": a.max_steps, "mtbf_s": a.mtbf, "worker_timeout_s": a.worker_timeout,
+    report = {"cpu": cpu_class(), "all_reduce": a.all_reduce, "workers": a.workers, "max_steps": a.max_steps, "mtbf_s": a.mtbf, "worker_timeout_s": a.worker_timeout,
               "undisturbed": base, "disturbed": chaos, "summary": s,
               "dirs": dirs}
-    print("chaos: %d workers, tiny RoBERTa LoRA, %d steps, faults every %.1f s on average, --worker-timeout %.0f s; %s"
-          % (a.workers, a.max_steps, a.mtbf, a.worker_timeout, report["cpu"]))
+    print("chaos: %d workers, tiny RoBERTa LoRA, %d steps, faults every %.1f s on average, --worker-timeout %.0f s, --all-reduce %s; %s"
+          % (a.workers, a.max_steps, a.mtbf, a.worker_timeout, a.all_reduce, report["cpu"]))
     print("undisturbed: %.1f s (%.1f ms/step); disturbed: %.1f s, %d faults survived, %d coordinator starts"
           % (base["wall_s"], 1000 * s["undisturbed_step_s"], chaos["wall_s"], len(chaos["faults"]), chaos["coordinator_starts"]))
     print("%-12s %5s %14s %14s %12s %12s" % ("fault", "count", "seen (mean)", "seen (max)", "stall", "time lost"))

@@ -156,7 +156,7 @@ impl Session {
             let started = match wait {
                 Ok(_) => {
                     registry.mark_started();
-                    Cluster::start(registry.clone(), tolerance, send_type_ids, security.clone(), cfg.padding).await
+                    Cluster::start(registry.clone(), tolerance, send_type_ids, security.clone(), cfg.padding, cfg.all_reduce).await
                 }
                 Err(why) => Err(crate::cluster::ClusterError::Setup(why)),
             };

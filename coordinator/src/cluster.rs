@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pb::worker_client::WorkerClient;
 use peftrain_net::{AuthChannel, Security};
 use peftrain_proto::v1 as pb;
-use peftrain_spec::Padding;
+use peftrain_spec::{AllReduce, Padding};
 use tokio::task::JoinSet;
 use tonic::Code;
 
@@ -55,7 +55,10 @@ pub struct StepOutcome {
     pub grad_norm: f64,
     /// Bytes one worker sent in the all-reduce (the largest over workers).
     pub allreduce_bytes: u64,
+    /// The longest all-reduce over workers: the exchange and the wait for the slowest shard.
     pub allreduce_ms: f64,
+    /// The shortest: the all-reduce of the worker that arrived last, the exchange alone.
+    pub exchange_ms: f64,
     pub compute_ms: f64,
     /// The reduced gradient held NaN/Inf: the update was skipped on every worker.
     pub skipped: bool,
@@ -98,6 +101,10 @@ pub struct Cluster {
     pub security: Security,
     /// The run's `--padding`: with the members' devices, how a shard's cost is counted.
     pub padding: Padding,
+    /// The run's `--all-reduce`, resolved for each group as it forms.
+    pub all_reduce: AllReduce,
+    /// What the current group runs (printed when it changes).
+    pub algorithm: Option<AllReduce>,
 }
 
 /// What one try of a retryable phase came to.
@@ -211,6 +218,7 @@ impl Cluster {
         send_type_ids: bool,
         security: Security,
         padding: Padding,
+        all_reduce: AllReduce,
     ) -> Result<Cluster, ClusterError> {
         let mut members = registry.members();
         if members.is_empty() {
@@ -224,7 +232,7 @@ impl Cluster {
         // Generations start from the clock, so a restarted coordinator's never repeat an earlier
         // one's (workers drop traffic of other generations).
         let generation = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
-        let mut c = Cluster { registry, conns, generation, tolerance, send_type_ids, security, padding };
+        let mut c = Cluster { registry, conns, generation, tolerance, send_type_ids, security, padding, all_reduce, algorithm: None };
         c.setup().await?;
         Ok(c)
     }
@@ -261,12 +269,28 @@ impl Cluster {
         loop {
             self.generation += 1;
             let peers: Vec<String> = self.conns.iter().map(|c| c.member.address.clone()).collect();
+            let bytes = 4 * self.conns.first().map_or(0, |c| c.member.fingerprint.trainable_params);
+            let algorithm = self.all_reduce.resolve(peers.len(), bytes);
+            if peers.len() > 1 && self.algorithm != Some(algorithm) {
+                let (rounds, _) = peftrain_spec::collective::critical_path(algorithm, peers.len(), bytes);
+                tracing::info!(
+                    "all-reduce: {algorithm} ({} workers, {bytes} bytes of gradients, {rounds} rounds; --all-reduce {})",
+                    peers.len(),
+                    self.all_reduce
+                );
+            }
+            self.algorithm = Some(algorithm);
+            let wire = match algorithm {
+                AllReduce::HalvingDoubling => pb::AllReduceAlgorithm::HalvingDoubling,
+                AllReduce::Ring | AllReduce::Auto => pb::AllReduceAlgorithm::Ring,
+            };
             let calls = self.each(|rank, _| pb::SetupRequest {
                 run_id: self.registry.run_id.clone(),
                 rank: rank as u32,
                 world_size: peers.len() as u32,
                 peers: peers.clone(),
                 generation: self.generation,
+                all_reduce: wire as i32,
             });
             let set = fan_out(calls, |mut w, req| async move { w.setup(req).await.map(|_| ()) });
             let g = self.gather(set).await?;
@@ -521,7 +545,7 @@ impl Cluster {
             return Ok(Attempt::Interrupted);
         }
         let replies = g.ok.into_iter().map(|(_, r)| r);
-        let mut out = StepOutcome { micro_loss_sums: vec![0.0; micro.len()], ..Default::default() };
+        let mut out = StepOutcome { micro_loss_sums: vec![0.0; micro.len()], exchange_ms: f64::INFINITY, ..Default::default() };
         let mut norms = Vec::new();
         for reply in replies {
             if reply.micro_loss_sums.len() != micro.len() {
@@ -539,10 +563,14 @@ impl Cluster {
             out.tokens += reply.tokens;
             out.allreduce_bytes = out.allreduce_bytes.max(reply.allreduce_bytes);
             out.allreduce_ms = out.allreduce_ms.max(reply.allreduce_ms);
+            out.exchange_ms = out.exchange_ms.min(reply.allreduce_ms);
             out.compute_ms = out.compute_ms.max(reply.compute_ms);
             out.skipped |= reply.nonfinite;
             out.peak_rss_bytes = out.peak_rss_bytes.max(reply.peak_rss_bytes);
             norms.push(reply.grad_norm);
+        }
+        if !out.exchange_ms.is_finite() {
+            out.exchange_ms = 0.0;
         }
         // Every worker clipped the same reduced gradient: their norms agree bit for bit.
         out.grad_norm = norms.first().copied().unwrap_or(0.0);

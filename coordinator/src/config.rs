@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use peftrain_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use peftrain_spec::{BaseDtype, MethodArgs, Padding};
+use peftrain_spec::{AllReduce, BaseDtype, MethodArgs, Padding};
 
 use crate::data::{Labels, Split, Task, UserColumns};
 use crate::schedule::{warmup_steps, Schedule, SchedulerType};
@@ -194,6 +194,12 @@ pub struct TrainConfig {
     /// on with.
     #[arg(long, default_value_t = 1, env = "PEFTRAIN_MIN_WORKERS")]
     pub min_workers: usize,
+    /// The workers' all-reduce: ring (2(N-1) rounds), halving-doubling (2 log2 N rounds,
+    /// latency-optimal), or auto — the alpha-beta model's pick for the group's size and the
+    /// gradient's bytes, chosen again whenever the group changes (docs/performance.md).
+    #[arg(long, value_parser = peftrain_spec::flag::<AllReduce>, env = "PEFTRAIN_ALL_REDUCE", default_value_t = AllReduce::Auto)]
+    #[serde(default)]
+    pub all_reduce: AllReduce,
     /// Write a checkpoint every N steps (one is always written at the end).
     #[arg(long, env = "PEFTRAIN_SAVE_STEPS")]
     pub save_steps: Option<u64>,

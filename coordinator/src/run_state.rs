@@ -46,6 +46,10 @@ pub struct LoopState {
     pub evals_without_improvement: u64,
     pub bytes_window: u64,
     pub reduce_ms_window: f64,
+    /// The exchange's own part of reduce_ms_window: each step's all-reduce on the worker that
+    /// came to it last, which waited for nobody's backward.
+    #[serde(default)]
+    pub exchange_ms_window: f64,
     pub step_ms_window: f64,
     /// Seconds of training before this process (earlier runs of a resumed job).
     pub runtime_before: f64,

@@ -307,6 +307,7 @@ pub async fn train<W: Write>(
         st.window_steps += 1;
         st.bytes_window += out.allreduce_bytes;
         st.reduce_ms_window += out.allreduce_ms;
+        st.exchange_ms_window += out.exchange_ms;
         st.step_ms_window += step_ms;
         st.global_step = step + 1;
         st.epoch = st.global_step as f64 / steps_per_epoch as f64;
@@ -345,6 +346,7 @@ pub async fn train<W: Write>(
             ev.insert("allreduce_ms".into(), json!(out.allreduce_ms));
             ev.insert("allreduce_bytes_window".into(), json!(st.bytes_window));
             ev.insert("allreduce_ms_window".into(), json!(st.reduce_ms_window));
+            ev.insert("allreduce_exchange_ms_window".into(), json!(st.exchange_ms_window));
             // Wall time of the window's steps as the coordinator saw them: the all-reduce share
             // of step time is allreduce_ms_window / step_ms_window.
             ev.insert("step_ms_window".into(), json!(st.step_ms_window));
@@ -369,6 +371,7 @@ pub async fn train<W: Write>(
             st.window_steps = 0;
             st.bytes_window = 0;
             st.reduce_ms_window = 0.0;
+            st.exchange_ms_window = 0.0;
             st.step_ms_window = 0.0;
         } else if out.skipped {
             write(metrics, &Map::from_iter([("step".into(), json!(global_step)), ("skipped".into(), json!(true))]))?;

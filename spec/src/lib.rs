@@ -1,10 +1,11 @@
 //! peftrain-spec: what the coordinator (no libtorch) and the workers (libtorch) must read the
-//! same way — the run's method, base dtype and padding, typed, with their wire form; the
+//! same way — the run's method, base dtype, padding and all-reduce, typed, with their wire form; the
 //! model's `config.json` with its bounds, parameter counts derived from it alone, the model's
 //! identity digest, and the range checks applied to every number from a flag, a file or the
 //! wire before it is used or allocated.
 
 pub mod check;
+pub mod collective;
 pub mod digest;
 pub mod dtype;
 pub mod method;
@@ -15,6 +16,7 @@ pub mod paths;
 pub mod state;
 pub mod task;
 
+pub use collective::AllReduce;
 pub use dtype::BaseDtype;
 pub use method::{BitFitScope, Ia3Params, LoraParams, Method, MethodArgs, MethodKind, MethodRules};
 pub use model_config::counts;

@@ -4,14 +4,23 @@
 //! bench/chaos.py, must end exactly where the undisturbed run ends: the same trainable weights
 //! (1e-5), every step in metrics.jsonl once with the undisturbed loss, no process left behind,
 //! and each fault seen within its bound (a SIGKILL at once, by the broken connection; a SIGSTOP
-//! within --worker-timeout + 1 s).
+//! within --worker-timeout + 1 s). Once with the ring and once with halving-doubling.
 
 use std::process::Command;
 
 use peftrain_tests::{bin, glue_dir, max_abs_diff, metrics, python, roberta_dir, root, tiny_roberta, trainable_weights, values};
 
 #[test]
-fn twenty_random_faults_change_nothing() {
+fn twenty_random_faults_change_nothing_on_the_ring() {
+    twenty_random_faults_change_nothing("ring");
+}
+
+#[test]
+fn twenty_random_faults_change_nothing_halving_and_doubling() {
+    twenty_random_faults_change_nothing("halving-doubling");
+}
+
+fn twenty_random_faults_change_nothing(all_reduce: &str) {
     let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 13);
@@ -23,12 +32,13 @@ fn twenty_random_faults_change_nothing() {
         .args(["--tokenizer", roberta_dir().to_str().unwrap(), "--glue", glue_dir().to_str().unwrap()])
         .args(["--work", d.path().join("runs").to_str().unwrap(), "--json", report.to_str().unwrap()])
         .args(["--workers", "3", "--max-steps", "2500", "--mtbf", "0.8", "--min-faults", "20", "--seed", "7", "--timeout", "600"])
-        .args(["--worker-timeout", &worker_timeout.to_string()])
+        .args(["--worker-timeout", &worker_timeout.to_string(), "--all-reduce", all_reduce])
         .output()
         .expect("bench/chaos.py");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
     assert!(out.status.success(), "the chaos run failed:\n{text}");
+    assert!(text.contains(&format!("--all-reduce {all_reduce}")), "{text}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let faults = r["disturbed"]["faults"].as_array().unwrap();
     assert!(faults.len() >= 20, "{} faults", faults.len());

@@ -1,17 +1,22 @@
-//! Training results do not depend on how many workers ran them: tiny RoBERTa, dropout 0, same
-//! seed and global batch, 30 steps; 1, 2 and 3 real worker processes give per-step losses and
-//! final trainable weights equal within 1e-5, and the same validation loss and accuracy.
-//! Every logged step records the bytes a worker sent: 4 x trainable x 2(N-1)/N plus framing.
+//! Training results do not depend on how many workers ran them, nor on their all-reduce: tiny
+//! RoBERTa, dropout 0, same seed and global batch, 30 steps; 1 worker, and 2 and 3 real worker
+//! processes on the ring and on halving-doubling, give per-step losses and final trainable
+//! weights equal within 1e-5, and the same validation loss and accuracy. Every logged step
+//! records the most bytes a worker sent: the ring 4 x trainable x 2(N-1)/N, halving-doubling the
+//! same over the largest power of two p <= N plus the whole buffer sent back to a folded
+//! worker when p < N, plus framing.
 
 use std::path::Path;
 
 use peftrain_tests::{glue_dir, max_abs_diff, metrics, peftrain, roberta_dir, step_losses, tiny_roberta, trainable_weights, values};
 
-fn run(model: &Path, out: &Path, method: &str, workers: usize) {
+fn run(model: &Path, out: &Path, method: &str, workers: usize, all_reduce: &str) {
     let (tok, glue) = (roberta_dir(), glue_dir());
     let w = workers.to_string();
     peftrain(&[
         "train",
+        "--all-reduce",
+        all_reduce,
         "--model",
         model.to_str().unwrap(),
         "--tokenizer",
@@ -62,9 +67,10 @@ fn evals(dir: &Path) -> Vec<(f64, f64)> {
 fn check_method(method: &str) {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_roberta(d.path(), 21);
-    let dirs: Vec<_> = (1..=3).map(|n| d.path().join(format!("w{n}"))).collect();
-    for (n, dir) in (1..=3).zip(&dirs) {
-        run(&model, dir, method, n);
+    let runs: Vec<(usize, &str)> = vec![(1, "ring"), (2, "ring"), (3, "ring"), (2, "halving-doubling"), (3, "halving-doubling")];
+    let dirs: Vec<_> = runs.iter().map(|(n, alg)| d.path().join(format!("w{n}-{alg}"))).collect();
+    for ((n, alg), dir) in runs.iter().zip(&dirs) {
+        run(&model, dir, method, *n, alg);
     }
     let base_losses = step_losses(&dirs[0]);
     let base_weights = trainable_weights(&dirs[0]);
@@ -72,7 +78,8 @@ fn check_method(method: &str) {
     assert_eq!(base_losses.len(), 30);
     assert_eq!(base_evals.len(), 3, "evaluations at steps 10, 20, 30");
     let trainable: usize = base_weights.values().map(|t| t.numel()).sum();
-    for (n, dir) in (1..=3).zip(&dirs) {
+    for ((n, alg), dir) in runs.iter().copied().zip(&dirs) {
+        let method = format!("{method} on {alg}");
         let losses = step_losses(dir);
         let worst = losses.iter().zip(&base_losses).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         assert!(worst <= 1e-5, "{method}, {n} workers: per-step losses differ from 1 worker by {worst}");
@@ -85,7 +92,9 @@ fn check_method(method: &str) {
             assert_eq!(a, ba, "{method}, {n} workers: eval accuracy");
         }
         // Communication: what one worker sent per step.
-        let payload = 4.0 * trainable as f64 * 2.0 * (n as f64 - 1.0) / n as f64;
+        let s = 4.0 * trainable as f64;
+        let p = if alg == "ring" { n } else { 1 << (usize::BITS - 1 - n.leading_zeros()) };
+        let payload = s * 2.0 * (p as f64 - 1.0) / p as f64 + if p < n { s } else { 0.0 };
         for e in metrics(dir).iter().filter(|e| e.get("loss").is_some()) {
             let bytes = e["allreduce_bytes"].as_f64().unwrap();
             assert!(e["allreduce_ms"].as_f64().is_some());

@@ -2,7 +2,8 @@
 //! one that didn't, a replacement joins with a live peer's state, a resumed run continues the
 //! uninterrupted one's per-step losses, and workers outlive a coordinator restart. Elastic
 //! start (fewer than --workers at first, the rest joining later) and preemption (SIGTERM of a
-//! worker, then of the coordinator) leave the numbers unchanged too.
+//! worker, then of the coordinator) leave the numbers unchanged too. Every test runs once with
+//! the ring and once with halving-doubling (`--all-reduce`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,10 +14,47 @@ use peftrain_tests::{
     bin, glue_dir, logged, max_abs_diff, metrics, peftrain, roberta_dir, run_reference, spawn_logged, step_losses, trainable_weights, values,
 };
 
-/// Flags of the runs compared here: tiny RoBERTa, 120 steps of 16, dropout in the model.
+thread_local! {
+    /// The `--all-reduce` of the test running on this thread (each test has its own thread).
+    static ALGORITHM: std::cell::Cell<&'static str> = const { std::cell::Cell::new("auto") };
+}
+
+/// Runs `test` with every run's group on `algorithm`.
+fn with(algorithm: &'static str, test: fn()) {
+    ALGORITHM.with(|a| a.set(algorithm));
+    test();
+}
+
+/// Every fault test once per all-reduce algorithm: each must survive the same faults.
+macro_rules! each_algorithm {
+    ($($name:ident),* $(,)?) => {
+        mod ring {
+            $(#[test] fn $name() { super::with("ring", super::$name) })*
+        }
+        mod halving_doubling {
+            $(#[test] fn $name() { super::with("halving-doubling", super::$name) })*
+        }
+    };
+}
+
+each_algorithm!(
+    killed_and_replaced_worker_changes_nothing,
+    frozen_worker_is_detected_and_the_run_goes_on,
+    resume_continues_the_uninterrupted_run,
+    workers_survive_a_coordinator_restart,
+    elastic_start_with_the_minimum_then_late_workers_join,
+    preempted_worker_leaves_at_a_step_boundary_and_a_preempted_coordinator_resumes,
+    a_nonfinite_gradient_skips_the_update_instead_of_corrupting_weights,
+    preempting_every_worker_pauses_the_run_with_a_checkpoint,
+);
+
+/// Flags of the runs compared here: tiny RoBERTa, 120 steps of 16, dropout in the model, the
+/// test's all-reduce.
 fn common(model: &Path, out: &Path) -> Vec<String> {
     let (tok, glue) = (roberta_dir(), glue_dir());
     [
+        "--all-reduce",
+        ALGORITHM.with(|a| a.get()),
         "--model",
         model.to_str().unwrap(),
         "--tokenizer",
@@ -130,7 +168,6 @@ fn workers_per_step(out: &Path) -> Vec<u64> {
     metrics(out).iter().filter_map(|e| e.get("workers").and_then(|w| w.as_u64())).collect()
 }
 
-#[test]
 fn killed_and_replaced_worker_changes_nothing() {
     let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
@@ -165,7 +202,6 @@ fn killed_and_replaced_worker_changes_nothing() {
     assert!(redone <= 1, "at most the step in flight is redone");
 }
 
-#[test]
 fn frozen_worker_is_detected_and_the_run_goes_on() {
     let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
@@ -197,7 +233,6 @@ fn frozen_worker_is_detected_and_the_run_goes_on() {
     assert!(workers_per_step(&hurt).contains(&2));
 }
 
-#[test]
 fn resume_continues_the_uninterrupted_run() {
     let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
@@ -241,7 +276,6 @@ fn resume_continues_the_uninterrupted_run() {
     assert_eq!(cps, ["checkpoint-100", "checkpoint-120"]);
 }
 
-#[test]
 fn workers_survive_a_coordinator_restart() {
     let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
@@ -332,7 +366,6 @@ fn undisturbed_3(model: &Path, out: &Path) {
     peftrain(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
 }
 
-#[test]
 fn elastic_start_with_the_minimum_then_late_workers_join() {
     let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
@@ -376,7 +409,6 @@ fn elastic_start_with_the_minimum_then_late_workers_join() {
     assert!(err.contains("only 0 of 3 workers registered within 1 s") && err.contains("--min-workers 2"), "{err}");
 }
 
-#[test]
 fn preempted_worker_leaves_at_a_step_boundary_and_a_preempted_coordinator_resumes() {
     let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
@@ -444,7 +476,6 @@ fn preempted_worker_leaves_at_a_step_boundary_and_a_preempted_coordinator_resume
     assert!(w.contains(&2) && w.last() == Some(&3), "two carried on, three after the resume: {w:?}");
 }
 
-#[test]
 fn a_nonfinite_gradient_skips_the_update_instead_of_corrupting_weights() {
     let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();
@@ -480,7 +511,6 @@ fn a_nonfinite_gradient_skips_the_update_instead_of_corrupting_weights() {
     }
 }
 
-#[test]
 fn preempting_every_worker_pauses_the_run_with_a_checkpoint() {
     let _serial = peftrain_tests::one_at_a_time();
     let d = tempfile::tempdir().unwrap();

@@ -8,21 +8,14 @@ use std::time::{Duration, Instant};
 use peftrain_spec::state::State;
 use tokio::sync::Notify;
 
-use crate::collective::{AllReduce, Alone, Inbox, Ring};
+use std::sync::Arc;
+
+pub use crate::collective::Group;
+use crate::collective::{AllReduce, Alone, Comm};
 use crate::compute::{ComputeThread, ReplicaInfo};
 use crate::error::WorkerError;
 use crate::replica::{Micro, Replica, Shard};
 use crate::stats::{peak_rss_bytes, WorkerStats};
-
-/// This worker's place in a group, as the coordinator announces it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Group {
-    pub rank: u32,
-    pub world: u32,
-    pub generation: u64,
-    /// Every member's address, by rank.
-    pub peers: Vec<String>,
-}
 
 /// One training step's order: this worker's shard of the global batch, as consecutive
 /// micro-batches (one without gradient accumulation) whose gradients add up before the one
@@ -47,6 +40,7 @@ pub struct StepOutcome {
     pub grad_norm: f64,
     pub allreduce_bytes: u64,
     pub allreduce_ms: f64,
+    pub allreduce_wait_ms: f64,
     pub compute_ms: f64,
     pub optimizer_ms: f64,
     pub nonfinite: bool,
@@ -90,18 +84,15 @@ pub struct EvalOutcome {
     pub num_labels: u32,
 }
 
-/// The replica's thread, its place in the ring and the chunks waiting for it.
+/// The replica's thread and its collective side (group, schedule, chunks waiting).
 pub struct Engine {
     pub compute: ComputeThread,
     /// Values in a state transfer (3 x trainable parameters).
     pub state_len: usize,
-    pub ring: tokio::sync::RwLock<Option<Ring>>,
-    pub inbox: Inbox,
+    /// The group, its schedule and the chunks peers pushed (shared with the Collective service).
+    pub comm: Arc<Comm>,
     pub shutdown: Notify,
     pub collective_timeout: Duration,
-    pub chunk_elems: usize,
-    /// The newest group generation announced; moving it aborts a running all-reduce.
-    pub abort: tokio::sync::watch::Sender<u64>,
     /// Token and TLS for calls to peers.
     pub security: peftrain_net::Security,
     /// Test failpoint (`PEFTRAIN_FAILPOINT_NAN_STEP`): poison this step's gradient with a NaN,
@@ -121,12 +112,9 @@ impl Engine {
         Engine {
             compute,
             state_len: 3 * info.fingerprint.trainable_params as usize,
-            ring: tokio::sync::RwLock::new(None),
-            inbox: Inbox::default(),
+            comm: Arc::new(Comm::new(security.clone(), collective_timeout, chunk_elems, info.fingerprint.trainable_params)),
             shutdown: Notify::new(),
             collective_timeout,
-            chunk_elems,
-            abort: tokio::sync::watch::channel(0).0,
             security,
             nan_at_step: std::env::var("PEFTRAIN_FAILPOINT_NAN_STEP").ok().and_then(|v| v.parse().ok()),
             stats: std::sync::Mutex::new(WorkerStats {
@@ -148,48 +136,29 @@ impl Engine {
 
     /// The newest generation announced.
     pub fn generation(&self) -> u64 {
-        *self.abort.borrow()
+        self.comm.generation()
     }
 
     pub async fn setup(&self, group: Group) -> Result<(), WorkerError> {
-        // Abandon a step of the old group still waiting on a lost peer, then take the ring.
-        self.abort.send_replace(group.generation);
         self.stat(|s| {
             s.rank = group.rank;
             s.world = group.world;
             s.generation = group.generation;
         });
-        let next = if group.world > 1 {
-            let addr = group
-                .peers
-                .get(((group.rank + 1) % group.world) as usize)
-                .ok_or_else(|| WorkerError::BadSetup(format!("{} peers for world size {}", group.peers.len(), group.world)))?;
-            Some(crate::collective::connect(&self.security, addr, self.collective_timeout).map_err(WorkerError::BadSetup)?)
-        } else {
-            None
-        };
-        *self.ring.write().await = Some(Ring {
-            rank: group.rank,
-            world: group.world,
-            generation: group.generation,
-            next,
-            chunk_elems: self.chunk_elems,
-            timeout: self.collective_timeout,
-        });
-        Ok(())
+        self.comm.setup(&group).await.map_err(|e| WorkerError::BadSetup(e.to_string()))
     }
 
     pub async fn step(&self, order: StepOrder) -> Result<StepOutcome, WorkerError> {
-        let ring_guard = self.ring.read().await;
-        let ring = ring_guard.as_ref().ok_or(WorkerError::NotSetUp)?;
-        if order.generation != ring.generation {
-            return Err(WorkerError::StaleGeneration { got: order.generation, current: ring.generation });
+        let guard = self.comm.group.read().await;
+        let exchange = guard.as_ref().ok_or(WorkerError::NotSetUp)?;
+        if order.generation != exchange.generation {
+            return Err(WorkerError::StaleGeneration { got: order.generation, current: exchange.generation });
         }
         let StepOrder { step, shard, micro, learning_rate: lr, dropout_seed: seed, .. } = order;
         check_micro(&micro, shard.len()).map_err(WorkerError::BadShard)?;
         let t0 = Instant::now();
-        // The group's collective: the ring, or the group of one (the factory's two arms).
-        let group: &dyn AllReduce = if ring.world > 1 { ring } else { &Alone };
+        // The group's collective: its schedule over the peers, or the group of one.
+        let group: &dyn AllReduce = if exchange.world > 1 { exchange } else { &Alone };
         let host = group.wants_host();
         let poison = self.nan_at_step == Some(step);
         let (stats, mut grad) = self
@@ -210,8 +179,8 @@ impl Engine {
             })
             .await?;
         let compute_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let mut abort = self.abort.subscribe();
-        let reduce = group.all_reduce(&self.inbox, &mut grad, step, &mut abort).await?;
+        let mut abort = self.comm.abort.subscribe();
+        let reduce = group.all_reduce(&self.comm.inbox, &mut grad, step, &mut abort).await?;
         let t1 = Instant::now();
         let norm = self.blocking(move |r| Ok(r.hold_gradient(step, grad, lr))).await?;
         self.stat(|s| s.step_took(stats.examples as u64, compute_ms / 1000.0, reduce.bytes_sent, reduce.millis / 1000.0));
@@ -223,6 +192,7 @@ impl Engine {
             grad_norm: norm,
             allreduce_bytes: reduce.bytes_sent,
             allreduce_ms: reduce.millis,
+            allreduce_wait_ms: reduce.wait_millis,
             compute_ms,
             optimizer_ms: t1.elapsed().as_secs_f64() * 1000.0,
             nonfinite: !norm.is_finite(),
@@ -241,8 +211,8 @@ impl Engine {
     }
 
     async fn check_generation(&self, generation: u64) -> Result<(), WorkerError> {
-        let ring = self.ring.read().await;
-        let current = ring.as_ref().ok_or(WorkerError::NotSetUp)?.generation;
+        let group = self.comm.group.read().await;
+        let current = group.as_ref().ok_or(WorkerError::NotSetUp)?.generation;
         if generation != current {
             return Err(WorkerError::StaleGeneration { got: generation, current });
         }

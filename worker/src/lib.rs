@@ -2,6 +2,7 @@
 //! the ring all-reduce and the gRPC services a worker process serves.
 
 pub mod adapter_io;
+pub mod bench;
 pub mod collective;
 pub mod compute;
 pub mod config;

@@ -80,6 +80,19 @@ enum Command {
     Merge(MergeArgs),
     /// Print trainable and total parameter counts (peft's convention) as JSON; config.json only.
     Params(ParamsArgs),
+    /// Run only the all-reduce, on a synthetic buffer, through the training code path: orders
+    /// (JSON lines) on stdin, answers on stdout. Driven by bench/allreduce.sh.
+    AllreduceBench(AllreduceBenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AllreduceBenchArgs {
+    /// Address the Collective service binds (its bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Seconds a peer may stay silent inside an all-reduce.
+    #[arg(long, default_value_t = 60.0)]
+    worker_timeout: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -240,6 +253,19 @@ fn params(a: ParamsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn allreduce_bench(a: AllreduceBenchArgs) -> anyhow::Result<()> {
+    use peftrain_spec::check::{float, Interval, MAX_SECONDS};
+    float("--worker-timeout", a.worker_timeout, Interval::above(0.0, MAX_SECONDS)).map_err(|e| anyhow::Error::new(Usage(e)))?;
+    let security = peftrain_net::Security::load(&peftrain_net::SecurityArgs { token: std::env::var("PEFTRAIN_TOKEN").ok(), ..Default::default() })
+        .map_err(|e| anyhow::Error::new(Usage(e.to_string())))?;
+    tokio::runtime::Builder::new_multi_thread()
+        // As a training worker's runtime: the same threads carry the same all-reduce.
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(peftrain_worker::bench::run(a.listen, security, Duration::from_secs_f64(a.worker_timeout)))
+}
+
 /// The worker's own numeric flags, checked before anything is started from them.
 fn worker_numbers(w: &WorkerArgs) -> anyhow::Result<()> {
     use peftrain_spec::check::{float, int, Interval, MAX_SECONDS};
@@ -260,6 +286,7 @@ fn main() {
     let result = match cli.command {
         Some(Command::Params(a)) => params(a),
         Some(Command::Merge(a)) => merge(a),
+        Some(Command::AllreduceBench(a)) => allreduce_bench(a),
         None => {
             let w = cli.worker;
             let signal_exit_code = w.signal_exit_code;

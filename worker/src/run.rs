@@ -257,7 +257,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
                 auth.clone(),
             ))
             .add_service(InterceptedService::new(
-                pb::collective_server::CollectiveServer::new(CollectiveService(serve_engine.clone()))
+                pb::collective_server::CollectiveServer::new(CollectiveService(serve_engine.comm.clone()))
                     .max_decoding_message_size(COLLECTIVE_MESSAGE_LIMIT),
                 auth,
             ))

@@ -9,6 +9,7 @@ use pb::worker_server::Worker;
 use peftrain_proto::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::collective::{Algorithm, Comm};
 use crate::engine::{Committed, Engine, EvalOutcome, Group, StepOrder, StepOutcome};
 use crate::error::WorkerError;
 use crate::replica::{Micro, Shard};
@@ -31,9 +32,15 @@ pub fn shard_from(b: pb::Batch) -> Shard {
     Shard { ids: b.input_ids, type_ids: b.token_type_ids, lengths: b.lengths, labels: b.labels, scores: b.scores }
 }
 
-impl From<pb::SetupRequest> for Group {
-    fn from(r: pb::SetupRequest) -> Group {
-        Group { rank: r.rank, world: r.world_size, generation: r.generation, peers: r.peers }
+impl TryFrom<pb::SetupRequest> for Group {
+    type Error = WorkerError;
+    fn try_from(r: pb::SetupRequest) -> Result<Group, WorkerError> {
+        let algorithm = match pb::AllReduceAlgorithm::try_from(r.all_reduce) {
+            Ok(pb::AllReduceAlgorithm::Ring) => Algorithm::Ring,
+            Ok(pb::AllReduceAlgorithm::HalvingDoubling) => Algorithm::HalvingDoubling,
+            _ => return Err(WorkerError::BadSetup(format!("all-reduce algorithm {} is not one this worker knows", r.all_reduce))),
+        };
+        Ok(Group { rank: r.rank, world: r.world_size, generation: r.generation, peers: r.peers, algorithm })
     }
 }
 
@@ -72,6 +79,7 @@ impl From<StepOutcome> for pb::StepReply {
             nonfinite: o.nonfinite,
             peak_rss_bytes: o.peak_rss_bytes,
             micro_loss_sums: o.micro_loss_sums,
+            allreduce_wait_ms: o.allreduce_wait_ms,
         }
     }
 }
@@ -100,7 +108,7 @@ pub struct WorkerService(pub Arc<Engine>);
 #[tonic::async_trait]
 impl Worker for WorkerService {
     async fn setup(&self, req: Request<pb::SetupRequest>) -> Result<Response<pb::SetupReply>, Status> {
-        self.0.setup(req.into_inner().into()).await?;
+        self.0.setup(Group::try_from(req.into_inner())?).await?;
         Ok(Response::new(pb::SetupReply {}))
     }
     async fn step(&self, req: Request<pb::StepRequest>) -> Result<Response<pb::StepReply>, Status> {
@@ -116,7 +124,7 @@ impl Worker for WorkerService {
     }
     type GetStateStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::StateChunk, Status>>>;
     async fn get_state(&self, _req: Request<pb::GetStateRequest>) -> Result<Response<Self::GetStateStream>, Status> {
-        let chunks = to_chunks(self.0.state().await?, self.0.chunk_elems);
+        let chunks = to_chunks(self.0.state().await?, self.0.comm.chunk_elems);
         Ok(Response::new(tokio_stream::iter(chunks.into_iter().map(Ok).collect::<Vec<_>>())))
     }
     async fn set_state(&self, req: Request<Streaming<pb::StateChunk>>) -> Result<Response<pb::SetStateReply>, Status> {
@@ -136,16 +144,16 @@ impl Worker for WorkerService {
     }
 }
 
-/// The Collective service: ring predecessor -> this worker. Chunks that fit this group's
-/// buffer go to the inbox the running all-reduce reads; traffic of an older group is dropped.
-pub struct CollectiveService(pub Arc<Engine>);
+/// The Collective service: peers -> this worker. Chunks that fit this group's buffer go to
+/// the inbox the running all-reduce reads; traffic of an older group is dropped.
+pub struct CollectiveService(pub Arc<Comm>);
 
 #[tonic::async_trait]
 impl Collective for CollectiveService {
     async fn push(&self, req: Request<Streaming<pb::GradChunk>>) -> Result<Response<pb::PushReply>, Status> {
         let mut stream = req.into_inner();
         while let Some(chunk) = stream.message().await? {
-            if check_chunk(&chunk, self.0.grad_len(), self.0.generation())? {
+            if check_chunk(&chunk, self.0.len(), self.0.generation())? {
                 self.0.inbox.deliver(chunk);
             }
         }
