@@ -1,7 +1,10 @@
 """PyTorch DDP (gloo, torchrun) + peft LoRA training on SST-2, the reference stack peftrain's
 distributed benchmark compares against. Each rank trains on its slice of every global batch;
 DDP all-reduces only parameters with requires_grad, in buckets. A comm hook times each
-all-reduce (from launch to completion) so the all-reduce share of step time can be reported.
+all-reduce (from launch to completion) on every rank, so the all-reduce share of step time can
+be reported as peftrain reports it: per step, the slowest rank's all-reduce (which includes
+waiting for the slowest shard's backward) and the fastest rank's (the rank that came last and
+waited for nobody: the exchange itself).
 
 Run with: torchrun --nproc_per_node N bench/ddp_lora.py --model DIR --tsv train.tsv --steps S --out result.json
 """
@@ -38,13 +41,15 @@ def main():
                                              target_modules=["query", "value"]))
     ddp = DDP(model)
     reduce_s = []
+    current = [0]
 
     def timed_allreduce(state, bucket):
         t0 = time.perf_counter()
+        step = current[0]
         fut = dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future()
 
         def done(f):
-            reduce_s.append(time.perf_counter() - t0)
+            reduce_s.append((step, time.perf_counter() - t0))
             return f.value()[0]
 
         return fut.then(done)
@@ -66,6 +71,7 @@ def main():
             reduce_s.clear()
             t_start = time.perf_counter()
         t0 = time.perf_counter()
+        current[0] = step
         lo = step * a.batch_size + rank * per
         enc = tok(texts[lo:lo + per], truncation=True, max_length=a.max_length, padding=True, return_tensors="pt")
         out = ddp(**enc, labels=torch.tensor(labels[lo:lo + per]))
@@ -77,10 +83,18 @@ def main():
             step_s.append(time.perf_counter() - t0)
     dist.barrier()
     wall = time.perf_counter() - t_start
+    per_step = {}
+    for step, dt in reduce_s:
+        per_step[step] = per_step.get(step, 0.0) + dt
+    every = [None] * world
+    dist.all_gather_object(every, per_step)
+    steps = sorted(set().union(*[set(d) for d in every]))
+    slowest = sum(max(d.get(s, 0.0) for d in every) for s in steps)
+    fastest = sum(min(d.get(s, 0.0) for d in every) for s in steps)
     if rank == 0:
         with open(a.out, "w") as f:
-            json.dump({"samples_per_second": a.batch_size * a.steps / wall, "allreduce_share": sum(reduce_s) / sum(step_s),
-                       "world": world, "steps": a.steps}, f)
+            json.dump({"samples_per_second": a.batch_size * a.steps / wall, "allreduce_share": slowest / sum(step_s),
+                       "exchange_share": fastest / sum(step_s), "world": world, "steps": a.steps}, f)
     dist.destroy_process_group()
 
 

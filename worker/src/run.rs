@@ -261,7 +261,10 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
                     .max_decoding_message_size(COLLECTIVE_MESSAGE_LIMIT),
                 auth,
             ))
-            .serve_with_incoming_shutdown(incoming, async move { serve_engine.shutdown.notified().await })
+            .serve_with_incoming_shutdown(incoming, async move {
+                serve_engine.shutdown.notified().await;
+                serve_engine.comm.close();
+            })
             .await
     });
 

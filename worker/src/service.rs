@@ -152,7 +152,13 @@ pub struct CollectiveService(pub Arc<Comm>);
 impl Collective for CollectiveService {
     async fn push(&self, req: Request<Streaming<pb::GradChunk>>) -> Result<Response<pb::PushReply>, Status> {
         let mut stream = req.into_inner();
-        while let Some(chunk) = stream.message().await? {
+        loop {
+            let chunk = tokio::select! {
+                c = stream.message() => c?,
+                // The worker is stopping: end the peer's stream so the server can drain.
+                _ = self.0.closing() => None,
+            };
+            let Some(chunk) = chunk else { break };
             if check_chunk(&chunk, self.0.len(), self.0.generation())? {
                 self.0.inbox.deliver(chunk);
             }

@@ -156,6 +156,9 @@ pub struct Comm {
     pub chunk_elems: usize,
     /// Length of the buffer the group all-reduces (chunks are checked against it).
     len: AtomicU64,
+    /// Set when the worker's server stops: the peers' long-lived push streams are ended from
+    /// this side, or the server's graceful shutdown would wait for them forever.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Comm {
@@ -168,7 +171,22 @@ impl Comm {
             timeout,
             chunk_elems: chunk_elems.max(1),
             len: AtomicU64::new(len),
+            closed: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Ends every incoming push stream and drops the group (closing ours to the peers).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+        if let Ok(mut g) = self.group.try_write() {
+            *g = None;
+        }
+    }
+
+    /// Resolves once `close` was called.
+    pub async fn closing(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     pub fn len(&self) -> u64 {
