@@ -170,14 +170,19 @@ pub async fn run(listen: SocketAddr, security: peftrain_net::Security, timeout: 
             }
         }
     });
-    let mut step = 0u64;
-    while let Some(line) = rx.recv().await {
-        let answer = match serde_json::from_str::<Order>(&line) {
-            Err(e) => Answer { error: Some(format!("order: {e}")), ..Default::default() },
-            Ok(o) => run_order(&comm, &o, &mut step).await.unwrap_or_else(|e| Answer { error: Some(e), ..Default::default() }),
-        };
-        say(serde_json::to_value(&answer)?);
-    }
+    // On a runtime task, as a training step's all-reduce runs (inside the Step handler), not on
+    // the thread that blocks on the runtime.
+    let orders = tokio::spawn(async move {
+        let mut step = 0u64;
+        while let Some(line) = rx.recv().await {
+            let answer = match serde_json::from_str::<Order>(&line) {
+                Err(e) => Answer { error: Some(format!("order: {e}")), ..Default::default() },
+                Ok(o) => run_order(&comm, &o, &mut step).await.unwrap_or_else(|e| Answer { error: Some(e), ..Default::default() }),
+            };
+            say(serde_json::to_value(&answer).unwrap_or_default());
+        }
+    });
+    orders.await?;
     Ok(())
 }
 
