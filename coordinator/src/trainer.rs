@@ -353,6 +353,9 @@ pub async fn train<W: Write>(
             ev.insert("compute_ms".into(), json!(out.compute_ms));
             ev.insert("tokens".into(), json!(out.tokens));
             ev.insert("workers".into(), json!(cluster.world()));
+            if let Some(a) = cluster.algorithm.filter(|_| cluster.world() > 1) {
+                ev.insert("all_reduce".into(), json!(a.as_str()));
+            }
             ev.insert("worker_peak_rss_bytes".into(), json!(out.peak_rss_bytes));
             if out.skipped {
                 ev.insert("skipped".into(), json!(true));

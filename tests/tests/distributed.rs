@@ -100,7 +100,9 @@ fn check_method(method: &str) {
             assert!(e["allreduce_ms"].as_f64().is_some());
             if n == 1 {
                 assert_eq!(bytes, 0.0, "{method}: a single worker sends nothing");
+                assert!(e.get("all_reduce").is_none(), "{method}: a group of one runs no all-reduce");
             } else {
+                assert_eq!(e["all_reduce"], alg, "{method}, {n} workers: the group's algorithm is logged");
                 // Framing: 5 bytes per gRPC message plus ~40 bytes of chunk header, a few
                 // messages per round; segment rounding moves at most a few values.
                 assert!(

@@ -87,12 +87,12 @@ async fn run_order(comm: &Comm, o: &Order, step: &mut u64) -> Result<Answer, Str
     let algorithm: Algorithm = o.algorithm.parse()?;
     let algorithm = algorithm.resolve(world as usize, 4 * o.elems);
     if o.setup_only {
-        comm.set_len(o.elems);
+        comm.set_buffer_len(o.elems);
         let group = Group { rank: o.rank, world, generation: o.generation, peers: o.peers.clone(), algorithm };
         comm.setup(&group).await.map_err(|e| e.to_string())?;
         return Ok(Answer { ok: true, ..Default::default() });
     }
-    if comm.generation() != o.generation || comm.len() != o.elems {
+    if comm.generation() != o.generation || comm.buffer_len() != o.elems {
         return Err(format!("run order for generation {} of {} values before its setup order", o.generation, o.elems));
     }
     let guard = comm.group.read().await;

@@ -159,7 +159,7 @@ impl Collective for CollectiveService {
                 _ = self.0.closing() => None,
             };
             let Some(chunk) = chunk else { break };
-            if check_chunk(&chunk, self.0.len(), self.0.generation())? {
+            if check_chunk(&chunk, self.0.buffer_len(), self.0.generation())? {
                 self.0.inbox.deliver(chunk);
             }
         }

@@ -189,12 +189,12 @@ impl Comm {
         let _ = rx.wait_for(|c| *c).await;
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn buffer_len(&self) -> u64 {
         self.len.load(Ordering::Relaxed)
     }
 
     /// The bench's buffers change size between measurements; training's never does.
-    pub fn set_len(&self, len: u64) {
+    pub fn set_buffer_len(&self, len: u64) {
         self.len.store(len, Ordering::Relaxed);
     }
 
@@ -214,7 +214,7 @@ impl Comm {
         if group.algorithm == Algorithm::Auto {
             return Err(CollectiveError::BadGroup("the coordinator must choose the all-reduce".into()));
         }
-        let plan = schedule::schedule(group.algorithm, rank, world, self.len() as usize);
+        let plan = schedule::schedule(group.algorithm, rank, world, self.buffer_len() as usize);
         let mut clients = HashMap::new();
         for t in plan.iter().flat_map(|r| &r.send) {
             if let std::collections::hash_map::Entry::Vacant(e) = clients.entry(t.peer) {
@@ -334,7 +334,7 @@ impl Exchange {
         if c.total != total {
             return Err(bad(format!("buffer length {} differs from ours ({total})", c.total)));
         }
-        if c.data.len() % 4 != 0 {
+        if !c.data.len().is_multiple_of(4) {
             return Err(bad(format!("{} bytes is not a whole number of fp32 values", c.data.len())));
         }
         let Some(round) = self.plan.get(c.round as usize) else {

@@ -96,7 +96,7 @@ fn halving_doubling(r: usize, n: usize, len: usize) -> Vec<Round> {
     if extra > 0 {
         let mut fold = Round::default();
         if r < 2 * extra {
-            if r % 2 == 0 {
+            if r.is_multiple_of(2) {
                 fold.send.push(Transfer { peer: r as u32 + 1, range: whole.clone() });
             } else {
                 fold.recv.push((Transfer { peer: r as u32 - 1, range: whole.clone() }, Op::Add));
