@@ -161,6 +161,19 @@ def fit(points):
     return alpha, beta
 
 
+def print_table(rows, counts, sizes, algs, lats):
+    """Milliseconds per all-reduce: a line per (workers, bytes, algorithm), a column per latency."""
+    print("%-8s %-10s %-17s" % ("workers", "bytes", "algorithm") + "".join("%12s" % ("%g ms link" % l) for l in lats))
+    for n in counts:
+        for size in sizes:
+            for alg in algs:
+                cells = []
+                for lat in lats:
+                    r = next((r for r in rows if (r["workers"], r["bytes"], r["latency_ms"], r["algorithm"]) == (n, size, lat, alg)), None)
+                    cells.append("%12s" % ("-" if r is None else "%.2f" % (1000 * r["seconds"])))
+                print("%-8d %-10d %-17s" % (n, size, alg) + "".join(cells))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True)
@@ -240,16 +253,7 @@ def main():
 
     print("all-reduce alone: peftrain-worker allreduce-bench over loopback; %s" % cpu_class())
     print("time per all-reduce (ms; back to back, the slowest worker's mean)")
-    head = "%-8s %-10s %-17s" % ("workers", "bytes", "algorithm") + "".join("%12s" % ("%g ms link" % l) for l in lats)
-    print(head)
-    for n in counts:
-        for size in sizes:
-            for alg in algs:
-                cells = []
-                for lat in lats:
-                    r = next((r for r in rows if (r["workers"], r["bytes"], r["latency_ms"], r["algorithm"]) == (n, size, lat, alg)), None)
-                    cells.append("%12s" % ("-" if r is None else "%.2f" % (1000 * r["seconds"])))
-                print("%-8d %-10d %-17s" % (n, size, alg) + "".join(cells))
+    print_table(rows, counts, sizes, algs, lats)
     fits = {}
     for lat in lats:
         pts = [(r["rounds"], r["critical_bytes"], r["seconds"]) for r in rows if r["latency_ms"] == lat and r["workers"] > 1]
@@ -278,15 +282,7 @@ def main():
                                             "beta_s_per_byte": beta_pair, "seconds": rounds * alpha + crit * beta_pair})
     if predictions:
         print("predicted for one worker per host (alpha = link + %.1f us, beta %.3f ns/B), ms:" % (alpha_sw * 1e6, beta_pair * 1e9))
-        print("%-8s %-10s %-17s" % ("workers", "bytes", "algorithm") + "".join("%12s" % ("%g ms link" % l) for l in lats))
-        for n in (64, 256):
-            for size in sizes:
-                for alg in algs:
-                    cells = []
-                    for lat in lats:
-                        p_ = next((p_ for p_ in predictions if (p_["workers"], p_["bytes"], p_["latency_ms"], p_["algorithm"]) == (n, size, lat, alg)), None)
-                        cells.append("%12s" % ("-" if p_ is None else "%.2f" % (1000 * p_["seconds"])))
-                    print("%-8d %-10d %-17s" % (n, size, alg) + "".join(cells))
+        print_table(predictions, (64, 256), sizes, algs, lats)
     goals = {}
     # The lower bound of the chosen algorithm: its rounds at the link's latency plus the
     # per-message software cost (the 0 ms fit's alpha), and its bytes at the bandwidth of one
