@@ -79,7 +79,6 @@ impl From<StepOutcome> for pb::StepReply {
             nonfinite: o.nonfinite,
             peak_rss_bytes: o.peak_rss_bytes,
             micro_loss_sums: o.micro_loss_sums,
-            allreduce_wait_ms: o.allreduce_wait_ms,
         }
     }
 }

@@ -227,6 +227,7 @@ impl Comm {
             world: group.world,
             generation: group.generation,
             algorithm: group.algorithm,
+            len: self.buffer_len() as usize,
             plan,
             clients,
             streams: Mutex::new(HashMap::new()),
@@ -258,6 +259,8 @@ pub struct Exchange {
     pub world: u32,
     pub generation: u64,
     pub algorithm: Algorithm,
+    /// The buffer length the schedule was cut for.
+    len: usize,
     plan: Vec<Round>,
     clients: HashMap<u32, CollectiveClient<AuthChannel>>,
     streams: Mutex<HashMap<u32, Stream>>,
@@ -320,22 +323,18 @@ impl Exchange {
     /// later round), one of the next step (a peer that finished this one already started the
     /// next: back-to-back all-reduces without a coordinator between them), or traffic of an
     /// earlier step or group to drop.
-    fn fate(&self, c: &GradChunk, step: u64, total: u64) -> Result<Fate, CollectiveError> {
+    fn fate(&self, c: &GradChunk, step: u64) -> Result<Fate, CollectiveError> {
         if c.generation != self.generation || c.step < step {
             return Ok(Fate::Drop);
         }
         if c.step == step + 1 {
             return Ok(Fate::NextStep);
         }
+        // The Collective service let in only whole fp32 values that fit this buffer
+        // (`service::check_chunk`); what is left to check is the schedule's.
         let bad = |why: String| CollectiveError::BadChunk { from: c.from_rank, why };
         if c.step != step {
             return Err(bad(format!("step {} while this group reduces step {step}", c.step)));
-        }
-        if c.total != total {
-            return Err(bad(format!("buffer length {} differs from ours ({total})", c.total)));
-        }
-        if !c.data.len().is_multiple_of(4) {
-            return Err(bad(format!("{} bytes is not a whole number of fp32 values", c.data.len())));
         }
         let Some(round) = self.plan.get(c.round as usize) else {
             return Err(bad(format!("round {} of a {}-round schedule", c.round, self.plan.len())));
@@ -361,6 +360,10 @@ impl Exchange {
         let total = buf.len() as u64;
         if self.world <= 1 {
             return Ok(ReduceStats::default());
+        }
+        // The schedule's ranges were cut for the buffer the group was set up with.
+        if buf.len() != self.len {
+            return Err(CollectiveError::BadGroup(format!("a buffer of {} values for a group set up for {}", buf.len(), self.len)));
         }
         let inbox_handle = inbox;
         let mut inbox = inbox.rx.lock().await;
@@ -410,7 +413,7 @@ impl Exchange {
                             Err(_) => return Err(CollectiveError::Timeout { from, step, round: k as u32, secs: self.timeout.as_secs_f64() }),
                             Ok(None) => return Err(CollectiveError::Closed { step }),
                             Ok(Some(m)) => {
-                                match self.fate(&m, step, total)? {
+                                match self.fate(&m, step)? {
                                     Fate::Drop => continue,
                                     Fate::NextStep => {
                                         next_step.push(m);
