@@ -376,6 +376,11 @@ def main():
           % ("%.2f s" % statistics.mean(gaps) if gaps else "-", hurried))
     print("throughput retained: %.1f%% of the undisturbed run's steps/s" % (100 * s["throughput_retained"]))
     print("orphan processes: %d" % (len(base["orphans"]) + len(chaos["orphans"])))
+    # The longest stalls, each with the fault before it and what was stopped then: where a
+    # machine's figures differ from these, this says which fault and when.
+    worst = sorted((f for f in chaos["faults"] if f.get("stall_s") is not None), key=lambda f: -f["stall_s"])[:3]
+    print("longest stalls: %s" % ", ".join("%.2f s after %s at step %d (+%.1f s)" % (f["stall_s"], f["kind"], f["step"], f["at"] - chaos["faults"][0]["at"])
+                                           for f in worst))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=1)
