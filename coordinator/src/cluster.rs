@@ -544,8 +544,10 @@ impl Cluster {
         if g.peer_trouble {
             return Ok(Attempt::Interrupted);
         }
+        // The shortest all-reduce: the one of the worker that arrived last.
+        let exchange_ms = g.ok.iter().map(|(_, r)| r.allreduce_ms).reduce(f64::min).unwrap_or(0.0);
         let replies = g.ok.into_iter().map(|(_, r)| r);
-        let mut out = StepOutcome { micro_loss_sums: vec![0.0; micro.len()], exchange_ms: f64::INFINITY, ..Default::default() };
+        let mut out = StepOutcome { micro_loss_sums: vec![0.0; micro.len()], exchange_ms, ..Default::default() };
         let mut norms = Vec::new();
         for reply in replies {
             if reply.micro_loss_sums.len() != micro.len() {
@@ -563,14 +565,10 @@ impl Cluster {
             out.tokens += reply.tokens;
             out.allreduce_bytes = out.allreduce_bytes.max(reply.allreduce_bytes);
             out.allreduce_ms = out.allreduce_ms.max(reply.allreduce_ms);
-            out.exchange_ms = out.exchange_ms.min(reply.allreduce_ms);
             out.compute_ms = out.compute_ms.max(reply.compute_ms);
             out.skipped |= reply.nonfinite;
             out.peak_rss_bytes = out.peak_rss_bytes.max(reply.peak_rss_bytes);
             norms.push(reply.grad_norm);
-        }
-        if !out.exchange_ms.is_finite() {
-            out.exchange_ms = 0.0;
         }
         // Every worker clipped the same reduced gradient: their norms agree bit for bit.
         out.grad_norm = norms.first().copied().unwrap_or(0.0);

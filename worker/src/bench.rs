@@ -13,15 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peftrain_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 
 use crate::collective::{Algorithm, AllReduce, Comm, Gradient, Group};
-use crate::run::COLLECTIVE_MESSAGE_LIMIT;
-use crate::service::CollectiveService;
+use crate::service::collective_service;
 
 /// Largest buffer an order may ask for: 512 MiB of fp32 (full fine-tuning of a large model).
 pub const MAX_ELEMS: u64 = 128 << 20;
@@ -139,22 +136,16 @@ pub async fn run(listen: SocketAddr, security: peftrain_net::Security, timeout: 
     security.require_token("allreduce-bench")?;
     let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("--listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
-    let comm = Arc::new(Comm::new(security.clone(), timeout, 256 * 1024, 1));
+    let comm = Arc::new(Comm::new(security.clone(), timeout, 1));
     let served = comm.clone();
     let auth = security.server_auth();
     let mut builder = peftrain_net::serve::server_builder();
     if let Some(tls) = security.server_tls()? {
         builder = builder.tls_config(tls)?;
     }
-    tokio::spawn(async move {
-        builder
-            .add_service(InterceptedService::new(
-                pb::collective_server::CollectiveServer::new(CollectiveService(served)).max_decoding_message_size(COLLECTIVE_MESSAGE_LIMIT),
-                auth,
-            ))
-            .serve_with_incoming(peftrain_net::serve::incoming(listener))
-            .await
-    });
+    tokio::spawn(
+        async move { builder.add_service(collective_service(served, auth)).serve_with_incoming(peftrain_net::serve::incoming(listener)).await },
+    );
     let say = |v: serde_json::Value| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{v}");

@@ -88,12 +88,10 @@ pub struct Engine {
     pub compute: ComputeThread,
     /// Values in a state transfer (3 x trainable parameters).
     pub state_len: usize,
-    /// The group, its schedule and the chunks peers pushed (shared with the Collective service).
+    /// The group, its schedule and the chunks peers pushed (shared with the Collective
+    /// service); its token, TLS and timeout serve state transfers from peers too.
     pub comm: Arc<Comm>,
     pub shutdown: Notify,
-    pub collective_timeout: Duration,
-    /// Token and TLS for calls to peers.
-    pub security: peftrain_net::Security,
     /// Test failpoint (`PEFTRAIN_FAILPOINT_NAN_STEP`): poison this step's gradient with a NaN,
     /// to exercise the non-finite skip end to end.
     pub nan_at_step: Option<u64>,
@@ -101,20 +99,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        compute: ComputeThread,
-        info: &ReplicaInfo,
-        security: peftrain_net::Security,
-        collective_timeout: Duration,
-        chunk_elems: usize,
-    ) -> Engine {
+    pub fn new(compute: ComputeThread, info: &ReplicaInfo, security: peftrain_net::Security, collective_timeout: Duration) -> Engine {
         Engine {
             compute,
             state_len: 3 * info.fingerprint.trainable_params as usize,
-            comm: Arc::new(Comm::new(security.clone(), collective_timeout, chunk_elems, info.fingerprint.trainable_params)),
+            comm: Arc::new(Comm::new(security, collective_timeout, info.fingerprint.trainable_params)),
             shutdown: Notify::new(),
-            collective_timeout,
-            security,
             nan_at_step: std::env::var("PEFTRAIN_FAILPOINT_NAN_STEP").ok().and_then(|v| v.parse().ok()),
             stats: std::sync::Mutex::new(WorkerStats {
                 fingerprint: info.fingerprint.digest.clone(),
@@ -126,16 +116,6 @@ impl Engine {
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Replica) -> Result<T, WorkerError> + Send + 'static) -> Result<T, WorkerError> {
         self.compute.run(f).await
-    }
-
-    /// Length of the gradient buffer the group all-reduces.
-    pub fn grad_len(&self) -> u64 {
-        (self.state_len / 3) as u64
-    }
-
-    /// The newest generation announced.
-    pub fn generation(&self) -> u64 {
-        self.comm.generation()
     }
 
     pub async fn setup(&self, group: Group) -> Result<(), WorkerError> {
@@ -229,7 +209,7 @@ impl Engine {
     /// Pulls the group's state from a live peer.
     pub async fn sync_from(&self, generation: u64, peer: &str) -> Result<u64, WorkerError> {
         self.check_generation(generation).await?;
-        let state = crate::state::fetch(&self.security, peer, self.collective_timeout, self.state_len).await?;
+        let state = crate::state::fetch(&self.comm.security, peer, self.comm.timeout, self.state_len).await?;
         self.load_state(state).await
     }
 

@@ -253,17 +253,19 @@ fn params(a: ParamsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The async runtime of a worker process (gRPC, the all-reduce; the replica computes on its
+/// own thread).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
 fn allreduce_bench(a: AllreduceBenchArgs) -> anyhow::Result<()> {
     use peftrain_spec::check::{float, Interval, MAX_SECONDS};
     float("--worker-timeout", a.worker_timeout, Interval::above(0.0, MAX_SECONDS)).map_err(|e| anyhow::Error::new(Usage(e)))?;
     let security = peftrain_net::Security::load(&peftrain_net::SecurityArgs { token: std::env::var("PEFTRAIN_TOKEN").ok(), ..Default::default() })
         .map_err(|e| anyhow::Error::new(Usage(e.to_string())))?;
-    tokio::runtime::Builder::new_multi_thread()
-        // As a training worker's runtime: the same threads carry the same all-reduce.
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(peftrain_worker::bench::run(a.listen, security, Duration::from_secs_f64(a.worker_timeout)))
+    // A training worker's runtime: the same threads carry the same all-reduce.
+    runtime()?.block_on(peftrain_worker::bench::run(a.listen, security, Duration::from_secs_f64(a.worker_timeout)))
 }
 
 /// The worker's own numeric flags, checked before anything is started from them.
@@ -326,17 +328,11 @@ fn main() {
                         Err(e) => Err(anyhow::Error::new(Usage(e.to_string()))),
                     };
                     opts.and_then(|opts| {
-                        tokio::runtime::Builder::new_multi_thread()
-                            .worker_threads(2)
-                            .enable_all()
-                            .build()
-                            .map_err(anyhow::Error::from)
-                            .and_then(|rt| rt.block_on(run_worker(opts)))
-                            .map(|ended| {
-                                if ended == Ended::Left && signal_exit_code != 0 {
-                                    std::process::exit(signal_exit_code.into());
-                                }
-                            })
+                        runtime().and_then(|rt| rt.block_on(run_worker(opts))).map(|ended| {
+                            if ended == Ended::Left && signal_exit_code != 0 {
+                                std::process::exit(signal_exit_code.into());
+                            }
+                        })
                     })
                 }),
             }

@@ -16,14 +16,12 @@ use tonic::transport::Channel;
 
 /// Largest message a worker accepts from the coordinator: a shard, a state chunk.
 pub const WORKER_MESSAGE_LIMIT: usize = 16 << 20;
-/// Largest gradient chunk a worker accepts from a peer (chunks are 1 MiB of values).
-pub const COLLECTIVE_MESSAGE_LIMIT: usize = 4 << 20;
 
 use crate::compute::ComputeThread;
 use crate::engine::Engine;
 use crate::peft::Method;
 use crate::replica::{Replica, ReplicaSpec};
-use crate::service::{CollectiveService, WorkerService};
+use crate::service::{collective_service, WorkerService};
 use peftrain_spec::BaseDtype;
 
 /// How a worker process is started.
@@ -217,7 +215,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
     let (compute, info) = ComputeThread::start(opts.threads, move || Replica::build(&spec, device))?;
     let fp = info.fingerprint.clone();
     tracing::debug!(trainable = fp.trainable_params, all = info.peft_all_params, "replica built");
-    let engine = Arc::new(Engine::new(compute, &info, opts.security.clone(), opts.collective_timeout, 256 * 1024));
+    let engine = Arc::new(Engine::new(compute, &info, opts.security.clone(), opts.collective_timeout));
     engine.stat(|s| {
         s.worker_id = opts.id.clone();
         s.device = opts.device.clone();
@@ -256,11 +254,7 @@ pub async fn run_worker(opts: WorkerOptions) -> anyhow::Result<Ended> {
                     .max_encoding_message_size(256 << 20),
                 auth.clone(),
             ))
-            .add_service(InterceptedService::new(
-                pb::collective_server::CollectiveServer::new(CollectiveService(serve_engine.comm.clone()))
-                    .max_decoding_message_size(COLLECTIVE_MESSAGE_LIMIT),
-                auth,
-            ))
+            .add_service(collective_service(serve_engine.comm.clone(), auth))
             .serve_with_incoming_shutdown(incoming, async move {
                 serve_engine.shutdown.notified().await;
                 serve_engine.comm.close();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use pb::collective_server::Collective;
 use pb::worker_server::Worker;
 use peftrain_proto::v1 as pb;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::collective::{Algorithm, Comm};
@@ -141,6 +142,21 @@ impl Worker for WorkerService {
         self.0.shutdown.notify_one();
         Ok(Response::new(pb::ShutdownReply {}))
     }
+}
+
+/// Largest gradient chunk a worker accepts from a peer (chunks are `CHUNK_ELEMS` values, 1 MiB).
+pub const COLLECTIVE_MESSAGE_LIMIT: usize = 4 << 20;
+
+/// The Collective service as every server of a worker mounts it: the token checked, chunks
+/// bounded.
+pub fn collective_service(
+    comm: Arc<Comm>,
+    auth: peftrain_net::ServerAuth,
+) -> InterceptedService<pb::collective_server::CollectiveServer<CollectiveService>, peftrain_net::ServerAuth> {
+    InterceptedService::new(
+        pb::collective_server::CollectiveServer::new(CollectiveService(comm)).max_decoding_message_size(COLLECTIVE_MESSAGE_LIMIT),
+        auth,
+    )
 }
 
 /// The Collective service: peers -> this worker. Chunks that fit this group's buffer go to

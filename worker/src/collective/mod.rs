@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, Mutex, RwLock};
 pub use peftrain_spec::AllReduce as Algorithm;
 use schedule::{Op, Round};
 
+/// Values per gradient or state message: 1 MiB of fp32.
+pub const CHUNK_ELEMS: usize = 256 * 1024;
+
 /// gRPC's length-prefixed message framing: 1 flag byte + 4 length bytes.
 pub const GRPC_FRAME_BYTES: u64 = 5;
 
@@ -162,14 +165,14 @@ pub struct Comm {
 }
 
 impl Comm {
-    pub fn new(security: peftrain_net::Security, timeout: Duration, chunk_elems: usize, len: u64) -> Comm {
+    pub fn new(security: peftrain_net::Security, timeout: Duration, len: u64) -> Comm {
         Comm {
             group: RwLock::new(None),
             inbox: Inbox::default(),
             abort: tokio::sync::watch::channel(0).0,
             security,
             timeout,
-            chunk_elems: chunk_elems.max(1),
+            chunk_elems: CHUNK_ELEMS,
             len: AtomicU64::new(len),
             closed: tokio::sync::watch::channel(false).0,
         }
