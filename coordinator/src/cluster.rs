@@ -672,7 +672,8 @@ impl Cluster {
 
     /// Loads `state` into every worker (resuming from a checkpoint).
     pub async fn set_state(&self, state: &ReplicaState) -> Result<(), ClusterError> {
-        let calls = self.conns.iter().map(|c| (c.clone(), self.request(tokio_stream::iter(state.to_chunks(256 * 1024))))).collect();
+        let calls =
+            self.conns.iter().map(|c| (c.clone(), self.request(tokio_stream::iter(state.to_chunks(peftrain_spec::state::CHUNK_ELEMS))))).collect();
         let set = fan_out(calls, |mut w, req| async move { w.set_state(req).await.map(|_| ()) });
         let g = self.gather(set).await?;
         if !g.lost.is_empty() {

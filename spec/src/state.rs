@@ -5,6 +5,10 @@
 
 use peftrain_proto::v1 as pb;
 
+/// Values per message of a state or gradient stream: 1 MiB of fp32, well under the 4 MiB
+/// message limit of both servers. Coordinator and workers cut their streams alike.
+pub const CHUNK_ELEMS: usize = 256 * 1024;
+
 /// A whole state, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {

@@ -144,7 +144,8 @@ impl Worker for WorkerService {
     }
 }
 
-/// Largest gradient chunk a worker accepts from a peer (chunks are `CHUNK_ELEMS` values, 1 MiB).
+/// Largest gradient chunk a worker accepts from a peer (chunks are `spec::state::CHUNK_ELEMS`
+/// values, 1 MiB).
 pub const COLLECTIVE_MESSAGE_LIMIT: usize = 4 << 20;
 
 /// The Collective service as every server of a worker mounts it: the token checked, chunks

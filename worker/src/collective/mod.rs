@@ -19,9 +19,6 @@ use tokio::sync::{mpsc, Mutex, RwLock};
 pub use peftrain_spec::AllReduce as Algorithm;
 use schedule::{Op, Round};
 
-/// Values per gradient or state message: 1 MiB of fp32.
-pub const CHUNK_ELEMS: usize = 256 * 1024;
-
 /// gRPC's length-prefixed message framing: 1 flag byte + 4 length bytes.
 pub const GRPC_FRAME_BYTES: u64 = 5;
 
@@ -172,7 +169,7 @@ impl Comm {
             abort: tokio::sync::watch::channel(0).0,
             security,
             timeout,
-            chunk_elems: CHUNK_ELEMS,
+            chunk_elems: peftrain_spec::state::CHUNK_ELEMS,
             len: AtomicU64::new(len),
             closed: tokio::sync::watch::channel(false).0,
         }
