@@ -1,7 +1,10 @@
 """Real results on other GLUE tasks, side by side in one run: LoRA on CoLA, MRPC and STS-B with
 the real pretrained all-MiniLM-L6-v2, peftrain against Hugging Face Trainer + peft at equal
 settings (model, LoRA r/alpha/dropout/targets, batch, learning rate and schedule, steps, max
-length, training rows, the whole dev set), each over the same seeds. Prints per task the dev
+length, training rows, the whole dev set), each over the same seeds. A seed means the same run
+on both stacks up to dropout: the same head and LoRA A (peftrain draws them as transformers +
+peft do after `torch.manual_seed(seed)`) and the same batches in the same order (the Trainer's
+`randperm(seed + epoch)`); only the dropout masks are drawn differently. Prints per task the dev
 metrics GLUE reports (CoLA Matthews; MRPC F1 and accuracy; STS-B Pearson and Spearman, as
 `evaluate`'s `glue` metric computes them: scikit-learn / scipy) as the mean of the seeds, the
 training samples/s of both, their ratio and the CPU class; writes

@@ -30,4 +30,5 @@ pub mod strategy;
 pub mod table;
 pub mod tensorboard;
 pub mod tokenize;
+pub mod torch_rng;
 pub mod trainer;

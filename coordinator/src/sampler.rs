@@ -1,46 +1,18 @@
 //! Data order and sharding: a seeded shuffle per epoch, fixed-size global batches, and the split
 //! of each global batch into per-worker shards balanced by what a shard costs its worker.
 
-/// SplitMix64: a tiny, portable generator, so that the data order depends on the seed alone
-/// (not on a library's version).
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
+use crate::torch_rng::randperm;
 
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in 0..n (n > 0), by rejection so that no index is favoured.
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - (u64::MAX % n);
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
-}
-
-/// The order in which epoch `epoch` visits `n` examples: a Fisher-Yates shuffle seeded by
-/// (seed, epoch), or the file order when `shuffle` is off.
+/// The order in which epoch `epoch` visits `n` examples: the Trainer's for the same seed
+/// (accelerate's `SeedableRandomSampler`: `torch.randperm(n)` from a generator seeded with
+/// `seed + epoch`), so that a seed draws the same batches on both stacks; or the file order when
+/// `shuffle` is off.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
     if shuffle {
-        let mut rng = SplitMix64::new(seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
-        for i in (1..n).rev() {
-            let j = rng.below(i as u64 + 1) as usize;
-            order.swap(i, j);
-        }
+        randperm(n, seed.wrapping_add(epoch))
+    } else {
+        (0..n).collect()
     }
-    order
 }
 
 /// Length-grouped order: within mega-batches of 50 batches of the shuffled order, examples are

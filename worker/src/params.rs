@@ -82,15 +82,28 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
 }
 
-/// How a parameter without a checkpoint entry is initialised (transformers' `_init_weights`).
+/// How a parameter without a checkpoint entry is initialised (transformers' `_init_weights`,
+/// peft's layer constructors), drawn as torch draws it so that a seed gives the values
+/// transformers + peft give for the same `torch.manual_seed`.
 #[derive(Debug, Clone, Copy)]
 pub enum Init {
     /// `normal_(0, initializer_range)`: Linear and Embedding weights.
     Normal(f64),
     Zeros,
     Ones,
-    /// peft's LoRA A: `kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    KaimingUniform,
+    /// peft's LoRA A of a module with `out_dim` outputs, drawn as `lora.Linear`'s constructor
+    /// draws: `nn.Linear(in, r)` (Kaiming-uniform, a = sqrt 5), `nn.Linear(r, out)` for B (then
+    /// zeroed), and A's reset, Kaiming-uniform again: the third draw is A.
+    LoraA {
+        out_dim: i64,
+    },
+}
+
+impl Init {
+    /// Whether the value takes draws from the generator (and so waits for its turn).
+    fn draws(self) -> bool {
+        matches!(self, Init::Normal(_) | Init::LoraA { .. })
+    }
 }
 
 /// Where parameter values come from.
@@ -139,6 +152,17 @@ pub struct Builder<'a> {
     store: ParamStore,
     newly_initialized: Vec<String>,
     used_keys: BTreeSet<String>,
+    /// Parameters waiting for their random initial values, in declaration order.
+    draws: Vec<Draw>,
+}
+
+/// A parameter whose initial values are drawn when the build finishes.
+struct Draw {
+    target: Tensor,
+    init: Init,
+    /// Added by the method (LoRA): drawn after every base parameter, as peft wraps a model
+    /// transformers has already initialised.
+    added: bool,
 }
 
 /// What a finished build hands back besides the model.
@@ -152,7 +176,17 @@ pub struct Built {
 
 impl<'a> Builder<'a> {
     pub fn new(source: Source<'a>, method: &'a Method, family: ModelType, device: Device, base_kind: Kind) -> Self {
-        Builder { source, method, family, device, base_kind, store: ParamStore::default(), newly_initialized: Vec::new(), used_keys: BTreeSet::new() }
+        Builder {
+            source,
+            method,
+            family,
+            device,
+            base_kind,
+            store: ParamStore::default(),
+            newly_initialized: Vec::new(),
+            used_keys: BTreeSet::new(),
+            draws: Vec::new(),
+        }
     }
 
     pub fn method(&self) -> &'a Method {
@@ -189,6 +223,7 @@ impl<'a> Builder<'a> {
 
     fn declare(&mut self, name: &str, shape: &[i64], init: Init, trainable: bool, from_checkpoint: bool) -> Result<Tensor, ModelError> {
         let kind = if trainable { Kind::Float } else { self.base_kind };
+        let mut drawn = false;
         let value = match (&self.source, from_checkpoint) {
             (Source::ShapesOnly, _) => Tensor::empty(shape, (kind, Device::Cpu)),
             (Source::Checkpoint(ckpt), true) => match ckpt.find(name, self.family.prefix()) {
@@ -207,16 +242,21 @@ impl<'a> Builder<'a> {
                 }
                 None if self.may_be_new(name) => {
                     self.newly_initialized.push(name.to_string());
-                    initial(shape, init, kind)
+                    drawn = init.draws();
+                    constant(shape, init, kind)
                 }
                 None => return Err(ModelError::MissingTensor { path: ckpt.path.clone(), name: name.to_string() }),
             },
-            _ => initial(shape, init, kind),
+            _ => {
+                drawn = init.draws();
+                constant(shape, init, kind)
+            }
         };
-        // Initial values are drawn on the CPU from the seeded global generator, then moved, so
-        // every worker builds the same replica whatever its device.
         let value = value.to_device(self.device).detach();
         let value = if trainable { value.set_requires_grad(true) } else { value };
+        if drawn {
+            self.draws.push(Draw { target: value.shallow_clone(), init, added: !from_checkpoint });
+        }
         let set = if trainable { &mut self.store.trainable } else { &mut self.store.frozen };
         if set.insert(name.to_string(), value.shallow_clone()).is_some() {
             return Err(ModelError::Method(format!("parameter {name} declared twice")));
@@ -224,7 +264,18 @@ impl<'a> Builder<'a> {
         Ok(value)
     }
 
+    /// Draws the random initial values in the order transformers + peft draw them from the
+    /// generator `tch::manual_seed` seeded: the base model's new parameters (the task head) in
+    /// module order, then the method's, module by module. The values are drawn on the CPU and
+    /// copied, so every worker builds the same replica whatever its device.
     pub fn finish(self) -> Built {
+        tch::no_grad(|| {
+            let (base, added): (Vec<&Draw>, Vec<&Draw>) = self.draws.iter().partition(|d| !d.added);
+            for d in base.into_iter().chain(added) {
+                let mut target = d.target.shallow_clone();
+                target.copy_(&drawn(&d.target.size(), d.init));
+            }
+        });
         let unused_keys = match &self.source {
             Source::Checkpoint(ckpt) => {
                 let mut v: Vec<String> = ckpt.keys().filter(|k| !self.used_keys.contains(*k)).cloned().collect();
@@ -237,16 +288,36 @@ impl<'a> Builder<'a> {
     }
 }
 
-fn initial(shape: &[i64], init: Init, kind: Kind) -> Tensor {
-    let t = match init {
-        Init::Normal(std) => Tensor::randn(shape, (Kind::Float, Device::Cpu)) * std,
-        Init::Zeros => Tensor::zeros(shape, (Kind::Float, Device::Cpu)),
-        Init::Ones => Tensor::ones(shape, (Kind::Float, Device::Cpu)),
-        Init::KaimingUniform => {
-            let fan_in = shape.get(1).copied().unwrap_or(1).max(1) as f64;
-            let bound = 1.0 / fan_in.sqrt();
-            Tensor::empty(shape, (Kind::Float, Device::Cpu)).uniform_(-bound, bound)
+/// A value that needs no draw (a placeholder, filled by `finish`, for one that does).
+fn constant(shape: &[i64], init: Init, kind: Kind) -> Tensor {
+    match init {
+        Init::Ones => Tensor::ones(shape, (kind, Device::Cpu)),
+        _ => Tensor::zeros(shape, (kind, Device::Cpu)),
+    }
+}
+
+/// fp32 values drawn as torch's initialisers draw them (`normal_`, `kaiming_uniform_`).
+fn drawn(shape: &[i64], init: Init) -> Tensor {
+    let empty = |s: &[i64]| Tensor::empty(s, (Kind::Float, Device::Cpu));
+    match init {
+        Init::Normal(std) => empty(shape).normal_(0.0, std),
+        Init::LoraA { out_dim } => {
+            let r = shape.first().copied().unwrap_or(1);
+            let _ctor_a = kaiming_uniform(empty(shape));
+            let _ctor_b = kaiming_uniform(empty(&[out_dim, r]));
+            kaiming_uniform(empty(shape))
         }
-    };
-    t.to_kind(kind)
+        Init::Zeros | Init::Ones => constant(shape, init, Kind::Float),
+    }
+}
+
+/// `torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5))` (nn.Linear's default), the bound
+/// computed in torch's steps: U(-b, b), b = sqrt(3) * gain / sqrt(fan_in), gain = sqrt(2 / (1 + a^2)).
+fn kaiming_uniform(mut w: Tensor) -> Tensor {
+    let fan_in = w.size().get(1).copied().unwrap_or(1).max(1) as f64;
+    let a = 5f64.sqrt();
+    let gain = (2.0 / (1.0 + a * a)).sqrt();
+    let bound = 3f64.sqrt() * (gain / fan_in.sqrt());
+    let _ = w.uniform_(-bound, bound);
+    w
 }

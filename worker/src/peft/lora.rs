@@ -28,7 +28,7 @@ impl Peft for LoraConfig {
         }
         let r = self.r as i64;
         Ok(Some(Box::new(Lora {
-            a: b.added(&format!("{module}.lora_A.weight"), &[r, in_dim], Init::KaimingUniform)?,
+            a: b.added(&format!("{module}.lora_A.weight"), &[r, in_dim], Init::LoraA { out_dim })?,
             b: b.added(&format!("{module}.lora_B.weight"), &[out_dim, r], Init::Zeros)?,
             scaling: self.scaling(),
             dropout: self.dropout,
