@@ -157,6 +157,29 @@ pub fn trainable_weights(dir: &Path) -> std::collections::BTreeMap<String, tch::
     tch::Tensor::read_safetensors(dir.join("trainable.safetensors")).expect("trainable.safetensors").into_iter().collect()
 }
 
+/// The JSON a reference printed last (the Trainer prints its own summary lines first).
+pub fn last_json(printed: &str) -> serde_json::Value {
+    serde_json::from_str(printed.lines().last().unwrap_or("")).expect("reference JSON")
+}
+
+/// Asserts that a run's per-step losses `got` and the trainable weights it saved in `out` equal
+/// a reference's `losses` and `final` ({name: values}, peftrain's keys) to 1e-4.
+pub fn assert_follows(what: &str, reference: &serde_json::Value, out: &Path, got: &[f64]) {
+    let want: Vec<f64> = reference["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(got.len(), want.len(), "{what}: one loss per step");
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst <= 1e-4, "{what}: losses differ from the reference by up to {worst}\nours {got:?}\nref  {want:?}");
+    let finals = reference["final"].as_object().unwrap();
+    let trained = trainable_weights(out);
+    assert_eq!(trained.len(), finals.len(), "{what}: the trainable set");
+    for (name, t) in &trained {
+        let r: Vec<f32> =
+            finals[name].as_array().unwrap_or_else(|| panic!("reference lacks {name}")).iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let diff = max_abs_diff(&values(t), &r);
+        assert!(diff <= 1e-4, "{what}: final {name} differs from the reference by {diff}");
+    }
+}
+
 /// Runs `peftrain` expecting failure; returns its exit code and stderr (logging at error level,
 /// so stderr holds what a user would see as the error).
 pub fn peftrain_fails(args: &[&str]) -> (i32, String) {

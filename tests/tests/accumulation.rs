@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use peftrain_tests::{glue_dir, max_abs_diff, metrics, peftrain, roberta_dir, run_reference, step_losses, tiny_roberta, trainable_weights, values};
+use peftrain_tests::{assert_follows, glue_dir, last_json, metrics, peftrain, roberta_dir, run_reference, step_losses, tiny_roberta};
 
 fn ours(model: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Vec<f64> {
     let (tok, glue) = (roberta_dir(), glue_dir());
@@ -60,7 +60,6 @@ fn accumulated_steps_follow_the_trainer_over_one_and_two_workers() {
     run_reference("hf_train.py", &["lora-init", "--model", model.to_str().unwrap(), "--out", adapter.to_str().unwrap(), "--seed", "5"]);
     let tsv = glue_dir().join("SST-2/train.tsv");
     let tok = roberta_dir();
-    // The Trainer prints its own summary first: the reference's JSON is the last line.
     let printed = run_reference(
         "hf_trainer.py",
         &[
@@ -82,9 +81,8 @@ fn accumulated_steps_follow_the_trainer_over_one_and_two_workers() {
             "30",
         ],
     );
-    let reference: serde_json::Value = serde_json::from_str(printed.lines().last().unwrap_or("")).unwrap();
-    let want: Vec<f64> = reference["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    assert_eq!(want.len(), 30);
+    let reference = last_json(&printed);
+    assert_eq!(reference["losses"].as_array().map(Vec::len), Some(30));
     let runs = [
         ("1 worker", vec!["--max-steps", "30", "--workers", "1", "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2"]),
         ("2 workers", vec!["--max-steps", "30", "--workers", "2", "--batch-size", "8", "--gradient-accumulation-steps", "2"]),
@@ -92,17 +90,7 @@ fn accumulated_steps_follow_the_trainer_over_one_and_two_workers() {
     for (what, extra) in &runs {
         let out = d.path().join(what.replace(' ', "-"));
         let got = ours(&model, &adapter, &out, extra);
-        assert_eq!(got.len(), 30, "{what}");
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        assert!(worst <= 1e-4, "{what}: losses differ from the Trainer's by up to {worst}\nours {got:?}\nHF   {want:?}");
-        let finals = reference["final"].as_object().unwrap();
-        let trained = trainable_weights(&out);
-        assert_eq!(trained.len(), finals.len(), "{what}: the trainable set");
-        for (name, t) in &trained {
-            let r: Vec<f32> = finals[name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-            let diff = max_abs_diff(&values(t), &r);
-            assert!(diff <= 1e-4, "{what}: final {name} differs from the Trainer's by {diff}");
-        }
+        assert_follows(what, &reference, &out, &got);
     }
     // One all-reduce per optimizer step: the accumulated run moved as many bytes per step as
     // a run of the same global batch without accumulation.

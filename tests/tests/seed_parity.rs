@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use peftrain_tests::{glue_dir, max_abs_diff, peftrain, roberta_dir, run_reference, step_losses, trainable_weights, values};
+use peftrain_tests::{assert_follows, glue_dir, last_json, peftrain, roberta_dir, run_reference, step_losses};
 
 const ROWS: usize = 40;
 const BATCH: usize = 8;
@@ -47,8 +47,7 @@ fn trainer(model: &Path, method: &str, seed: u64) -> serde_json::Value {
             &steps,
         ],
     );
-    // The Trainer prints its own summary first: the reference's JSON is the last line.
-    serde_json::from_str(printed.lines().last().unwrap_or("")).expect("reference JSON")
+    last_json(&printed)
 }
 
 fn ours(model: &Path, method: &str, seed: u64, workers: usize, out: &Path) -> Vec<f64> {
@@ -70,23 +69,12 @@ fn check(method: &str, seed: u64, workers: &[usize]) {
     let d = tempfile::tempdir().unwrap();
     let model = base_only(d.path());
     let reference = trainer(&model, method, seed);
-    let want: Vec<f64> = reference["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    assert_eq!(want.len(), STEPS);
+    assert_eq!(reference["losses"].as_array().map(Vec::len), Some(STEPS));
     for &n in workers {
         let what = format!("{method}, seed {seed}, {n} worker(s)");
         let out = d.path().join(format!("out-{n}"));
         let got = ours(&model, method, seed, n, &out);
-        assert_eq!(got.len(), STEPS, "{what}");
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        assert!(worst <= 1e-4, "{what}: losses differ from the seeded Trainer's by up to {worst}\nours {got:?}\nHF   {want:?}");
-        let finals = reference["final"].as_object().unwrap();
-        let trained = trainable_weights(&out);
-        assert_eq!(trained.len(), finals.len(), "{what}: the trainable set");
-        for (name, t) in &trained {
-            let r: Vec<f32> = finals[name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-            let diff = max_abs_diff(&values(t), &r);
-            assert!(diff <= 1e-4, "{what}: final {name} differs from the seeded Trainer's by {diff}");
-        }
+        assert_follows(&what, &reference, &out, &got);
     }
 }
 
