@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use pb::worker_client::WorkerClient;
 use peftrain_net::{AuthChannel, Security};
 use peftrain_proto::v1 as pb;
+use peftrain_spec::torch_rng::{Mt19937, StreamState};
 use peftrain_spec::{AllReduce, Padding};
 use tokio::task::JoinSet;
 use tonic::Code;
@@ -68,6 +69,8 @@ pub struct StepOutcome {
     pub peak_rss_bytes: u64,
     /// Loss sums of each micro-batch, over all workers.
     pub micro_loss_sums: Vec<f64>,
+    /// Each rank's dropout stream after the step, by rank.
+    pub dropout_streams: Vec<StreamState>,
 }
 
 /// Aggregate of an evaluation batch.
@@ -166,6 +169,26 @@ where
         set.spawn(async move { call(c.client.clone(), req).await.map(|r| (k, r)).map_err(|s| classify(&c, s)) });
     }
     set
+}
+
+/// Gives every rank below `world` a dropout stream: one it has kept, else a fresh one from
+/// `seed`.
+pub fn fill_streams(streams: &mut Vec<StreamState>, world: usize, seed: u64) {
+    while streams.len() < world {
+        streams.push(Mt19937::new(seed).to_state());
+    }
+}
+
+/// What the Trainer draws from each rank's stream between steps: its DataLoader's base seed,
+/// one `random_()` of an int64 (two outputs), each time an epoch's or an evaluation's iterator
+/// is created.
+pub fn advance_streams(streams: &mut [StreamState], loaders: u64) -> Result<(), String> {
+    for s in streams.iter_mut() {
+        let mut g = Mt19937::from_state(s)?;
+        g.skip(2 * loaders);
+        *s = g.to_state();
+    }
+    Ok(())
 }
 
 fn rpc_error(c: &Conn, s: &tonic::Status) -> ClusterError {
@@ -479,13 +502,30 @@ impl Cluster {
     /// workers meanwhile: phase one (forward/backward, all-reduce) on every worker, then phase
     /// two (commit). Workers lost in phase one are dropped and the same batch is redone,
     /// re-sharded among the survivors.
-    pub async fn step(&mut self, step: u64, micro: &[&[&Encoded]], divisors: &[f64], lr: f64, seed: u64) -> Result<StepOutcome, ClusterError> {
+    ///
+    /// `streams` holds each rank's dropout stream as the last committed step left it (a rank
+    /// without one starts from `seed`, as every torchrun rank's generator does after
+    /// `set_seed`); a redone step draws from the same states, and the committed step's replace
+    /// them.
+    pub async fn step(
+        &mut self,
+        step: u64,
+        micro: &[&[&Encoded]],
+        divisors: &[f64],
+        lr: f64,
+        streams: &mut Vec<StreamState>,
+        seed: u64,
+    ) -> Result<StepOutcome, ClusterError> {
         let mut redone = 0u32;
         let mut interrupted = 0u32;
         loop {
-            match self.try_step(step, micro, divisors, lr, seed).await? {
+            fill_streams(streams, self.world(), seed);
+            match self.try_step(step, micro, divisors, lr, streams).await? {
                 Attempt::Done(mut out) => {
                     self.commit(step).await?;
+                    for (rank, state) in out.dropout_streams.iter().enumerate() {
+                        streams[rank] = state.clone();
+                    }
                     out.redone = redone;
                     return Ok(out);
                 }
@@ -513,7 +553,14 @@ impl Cluster {
     }
 
     /// Phase one: Lost or Interrupted can be redone, nobody having applied anything.
-    async fn try_step(&self, step: u64, micro: &[&[&Encoded]], divisors: &[f64], lr: f64, seed: u64) -> Result<Attempt<StepOutcome>, ClusterError> {
+    async fn try_step(
+        &self,
+        step: u64,
+        micro: &[&[&Encoded]],
+        divisors: &[f64],
+        lr: f64,
+        streams: &[StreamState],
+    ) -> Result<Attempt<StepOutcome>, ClusterError> {
         let world = self.world();
         let total: usize = micro.iter().map(|m| m.len()).sum();
         // Each micro-batch sharded by cost; a worker's shard is its part of each, in order.
@@ -534,7 +581,7 @@ impl Cluster {
             micro_batch_examples: counts[rank].clone(),
             micro_batch_divisors: divisors.to_vec(),
             learning_rate: lr,
-            dropout_seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add(rank as u64),
+            dropout_stream: streams.get(rank).map(|s| pb::DropoutStream { words: s.words.clone(), next: s.next }),
         });
         let set = fan_out(calls, |mut w, req| async move { w.step(req).await.map(|r| r.into_inner()) });
         let g = self.gather_any(set).await?;
@@ -546,10 +593,16 @@ impl Cluster {
         }
         // The shortest all-reduce: the one of the worker that arrived last.
         let exchange_ms = g.ok.iter().map(|(_, r)| r.allreduce_ms).reduce(f64::min).unwrap_or(0.0);
-        let replies = g.ok.into_iter().map(|(_, r)| r);
         let mut out = StepOutcome { micro_loss_sums: vec![0.0; micro.len()], exchange_ms, ..Default::default() };
+        let mut states = vec![None; world];
         let mut norms = Vec::new();
-        for reply in replies {
+        for (rank, reply) in g.ok {
+            let stream = reply.dropout_stream.as_ref().map(|d| StreamState { words: d.words.clone(), next: d.next });
+            match stream.map(|s| Mt19937::from_state(&s).map(|_| s)) {
+                Some(Ok(s)) if rank < world => states[rank] = Some(s),
+                Some(Err(e)) => return Err(ClusterError::Inconsistent(format!("a worker answered {e}"))),
+                _ => return Err(ClusterError::Inconsistent("a worker answered a step without its dropout stream".into())),
+            }
             if reply.micro_loss_sums.len() != micro.len() {
                 return Err(ClusterError::Inconsistent(format!(
                     "a worker answered {} micro-batch losses for {}",
@@ -578,6 +631,8 @@ impl Cluster {
         if out.examples as usize != total {
             return Err(ClusterError::Inconsistent(format!("workers trained on {} examples of a batch of {total}", out.examples)));
         }
+        out.dropout_streams =
+            states.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| ClusterError::Inconsistent("a rank answered no step".into()))?;
         Ok(Attempt::Done(out))
     }
 

@@ -30,5 +30,4 @@ pub mod strategy;
 pub mod table;
 pub mod tensorboard;
 pub mod tokenize;
-pub mod torch_rng;
 pub mod trainer;

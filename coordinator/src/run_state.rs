@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use peftrain_spec::torch_rng::StreamState;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -16,8 +17,8 @@ pub const LOOP_STATE_FILE: &str = "peftrain_state.json";
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 
 /// The loop's position and accumulators: all a checkpoint needs besides the workers' state
-/// for a resumed run to log exactly what an uninterrupted one would. Data order and dropout
-/// seeds are pure functions of (seed, epoch, step), so the step number places them.
+/// for a resumed run to log exactly what an uninterrupted one would. The data order is a pure
+/// function of (seed, epoch), so the step number places it; the dropout streams are kept.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LoopState {
     pub global_step: u64,
@@ -55,6 +56,10 @@ pub struct LoopState {
     pub runtime_before: f64,
     pub steps_redone: u64,
     pub steps_skipped: u64,
+    /// Each rank's dropout stream (torch's generator state, as the Trainer keeps
+    /// `rng_state_{rank}.pth`), as the last step left it.
+    #[serde(default)]
+    pub dropout_streams: Vec<StreamState>,
     /// The replicas' fingerprint, checked on resume.
     pub fingerprint: String,
     /// The run these checkpoints belong to (kept on resume): rotation deletes only its own.

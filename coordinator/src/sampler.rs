@@ -1,7 +1,7 @@
 //! Data order and sharding: a seeded shuffle per epoch, fixed-size global batches, and the split
 //! of each global batch into per-worker shards balanced by what a shard costs its worker.
 
-use crate::torch_rng::randperm;
+use peftrain_spec::torch_rng::randperm;
 
 /// The order in which epoch `epoch` visits `n` examples: the Trainer's for the same seed
 /// (accelerate's `SeedableRandomSampler`: `torch.randperm(n)` from a generator seeded with

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use crate::checkpoint::{self, ReplicaState};
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{advance_streams, fill_streams, Cluster, ClusterError};
 use crate::config::TrainConfig;
 use crate::data::Label;
 use crate::metrics::{Gold, Scored};
@@ -165,6 +165,11 @@ pub enum TrainError {
     Output(String),
 }
 
+/// A kept stream that is not a generator's state: only a hand-edited checkpoint has one.
+fn bad_stream(e: String) -> TrainError {
+    TrainError::Output(format!("{}: dropout_streams: {e}", crate::run_state::LOOP_STATE_FILE))
+}
+
 fn out_err(what: &str) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Output(format!("{what}: {e}"))
 }
@@ -262,6 +267,11 @@ pub async fn train<W: Write>(
         // Data: the epoch's seeded order (recomputed on resume), then the step's global batch.
         let epoch = step / steps_per_epoch;
         let pos = (step % steps_per_epoch) as usize;
+        if pos == 0 {
+            // The Trainer's new epoch iterator draws its base seed from each rank's stream.
+            fill_streams(&mut st.dropout_streams, cluster.world(), cfg.seed);
+            advance_streams(&mut st.dropout_streams, 1).map_err(bad_stream)?;
+        }
         if pos == 0 || order.is_empty() {
             order = epoch_order(n, cfg.seed, epoch, !cfg.no_shuffle);
             if cfg.group_by_length {
@@ -281,7 +291,7 @@ pub async fn train<W: Write>(
         let micro: Vec<&[&Encoded]> = batch.chunks(micro_size).collect();
         let divisors = micro_divisors(&micro.iter().map(|m| m.len()).collect::<Vec<_>>());
         let step_started = Instant::now();
-        let out = cluster.step(step, &micro, &divisors, lr, cfg.seed).await?;
+        let out = cluster.step(step, &micro, &divisors, lr, &mut st.dropout_streams, cfg.seed).await?;
         let step_ms = step_started.elapsed().as_secs_f64() * 1000.0;
         // The loss the step minimised, as the Trainer logs it: each micro-batch's scaled loss.
         let loss: f64 = out.micro_loss_sums.iter().zip(&divisors).map(|(s, d)| s / d).sum();
@@ -393,6 +403,8 @@ pub async fn train<W: Write>(
             // Evaluation progress only when the training display is plain lines or off: two
             // bars at once would fight over the terminal.
             let r = evaluate_sets(cluster, dev, cfg.eval_batch(), &metrics_of_run, regression, true).await?;
+            // Each evaluation's iterator draws a base seed too, one per data set.
+            advance_streams(&mut st.dropout_streams, dev.len() as u64).map_err(bad_stream)?;
             let mut ev = r.log_entries();
             ev.insert("epoch".into(), json!(st.epoch));
             ev.insert("step".into(), json!(global_step));

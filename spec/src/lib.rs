@@ -15,6 +15,7 @@ pub mod padding;
 pub mod paths;
 pub mod state;
 pub mod task;
+pub mod torch_rng;
 
 pub use collective::AllReduce;
 pub use dtype::BaseDtype;

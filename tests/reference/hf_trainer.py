@@ -10,7 +10,9 @@ sampler, peftrain's --no-shuffle), dropout 0. Prints {"losses": [per optimizer s
 Without `--adapter` the run is seeded as run_glue.py seeds it, for the seed-parity test:
 `set_seed(--seed)`, then the model (its new head drawn), then peft's LoRA (`--method lora`,
 drawn) or nothing more (`--method full`), and the Trainer's own shuffled sampler (`seed` in
-TrainingArguments): every random draw is the Trainer's.
+TrainingArguments): every random draw is the Trainer's. `--lora-dropout` and a model with dropout
+draw masks from the generator too (the Trainer seeds it again in its constructor), and
+`--eval-tsv` evaluates at each epoch's end, whose iterator draws from it as well.
 """
 import argparse
 import json
@@ -51,6 +53,8 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--warmup-steps", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--lora-dropout", type=float, default=0.0)
+    ap.add_argument("--eval-tsv", help="evaluate on its first 16 rows at each epoch's end (as peftrain's default)")
     a = ap.parse_args()
     hf_logging.set_verbosity_error()
     set_seed(a.seed)
@@ -58,18 +62,23 @@ def main():
     if a.adapter:
         model = PeftModel.from_pretrained(model, a.adapter, is_trainable=True)
     elif a.method == "lora":
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"]))
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=a.lora_dropout, target_modules=["query", "value"]))
     tok = AutoTokenizer.from_pretrained(a.tokenizer)
     texts, labels = read_rows(a.tsv, a.limit)
     enc = tok(texts, truncation=True, max_length=a.max_length)
     rows = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": labels[i]} for i in range(len(labels))]
+    dev = None
+    if a.eval_tsv:
+        dev_texts, dev_labels = read_rows(a.eval_tsv, 16)
+        dev_enc = tok(dev_texts, truncation=True, max_length=a.max_length)
+        dev = [{"input_ids": dev_enc["input_ids"][i], "attention_mask": dev_enc["attention_mask"][i], "labels": dev_labels[i]} for i in range(len(dev_labels))]
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="hf_trainer_"), per_device_train_batch_size=a.per_device_train_batch_size,
         gradient_accumulation_steps=a.gradient_accumulation_steps, max_steps=a.steps, learning_rate=a.lr,
         weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, lr_scheduler_type="linear", max_grad_norm=1.0,
-        optim="adamw_torch", logging_steps=1, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
+        optim="adamw_torch", logging_steps=1, eval_strategy="epoch" if dev else "no", save_strategy="no", report_to=[], use_cpu=True,
         dataloader_num_workers=0, seed=a.seed, disable_tqdm=True)
-    trainer = (InOrder if a.adapter else Trainer)(model=model, args=args, data_collator=DataCollatorWithPadding(tok), train_dataset=rows)
+    trainer = (InOrder if a.adapter else Trainer)(model=model, args=args, data_collator=DataCollatorWithPadding(tok), train_dataset=rows, eval_dataset=dev)
     # transformers 5.24 takes BERT's `**kwargs` for a loss that honours `num_items_in_batch`,
     # skips its division by the micro-batches, and BertForSequenceClassification's mean
     # cross-entropy ignores the count: accumulated gradients and logged losses come out

@@ -56,7 +56,7 @@ fn main() {
     for s in 0..steps + 3 {
         let t0 = Instant::now();
         let shard = shard_at(s);
-        let _ = r.forward_backward(&shard, &[Micro { examples: shard.len(), divisor: b as f64 }], s as u64);
+        let _ = r.forward_backward(&shard, &[Micro { examples: shard.len(), divisor: b as f64 }], peftrain_spec::torch_rng::Mt19937::new(s as u64));
         let t1 = Instant::now();
         let t2 = Instant::now();
         let local = std::env::var("LOCAL").is_ok();

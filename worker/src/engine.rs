@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use peftrain_spec::state::State;
+use peftrain_spec::torch_rng::{Mt19937, StreamState};
 use tokio::sync::Notify;
 
 use std::sync::Arc;
@@ -27,7 +28,8 @@ pub struct StepOrder {
     pub shard: Shard,
     pub micro: Vec<Micro>,
     pub learning_rate: f64,
-    pub dropout_seed: u64,
+    /// This rank's dropout stream as the last committed step left it.
+    pub dropout_stream: Mt19937,
 }
 
 /// What a step did here: the shard's loss, the reduced gradient's norm, where the time went.
@@ -45,6 +47,8 @@ pub struct StepOutcome {
     pub nonfinite: bool,
     pub peak_rss_bytes: u64,
     pub micro_loss_sums: Vec<f64>,
+    /// The stream after this step's draws.
+    pub dropout_stream: StreamState,
 }
 
 /// Most micro-batches one step may hold (`--gradient-accumulation-steps` is bounded alike).
@@ -133,14 +137,14 @@ impl Engine {
         if order.generation != exchange.generation {
             return Err(WorkerError::StaleGeneration { got: order.generation, current: exchange.generation });
         }
-        let StepOrder { step, shard, micro, learning_rate: lr, dropout_seed: seed, .. } = order;
+        let StepOrder { step, shard, micro, learning_rate: lr, dropout_stream, .. } = order;
         check_micro(&micro, shard.len()).map_err(WorkerError::BadShard)?;
         let t0 = Instant::now();
         // The group's collective: its schedule over the peers, or the group of one.
         let group: &dyn AllReduce = if exchange.world > 1 { exchange } else { &Alone };
         let host = group.wants_host();
         let poison = self.nan_at_step == Some(step);
-        let (stats, mut grad) = self
+        let ((stats, dropout_stream), mut grad) = self
             .blocking(move |r| {
                 shard
                     .validate(r.spec.num_labels, r.loaded.config.vocab_size, r.loaded.config.type_vocab_size, r.max_tokens())
@@ -149,12 +153,12 @@ impl Engine {
                     let what = if r.spec.regression { "a regression target" } else { "a label" };
                     return Err(WorkerError::BadShard(format!("training shards need {what} per example")));
                 }
-                let stats = r.forward_backward(&shard, &micro, seed);
+                let (stats, stream) = r.forward_backward(&shard, &micro, dropout_stream);
                 let mut grad = r.gradient(host);
                 if poison {
                     r.poison(&mut grad);
                 }
-                Ok((stats, grad))
+                Ok(((stats, stream.to_state()), grad))
             })
             .await?;
         let compute_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -176,6 +180,7 @@ impl Engine {
             nonfinite: !norm.is_finite(),
             peak_rss_bytes: peak_rss_bytes(),
             micro_loss_sums: stats.micro_loss_sums,
+            dropout_stream,
         })
     }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use peftrain_spec::torch_rng::Mt19937;
 use tch::{Device, Kind, Reduction, Tensor};
 
 pub use crate::collective::Gradient;
@@ -12,6 +13,7 @@ use crate::error::ModelError;
 use crate::fingerprint::fingerprint;
 pub use crate::fingerprint::Fingerprint;
 use crate::model::{self, Inputs, LoadOptions, Loaded};
+use crate::ops::dropout::{self, MaskLayout};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::peft::Method;
 
@@ -311,8 +313,9 @@ impl Replica {
     }
 
     /// Zeroes the gradients, then backpropagates sum(loss over the shard) / `global_batch`, so
-    /// that the sum of all workers' gradients is the global-batch mean.
-    pub fn forward_backward(&mut self, shard: &Shard, micro: &[Micro], dropout_seed: u64) -> PassStats {
+    /// that the sum of all workers' gradients is the global-batch mean. Dropout draws from
+    /// `stream`, micro-batch after micro-batch as the Trainer's do; returns where it left it.
+    pub fn forward_backward(&mut self, shard: &Shard, micro: &[Micro], mut stream: Mt19937) -> (PassStats, Mt19937) {
         self.ensure_grads();
         for p in self.loaded.params.trainable.values() {
             let mut g = p.grad();
@@ -322,7 +325,7 @@ impl Replica {
         }
         let mut stats = PassStats::default();
         let mut start = 0;
-        for (m, mb) in micro.iter().enumerate() {
+        for mb in micro {
             // The engine checked that the micro-batches tile the shard; one is the shard itself.
             let sliced;
             let part = if micro.len() == 1 {
@@ -336,12 +339,13 @@ impl Replica {
                 stats.micro_loss_sums.push(0.0);
                 continue;
             }
-            // Micro-batch 0 keeps the step's seed: without accumulation, the masks of before.
-            let seed = dropout_seed.wrapping_add((m as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            tch::manual_seed(seed as i64);
-            crate::ops::dropout::seed(seed);
+            if self.device != Device::Cpu {
+                // libtorch draws a GPU's masks: seeded from the stream, a function of it alone.
+                tch::manual_seed(stream.next_u64() as i64);
+            }
             let inputs = self.inputs(part);
-            let logits = self.loaded.model.forward(&inputs, true);
+            let (logits, next) = dropout::drawing(stream, MaskLayout::of(&inputs), || self.loaded.model.forward(&inputs, true));
+            stream = next;
             // The loss as transformers calls it, summed here and divided below (the engine
             // refuses a training shard without targets); backward accumulates into the grads.
             let Some(loss_sum) = self.loss_sum(&logits, part) else {
@@ -355,7 +359,7 @@ impl Replica {
             stats.examples += part.len() as u32;
             stats.tokens += part.tokens();
         }
-        stats
+        (stats, stream)
     }
 
     /// Gives every trainable leaf a (zero) gradient tensor, so that the fused buffer can be

@@ -54,23 +54,40 @@ impl SelfAttention {
         // transformers passes scaling = head_dim ** -0.5 explicitly; so do we.
         let scale = (self.head_dim as f64).powf(-0.5);
         let (nh, hd) = (self.num_heads, self.head_dim);
-        let attend = |part: &Part, q: &Tensor, k: &Tensor, v: &Tensor| {
+        // On the CPU in training, the probabilities' dropout masks are the Trainer's (drawn
+        // over the padded batch, one per part), applied as SDPA's math backend applies its own
+        // (`_scaled_dot_product_attention_math`: q and k each scaled by sqrt(scale), the mask
+        // added, softmax, dropout, times v), which is the backend SDPA picks with dropout.
+        let masks = if p > 0.0 && x.device() == Device::Cpu { crate::ops::dropout::attention_masks(nh as usize, p) } else { None };
+        let attend = |i: usize, part: &Part, q: &Tensor, k: &Tensor, v: &Tensor| {
             let heads = |t: &Tensor| t.view([part.rows, part.seq, nh, hd]).transpose(1, 2);
             let (q, k, v) = (heads(q), heads(k), heads(v));
-            let out = match &part.additive {
-                Some(additive) => {
+            let out = match (&masks, &part.additive) {
+                (Some(masks), additive) => {
+                    let root = scale.sqrt();
+                    let scores = (&q * root).matmul(&(&k * root).transpose(-2, -1));
+                    let additive = match additive {
+                        Some(a) => a.shallow_clone(),
+                        None => Tensor::zeros(part.mask.size().as_slice(), (scores.kind(), scores.device()))
+                            .masked_fill(&part.mask.logical_not(), f64::NEG_INFINITY),
+                    };
+                    let probs = (scores + additive).softmax(-1, c);
+                    (probs * masks[i].to_kind(c)).matmul(&v)
+                }
+                (None, Some(additive)) => {
                     Tensor::internal_scaled_dot_product_attention_math(&q, &k, &v, Some(additive), p, false, None::<&Tensor>, scale, false).0
                 }
-                None => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&part.mask), p, false, scale, false),
+                (None, None) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&part.mask), p, false, scale, false),
             };
             out.transpose(1, 2).contiguous().view([part.rows * part.seq, nh * hd])
         };
         let mut outs: Vec<Tensor> = layout
             .parts
             .iter()
-            .map(|part| match part.group {
-                None => attend(part, &q, &k, &v).view([part.rows, part.seq, nh * hd]),
-                Some(g) => g.unpad(&attend(part, &g.pad(&q), &g.pad(&k), &g.pad(&v))),
+            .enumerate()
+            .map(|(i, part)| match part.group {
+                None => attend(i, part, &q, &k, &v).view([part.rows, part.seq, nh * hd]),
+                Some(g) => g.unpad(&attend(i, part, &g.pad(&q), &g.pad(&k), &g.pad(&v))),
             })
             .collect();
         if outs.len() == 1 {

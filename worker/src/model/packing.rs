@@ -25,6 +25,8 @@ pub struct Group {
     pub slots: Tensor,
     /// Boolean [rows, 1, 1, seq], true where a key is a real token.
     pub mask: Tensor,
+    /// The batch rows this group holds, in its order.
+    pub batch_rows: Vec<usize>,
 }
 
 /// Where a right-padded batch's real tokens are, in the order the encoder computes them.
@@ -34,6 +36,8 @@ pub struct Packing {
     /// [batch] int64: packed position of each row's first token, in the batch's row order.
     pub starts: Tensor,
     pub groups: Vec<Group>,
+    /// `index` on the host, where dropout lays its masks out as the padded batch's.
+    pub host_index: Vec<i64>,
 }
 
 impl Packing {
@@ -72,9 +76,15 @@ impl Packing {
                 seq: g_seq as i64,
                 slots: Tensor::from_slice(&slots).to_device(device),
                 mask: Tensor::from_slice(&mask).view([n as i64, 1, 1, g_seq as i64]).to_device(device),
+                batch_rows: rows.to_vec(),
             });
         }
-        Packing { index: Tensor::from_slice(&index).to_device(device), starts: Tensor::from_slice(&starts).to_device(device), groups }
+        Packing {
+            index: Tensor::from_slice(&index).to_device(device),
+            starts: Tensor::from_slice(&starts).to_device(device),
+            groups,
+            host_index: index,
+        }
     }
 
     /// From a right-padded [batch, seq] attention mask (1 for real tokens).

@@ -1,76 +1,115 @@
 //! Dropout as `torch.nn.Dropout` computes it (zero with probability p, scale the rest by
-//! 1/(1-p)), with the mask drawn on the host when the tensor lives there.
+//! 1/(1-p)), with the masks the Trainer's default CPU generator draws on this rank.
 //!
-//! libtorch's CPU dropout draws one mt19937 Bernoulli per element at about 9 ns each: for
-//! MiniLM on SST-2 that was a sixth of a training step, more than the query projection's
-//! matmul. A SplitMix64 stream gives two 32-bit uniforms per 64-bit draw at well under a
-//! nanosecond; keep-if-uniform ≥ p·2^32 has the same resolution as torch's float uniforms.
-//! On a GPU libtorch's own kernel is used (a host mask would be a copy per call).
+//! A seed should mean the Trainer's run, and after the head, LoRA A and the batches, dropout's
+//! masks were the one draw left different (a plateau on STS-B escaped on one stack and not the
+//! other for the same seed). torch's CPU dropout is `empty_like(x).bernoulli_(1 - p)`, one
+//! `random64()` of the generator per element in row-major order over the padded batch the
+//! collator built, and one stream for the whole run: the Trainer seeds it once and draws the
+//! DataLoader's base seed from it at each epoch and each evaluation. So a step draws here from
+//! the stream the coordinator hands over, over the padded layout's shapes, whatever layout the
+//! worker computes in: a packed tensor takes its real tokens' part of the padded mask, and the
+//! padding's part is skipped over (untempered, nearly free).
+//!
+//! On a GPU libtorch's own kernel is used (a host mask would be a copy per call, and the
+//! Trainer's CUDA masks come from Philox, another stream).
 
-use std::cell::Cell;
+use std::cell::RefCell;
 
+use peftrain_spec::torch_rng::Mt19937;
 use tch::{Device, Kind, Tensor};
 
+use crate::model::Inputs;
+
+/// Marks a padded position in `MaskLayout::packed`.
+const PADDING: u32 = u32::MAX;
+
+/// Where torch's masks fall in the tensors of one forward: the padded [rows, seq] batch the
+/// Trainer's collator builds, and the layout this worker computes in.
+pub struct MaskLayout {
+    rows: usize,
+    seq: usize,
+    /// Packed: for each padded position (row * seq + column), its packed token or PADDING.
+    packed: Option<Vec<u32>>,
+    tokens: usize,
+    /// The parts attention runs in (length groups, or the one padded batch): rows and length.
+    parts: Vec<(usize, usize)>,
+    /// For each batch row: its part and its place in the part.
+    row_part: Vec<(usize, usize)>,
+}
+
+impl MaskLayout {
+    pub fn of(inputs: &Inputs) -> MaskLayout {
+        let (rows, seq) = inputs.attention_mask.size2().unwrap_or((0, 0));
+        let (rows, seq) = (rows.max(0) as usize, seq.max(0) as usize);
+        match &inputs.packing {
+            None => {
+                MaskLayout { rows, seq, packed: None, tokens: rows * seq, parts: vec![(rows, seq)], row_part: (0..rows).map(|r| (0, r)).collect() }
+            }
+            Some(p) => {
+                let mut packed = vec![PADDING; rows * seq];
+                for (t, &pos) in p.host_index.iter().enumerate() {
+                    if let Some(slot) = packed.get_mut(pos.max(0) as usize) {
+                        *slot = t as u32;
+                    }
+                }
+                let mut row_part = vec![(0, 0); rows];
+                for (g, group) in p.groups.iter().enumerate() {
+                    for (place, &r) in group.batch_rows.iter().enumerate() {
+                        if let Some(slot) = row_part.get_mut(r) {
+                            *slot = (g, place);
+                        }
+                    }
+                }
+                let parts = p.groups.iter().map(|g| (g.rows.max(0) as usize, g.seq.max(0) as usize)).collect();
+                MaskLayout { rows, seq, packed: Some(packed), tokens: p.host_index.len(), parts, row_part }
+            }
+        }
+    }
+}
+
+struct Draw {
+    stream: Mt19937,
+    layout: MaskLayout,
+}
+
 thread_local! {
-    static STATE: Cell<u64> = const { Cell::new(0x9E37_79B9_7F4A_7C15) };
+    static DRAW: RefCell<Option<Draw>> = const { RefCell::new(None) };
 }
 
-/// Seeds the host dropout stream of this thread (one per training step, beside
-/// `tch::manual_seed` for the dropout libtorch still draws: attention probabilities, GPUs).
-pub fn seed(seed: u64) {
-    STATE.with(|s| s.set(seed ^ 0x5DEE_CE66_D1CE_4E5B));
+/// Runs `forward` with its dropout drawn from `stream` over `layout`; returns its result and the
+/// stream where the draws left it.
+pub fn drawing<R>(stream: Mt19937, layout: MaskLayout, forward: impl FnOnce() -> R) -> (R, Mt19937) {
+    DRAW.with(|d| *d.borrow_mut() = Some(Draw { stream, layout }));
+    let out = forward();
+    let draw = DRAW.with(|d| d.borrow_mut().take());
+    // Always set above; a forward cannot take it (only `drawing` does).
+    let stream = draw.map(|d| d.stream).unwrap_or_else(|| Mt19937::new(0));
+    (out, stream)
 }
 
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// `n` mask values: 0 with probability `p`, else 1/(1-p).
-pub fn mask(n: usize, p: f64) -> Vec<f32> {
-    let mut out = vec![0f32; n];
-    fill_mask(&mut out, p);
-    out
-}
-
-/// Fills `out` with the next mask values of this thread's stream.
-fn fill_mask(out: &mut [f32], p: f64) {
-    let threshold = (p * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;
-    let keep = (1.0 / (1.0 - p)) as f32;
-    // Branch-free: a kept element is `keep * 1.0`, a dropped one `keep * 0.0`.
-    let pick = |u: u32| keep * ((u >= threshold) as u32 as f32);
-    STATE.with(|s| {
-        let mut state = s.get();
-        let mut pairs = out.chunks_exact_mut(2);
-        for pair in &mut pairs {
-            let r = splitmix64(&mut state);
-            pair[0] = pick(r as u32);
-            pair[1] = pick((r >> 32) as u32);
-        }
-        if let [last] = pairs.into_remainder() {
-            *last = pick(splitmix64(&mut state) as u32);
-        }
-        s.set(state);
-    })
+/// torch's mask values: 1/(1-p) as float32 computes it (`noise.div_(1 - p)`), and the keep
+/// probability its `bernoulli_` takes.
+fn keep_and_scale(p: f64) -> (f64, f32) {
+    let keep = 1.0 - p;
+    (keep, 1.0f32 / keep as f32)
 }
 
 /// `x` with dropout `p` when `train`. On the CPU the result is fp32 whatever `x`'s dtype (the
 /// mask multiplies in fp32; every caller adds it to the fp32 residual stream or feeds an fp32
 /// adapter next).
 pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
-    if !train || p <= 0.0 {
+    if !train || p <= 0.0 || x.numel() == 0 {
         return x.shallow_clone();
     }
     if x.device() != Device::Cpu || p >= 1.0 {
         return x.dropout(p, train);
     }
-    // Drawn straight into the tensor's storage: no intermediate vector to copy.
-    let m = Tensor::empty(x.size().as_slice(), (Kind::Float, Device::Cpu));
-    // SAFETY: a fresh contiguous fp32 CPU tensor of x.numel() elements, written only here.
-    fill_mask(unsafe { std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, x.numel()) }, p);
+    let m = DRAW.with(|d| d.borrow_mut().as_mut().map(|draw| draw.mask_like(x, p)));
+    let Some(m) = m else {
+        // No stream (a forward outside a training step): libtorch's own generator.
+        return x.dropout(p, train);
+    };
     if x.kind() == Kind::Float {
         x * m
     } else {
@@ -78,22 +117,72 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Attention probabilities' masks for the next attention of the forward, one [rows, heads,
+/// seq, seq] fp32 tensor per part, as torch draws one [batch, heads, seq, seq] mask over the
+/// padded batch; None outside a training step's CPU forward.
+pub fn attention_masks(heads: usize, p: f64) -> Option<Vec<Tensor>> {
+    DRAW.with(|d| d.borrow_mut().as_mut().map(|draw| draw.attention(heads, p)))
+}
 
-    #[test]
-    fn mask_drops_p_and_scales_the_rest() {
-        seed(7);
-        let m = mask(1_000_001, 0.1);
-        assert_eq!(m.len(), 1_000_001);
-        let dropped = m.iter().filter(|v| **v == 0.0).count() as f64 / m.len() as f64;
-        // Binomial standard deviation at n = 1e6 is 3e-4.
-        assert!((dropped - 0.1).abs() < 1.5e-3, "dropped {dropped}");
-        assert!(m.iter().all(|v| *v == 0.0 || *v == (1.0f64 / 0.9) as f32));
-        seed(7);
-        assert_eq!(mask(1000, 0.1), m[..1000].to_vec(), "the same seed draws the same mask");
-        seed(8);
-        assert_ne!(mask(1000, 0.1), m[..1000].to_vec());
+/// A fresh fp32 CPU tensor of `n` values filled by `fill`.
+fn host_tensor(shape: &[i64], n: usize, fill: impl FnOnce(&mut [f32])) -> Tensor {
+    let t = Tensor::empty(shape, (Kind::Float, Device::Cpu));
+    // SAFETY: a fresh contiguous fp32 CPU tensor of `n` elements, written only here.
+    fill(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) });
+    t
+}
+
+impl Draw {
+    fn mask_like(&mut self, x: &Tensor, p: f64) -> Tensor {
+        let (keep, scale) = keep_and_scale(p);
+        let size = x.size();
+        let n = x.numel();
+        let l = &self.layout;
+        let stream = &mut self.stream;
+        match &l.packed {
+            // A packed [tokens, width] tensor: torch's mask is over [rows, seq, width].
+            Some(packed) if size.len() == 2 && size[0] as usize == l.tokens => {
+                let width = size[1].max(0) as usize;
+                host_tensor(&size, n, |out| {
+                    for &t in packed.iter() {
+                        if t == PADDING {
+                            stream.skip(2 * width as u64);
+                        } else {
+                            let at = t as usize * width;
+                            stream.bernoulli_fill(&mut out[at..at + width], keep, scale);
+                        }
+                    }
+                })
+            }
+            // Padded, or [batch, width] (the head): the tensor is laid out as torch's.
+            _ => host_tensor(&size, n, |out| stream.bernoulli_fill(out, keep, scale)),
+        }
+    }
+
+    fn attention(&mut self, heads: usize, p: f64) -> Vec<Tensor> {
+        let (keep, scale) = keep_and_scale(p);
+        let l = &self.layout;
+        let mut bufs: Vec<Vec<f32>> = l.parts.iter().map(|&(rows, seq)| vec![0f32; rows * heads * seq * seq]).collect();
+        let t = l.seq;
+        for r in 0..l.rows {
+            let (g, place) = l.row_part[r];
+            let s = l.parts[g].1.min(t);
+            let buf = &mut bufs[g];
+            for h in 0..heads {
+                for i in 0..t {
+                    if i < s {
+                        let at = ((place * heads + h) * s + i) * s;
+                        self.stream.bernoulli_fill(&mut buf[at..at + s], keep, scale);
+                        self.stream.skip(2 * (t - s) as u64);
+                    } else {
+                        self.stream.skip(2 * t as u64);
+                    }
+                }
+            }
+        }
+        bufs.into_iter()
+            .zip(&l.parts)
+            .map(|(b, &(rows, seq))| Tensor::from_slice(&b).view([rows as i64, heads as i64, seq as i64, seq as i64]))
+            .collect()
     }
 }
