@@ -6,7 +6,7 @@ pub mod v1 {
     tonic::include_proto!("peftrain.v1");
 
     /// Minor protocol version a coordinator and its workers must share.
-    pub const PROTOCOL_VERSION: u32 = 5;
+    pub const PROTOCOL_VERSION: u32 = 6;
 }
 
 /// TensorBoard's event-file messages (TensorFlow's package `tensorflow`, scalars only).

@@ -127,6 +127,20 @@ proptest! {
         let _ = pb::SyncFromRequest::decode(bytes.as_slice());
     }
 
+    /// A step's dropout stream is a generator's state or the step is refused: 624 words, a
+    /// position within them, not all zero (a generator that outputs zeros for ever); a step
+    /// without one is refused too.
+    #[test]
+    fn a_step_takes_only_a_generators_dropout_stream(
+        len in 620usize..628, seed in any::<u32>(), next in 0u32..630, zero in any::<bool>(), missing in any::<bool>(),
+    ) {
+        let words: Vec<u32> = (0..len as u32).map(|i| if zero { 0 } else { seed.wrapping_mul(2_654_435_761).wrapping_add(i) | 1 }).collect();
+        let stream = (!missing).then(|| pb::DropoutStream { words, next });
+        let req = pb::StepRequest { dropout_stream: stream, ..Default::default() };
+        let admitted = peftrain_worker::engine::StepOrder::try_from(req).is_ok();
+        prop_assert_eq!(admitted, !missing && len == 624 && next <= 624 && !zero);
+    }
+
     #[test]
     fn gradient_chunks_are_checked_before_use(
         total in 0u64..64, offset in 0u64..80, n in 0usize..300, generation in 0u64..4,
