@@ -2,9 +2,11 @@
 the real pretrained all-MiniLM-L6-v2, peftrain against Hugging Face Trainer + peft at equal
 settings (model, LoRA r/alpha/dropout/targets, batch, learning rate and schedule, steps, max
 length, training rows, the whole dev set), each over the same seeds. A seed means the same run
-on both stacks up to dropout: the same head and LoRA A (peftrain draws them as transformers +
-peft do after `torch.manual_seed(seed)`) and the same batches in the same order (the Trainer's
-`randperm(seed + epoch)`); only the dropout masks are drawn differently. Prints per task the dev
+on both stacks: the same head and LoRA A (peftrain draws them as transformers + peft do after
+`torch.manual_seed(seed)`), the same batches in the same order (the Trainer's
+`randperm(seed + epoch)`) and the same dropout masks (the Trainer's generator, reseeded by its
+constructor, drawn as torch's CPU `bernoulli_` draws over the padded batches; on Intel CPUs
+torch hands that draw to MKL and the masks differ). Prints per task the dev
 metrics GLUE reports (CoLA Matthews; MRPC F1 and accuracy; STS-B Pearson and Spearman, as
 `evaluate`'s `glue` metric computes them: scikit-learn / scipy) as the mean of the seeds, the
 training samples/s of both, their ratio and the CPU class; writes

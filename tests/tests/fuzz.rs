@@ -135,7 +135,7 @@ proptest! {
         len in 620usize..628, seed in any::<u32>(), next in 0u32..630, zero in any::<bool>(), missing in any::<bool>(),
     ) {
         let words: Vec<u32> = (0..len as u32).map(|i| if zero { 0 } else { seed.wrapping_mul(2_654_435_761).wrapping_add(i) | 1 }).collect();
-        let stream = (!missing).then(|| pb::DropoutStream { words, next });
+        let stream = (!missing).then_some(pb::DropoutStream { words, next });
         let req = pb::StepRequest { dropout_stream: stream, ..Default::default() };
         let admitted = peftrain_worker::engine::StepOrder::try_from(req).is_ok();
         prop_assert_eq!(admitted, !missing && len == 624 && next <= 624 && !zero);
