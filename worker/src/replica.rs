@@ -13,7 +13,7 @@ use crate::error::ModelError;
 use crate::fingerprint::fingerprint;
 pub use crate::fingerprint::Fingerprint;
 use crate::model::{self, Inputs, LoadOptions, Loaded};
-use crate::ops::dropout::{self, MaskLayout};
+use crate::ops::dropout;
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::peft::Method;
 
@@ -344,7 +344,7 @@ impl Replica {
                 tch::manual_seed(stream.next_u64() as i64);
             }
             let inputs = self.inputs(part);
-            let (logits, next) = dropout::drawing(stream, MaskLayout::of(&inputs), || self.loaded.model.forward(&inputs, true));
+            let (logits, next) = dropout::drawing(stream, inputs.mask_layout(), || self.loaded.model.forward(&inputs, true));
             stream = next;
             // The loss as transformers calls it, summed here and divided below (the engine
             // refuses a training shard without targets); backward accumulates into the grads.

@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{Config, ModelFiles, ModelType};
 use crate::error::ModelError;
+use crate::ops::dropout::MaskLayout;
 use crate::params::{Builder, Checkpoint, ParamStore, Source};
 use crate::peft::Method;
 use bert::BertForSequenceClassification;
@@ -63,6 +64,16 @@ impl Inputs {
             None => positions.shallow_clone(),
         };
         word.forward(&ids).to_kind(Kind::Float) + token_type.forward(&types).to_kind(Kind::Float) + position.forward(&positions).to_kind(Kind::Float)
+    }
+
+    /// Where torch's dropout masks fall in this batch's tensors (ops/dropout.rs).
+    pub fn mask_layout(&self) -> MaskLayout {
+        let (rows, seq) = self.attention_mask.size2().unwrap_or((0, 0));
+        let (rows, seq) = (rows.max(0) as usize, seq.max(0) as usize);
+        match &self.packing {
+            None => MaskLayout::padded(rows, seq),
+            Some(p) => MaskLayout::packed(rows, seq, &p.host_index, p.groups.iter().map(|g| (g.batch_rows.as_slice(), g.seq.max(0) as usize))),
+        }
     }
 
     /// Each row's first token ([CLS] / <s>) of the encoder's output: [batch, hidden].

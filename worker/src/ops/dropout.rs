@@ -19,8 +19,6 @@ use std::cell::RefCell;
 use peftrain_spec::torch_rng::Mt19937;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::Inputs;
-
 /// Marks a padded position in `MaskLayout::packed`.
 const PADDING: u32 = u32::MAX;
 
@@ -39,32 +37,31 @@ pub struct MaskLayout {
 }
 
 impl MaskLayout {
-    pub fn of(inputs: &Inputs) -> MaskLayout {
-        let (rows, seq) = inputs.attention_mask.size2().unwrap_or((0, 0));
-        let (rows, seq) = (rows.max(0) as usize, seq.max(0) as usize);
-        match &inputs.packing {
-            None => {
-                MaskLayout { rows, seq, packed: None, tokens: rows * seq, parts: vec![(rows, seq)], row_part: (0..rows).map(|r| (0, r)).collect() }
-            }
-            Some(p) => {
-                let mut packed = vec![PADDING; rows * seq];
-                for (t, &pos) in p.host_index.iter().enumerate() {
-                    if let Some(slot) = packed.get_mut(pos.max(0) as usize) {
-                        *slot = t as u32;
-                    }
-                }
-                let mut row_part = vec![(0, 0); rows];
-                for (g, group) in p.groups.iter().enumerate() {
-                    for (place, &r) in group.batch_rows.iter().enumerate() {
-                        if let Some(slot) = row_part.get_mut(r) {
-                            *slot = (g, place);
-                        }
-                    }
-                }
-                let parts = p.groups.iter().map(|g| (g.rows.max(0) as usize, g.seq.max(0) as usize)).collect();
-                MaskLayout { rows, seq, packed: Some(packed), tokens: p.host_index.len(), parts, row_part }
+    /// The padded layout itself: [rows, seq] as torch holds it.
+    pub fn padded(rows: usize, seq: usize) -> MaskLayout {
+        MaskLayout { rows, seq, packed: None, tokens: rows * seq, parts: vec![(rows, seq)], row_part: (0..rows).map(|r| (0, r)).collect() }
+    }
+
+    /// A padding-free layout of a [rows, seq] batch: `index` holds each packed token's padded
+    /// position (row * seq + column), `groups` each attention group's batch rows and length.
+    pub fn packed<'a>(rows: usize, seq: usize, index: &[i64], groups: impl Iterator<Item = (&'a [usize], usize)>) -> MaskLayout {
+        let mut packed = vec![PADDING; rows * seq];
+        for (t, &pos) in index.iter().enumerate() {
+            if let Some(slot) = packed.get_mut(pos.max(0) as usize) {
+                *slot = t as u32;
             }
         }
+        let mut row_part = vec![(0, 0); rows];
+        let mut parts = Vec::new();
+        for (g, (batch_rows, group_seq)) in groups.enumerate() {
+            for (place, &r) in batch_rows.iter().enumerate() {
+                if let Some(slot) = row_part.get_mut(r) {
+                    *slot = (g, place);
+                }
+            }
+            parts.push((batch_rows.len(), group_seq));
+        }
+        MaskLayout { rows, seq, packed: Some(packed), tokens: index.len(), parts, row_part }
     }
 }
 
