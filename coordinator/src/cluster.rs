@@ -581,7 +581,7 @@ impl Cluster {
             micro_batch_examples: counts[rank].clone(),
             micro_batch_divisors: divisors.to_vec(),
             learning_rate: lr,
-            dropout_stream: streams.get(rank).map(|s| pb::DropoutStream { words: s.words.clone(), next: s.next }),
+            dropout_stream: streams.get(rank).map(StreamState::to_proto),
         });
         let set = fan_out(calls, |mut w, req| async move { w.step(req).await.map(|r| r.into_inner()) });
         let g = self.gather_any(set).await?;
@@ -597,9 +597,8 @@ impl Cluster {
         let mut states = vec![None; world];
         let mut norms = Vec::new();
         for (rank, reply) in g.ok {
-            let stream = reply.dropout_stream.as_ref().map(|d| StreamState { words: d.words.clone(), next: d.next });
-            match stream.map(|s| Mt19937::from_state(&s).map(|_| s)) {
-                Some(Ok(s)) if rank < world => states[rank] = Some(s),
+            match reply.dropout_stream.as_ref().map(StreamState::generator_from_proto) {
+                Some(Ok(g)) if rank < world => states[rank] = Some(g.to_state()),
                 Some(Err(e)) => return Err(ClusterError::Inconsistent(format!("a worker answered {e}"))),
                 _ => return Err(ClusterError::Inconsistent("a worker answered a step without its dropout stream".into())),
             }

@@ -3,6 +3,7 @@
 //! libtorch, orders data as the Trainer's sampler does, and a worker draws dropout masks as the
 //! Trainer's default generator does, from one stream whose state travels on the wire.
 
+use peftrain_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 /// Words of the generator's state.
@@ -84,10 +85,7 @@ impl Mt19937 {
         // u * 2^-53 < keep <=> u < keep * 2^53 (scaling by a power of two is exact) <=> u <
         // ceil(keep * 2^53) for an integer u: one integer compare, which vectorises.
         let bound = (keep * 9_007_199_254_740_992.0).ceil().clamp(0.0, 9_007_199_254_740_992.0) as u64;
-        let pick = |hi: u32, lo: u32| {
-            let u = ((temper(hi) as u64 & 0x1F_FFFF) << 32) | temper(lo) as u64;
-            scale * ((u < bound) as u32 as f32)
-        };
+        let pick = |u: u64| scale * (((u & ((1u64 << 53) - 1)) < bound) as u32 as f32);
         let mut i = 0;
         while i < out.len() {
             if self.next >= STATE_WORDS {
@@ -96,15 +94,13 @@ impl Mt19937 {
             let pairs = ((STATE_WORDS - self.next) / 2).min(out.len() - i);
             if pairs == 0 {
                 // A pair across a twist (the stream at an odd position).
-                let hi = self.next_u32();
-                let lo = self.next_u32();
-                out[i] = scale * ((((hi as u64 & 0x1F_FFFF) << 32) | lo as u64) < bound) as u32 as f32;
+                out[i] = pick(self.next_u64());
                 i += 1;
                 continue;
             }
             let words = &self.state[self.next..self.next + 2 * pairs];
             for (o, w) in out[i..i + pairs].iter_mut().zip(words.chunks_exact(2)) {
-                *o = pick(w[0], w[1]);
+                *o = pick(((temper(w[0]) as u64) << 32) | temper(w[1]) as u64);
             }
             self.next += 2 * pairs;
             i += pairs;
@@ -145,6 +141,17 @@ fn temper(mut y: u32) -> u32 {
 pub struct StreamState {
     pub words: Vec<u32>,
     pub next: u32,
+}
+
+impl StreamState {
+    pub fn to_proto(&self) -> pb::DropoutStream {
+        pb::DropoutStream { words: self.words.clone(), next: self.next }
+    }
+
+    /// The wire's stream as a generator, or the one line saying why it cannot be one.
+    pub fn generator_from_proto(d: &pb::DropoutStream) -> Result<Mt19937, String> {
+        Mt19937::from_state(&StreamState { words: d.words.clone(), next: d.next })
+    }
 }
 
 /// `torch.randperm(n, generator=torch.Generator().manual_seed(seed))` on the CPU: ATen's

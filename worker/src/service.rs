@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pb::collective_server::Collective;
 use pb::worker_server::Worker;
 use peftrain_proto::v1 as pb;
-use peftrain_spec::torch_rng::{Mt19937, StreamState};
+use peftrain_spec::torch_rng::StreamState;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -63,7 +63,7 @@ impl TryFrom<pb::StepRequest> for StepOrder {
             r.micro_batch_examples.iter().zip(&r.micro_batch_divisors).map(|(&n, &d)| Micro { examples: n as usize, divisor: d }).collect()
         };
         let stream = r.dropout_stream.ok_or_else(|| WorkerError::BadShard("a step without its dropout stream".into()))?;
-        let dropout_stream = Mt19937::from_state(&StreamState { words: stream.words, next: stream.next }).map_err(WorkerError::BadShard)?;
+        let dropout_stream = StreamState::generator_from_proto(&stream).map_err(WorkerError::BadShard)?;
         Ok(StepOrder { generation: r.generation, step: r.step, shard, micro, learning_rate: r.learning_rate, dropout_stream })
     }
 }
@@ -83,7 +83,7 @@ impl From<StepOutcome> for pb::StepReply {
             nonfinite: o.nonfinite,
             peak_rss_bytes: o.peak_rss_bytes,
             micro_loss_sums: o.micro_loss_sums,
-            dropout_stream: Some(pb::DropoutStream { words: o.dropout_stream.words, next: o.dropout_stream.next }),
+            dropout_stream: Some(o.dropout_stream.to_proto()),
         }
     }
 }
