@@ -121,65 +121,68 @@ pub fn attention_masks(heads: usize, p: f64) -> Option<Vec<Tensor>> {
     DRAW.with(|d| d.borrow_mut().as_mut().map(|draw| draw.attention(heads, p)))
 }
 
-/// A fresh fp32 CPU tensor of `n` values filled by `fill`.
-fn host_tensor(shape: &[i64], n: usize, fill: impl FnOnce(&mut [f32])) -> Tensor {
-    let t = Tensor::empty(shape, (Kind::Float, Device::Cpu));
-    // SAFETY: a fresh contiguous fp32 CPU tensor of `n` elements, written only here.
-    fill(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) });
-    t
+/// Fresh zeroed fp32 CPU tensors of `shapes`, their values filled by `fill` (all at once: the
+/// attention masks of a packed batch are drawn row by row, each row into its group's tensor).
+fn host_tensors(shapes: &[Vec<i64>], fill: impl FnOnce(&mut [&mut [f32]])) -> Vec<Tensor> {
+    let tensors: Vec<Tensor> = shapes.iter().map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu))).collect();
+    // SAFETY: fresh contiguous fp32 CPU tensors, distinct, held only here; the slices live only
+    // inside `fill`, before the tensors are handed on.
+    let mut values: Vec<&mut [f32]> =
+        tensors.iter().map(|t| unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }).collect();
+    fill(&mut values);
+    tensors
 }
 
 impl Draw {
     fn mask_like(&mut self, x: &Tensor, p: f64) -> Tensor {
         let (keep, scale) = keep_and_scale(p);
         let size = x.size();
-        let n = x.numel();
         let l = &self.layout;
         let stream = &mut self.stream;
-        match &l.packed {
+        let mut fill = |out: &mut [f32]| match &l.packed {
             // A packed [tokens, width] tensor: torch's mask is over [rows, seq, width].
             Some(packed) if size.len() == 2 && size[0] as usize == l.tokens => {
                 let width = size[1].max(0) as usize;
-                host_tensor(&size, n, |out| {
-                    for &t in packed.iter() {
-                        if t == PADDING {
-                            stream.skip(2 * width as u64);
-                        } else {
-                            let at = t as usize * width;
-                            stream.bernoulli_fill(&mut out[at..at + width], keep, scale);
-                        }
+                for &t in packed.iter() {
+                    if t == PADDING {
+                        stream.skip(2 * width as u64);
+                    } else {
+                        let at = t as usize * width;
+                        stream.bernoulli_fill(&mut out[at..at + width], keep, scale);
                     }
-                })
+                }
             }
             // Padded, or [batch, width] (the head): the tensor is laid out as torch's.
-            _ => host_tensor(&size, n, |out| stream.bernoulli_fill(out, keep, scale)),
-        }
+            _ => stream.bernoulli_fill(out, keep, scale),
+        };
+        let mut masks = host_tensors(std::slice::from_ref(&size), |values| fill(&mut *values[0]));
+        masks.remove(0)
     }
 
     fn attention(&mut self, heads: usize, p: f64) -> Vec<Tensor> {
         let (keep, scale) = keep_and_scale(p);
         let l = &self.layout;
-        let mut bufs: Vec<Vec<f32>> = l.parts.iter().map(|&(rows, seq)| vec![0f32; rows * heads * seq * seq]).collect();
-        let t = l.seq;
-        for r in 0..l.rows {
-            let (g, place) = l.row_part[r];
-            let s = l.parts[g].1.min(t);
-            let buf = &mut bufs[g];
-            for h in 0..heads {
-                for i in 0..t {
-                    if i < s {
-                        let at = ((place * heads + h) * s + i) * s;
-                        self.stream.bernoulli_fill(&mut buf[at..at + s], keep, scale);
-                        self.stream.skip(2 * (t - s) as u64);
-                    } else {
-                        self.stream.skip(2 * t as u64);
+        let stream = &mut self.stream;
+        // Drawn straight into the tensors attention multiplies by (no copy of heads x seq^2 a row).
+        let shapes: Vec<Vec<i64>> = l.parts.iter().map(|&(rows, seq)| vec![rows as i64, heads as i64, seq as i64, seq as i64]).collect();
+        host_tensors(&shapes, |bufs| {
+            let t = l.seq;
+            for r in 0..l.rows {
+                let (g, place) = l.row_part[r];
+                let s = l.parts[g].1.min(t);
+                let buf = &mut *bufs[g];
+                for h in 0..heads {
+                    for i in 0..t {
+                        if i < s {
+                            let at = ((place * heads + h) * s + i) * s;
+                            stream.bernoulli_fill(&mut buf[at..at + s], keep, scale);
+                            stream.skip(2 * (t - s) as u64);
+                        } else {
+                            stream.skip(2 * t as u64);
+                        }
                     }
                 }
             }
-        }
-        bufs.into_iter()
-            .zip(&l.parts)
-            .map(|(b, &(rows, seq))| Tensor::from_slice(&b).view([rows as i64, heads as i64, seq as i64, seq as i64]))
-            .collect()
+        })
     }
 }
