@@ -16,6 +16,13 @@ bench/results/glue-tasks-<cpu class>.json (avx2, avx512, avx512-bf16, amx-bf16).
 
 `--epochs N` gives each task N whole passes over its training set (the same number of steps,
 ceil(rows / batch) x N, to both stacks); the results file is rewritten after every task.
+
+`--rounding` runs each seed once more on each stack with nothing changed but the order floats
+are summed in: peftrain `--padding padded` (transformers' padded shapes instead of its
+padding-free packing) and the Trainer with `attn_implementation="eager"` (transformers' own
+attention instead of SDPA's math path; both draw the same dropout masks). It prints the main
+metric of all four runs per seed: how far rounding alone moves a task's result on each stack,
+beside the difference between the stacks.
 """
 import argparse
 import json
@@ -68,7 +75,7 @@ def glue_metrics(task, predictions, labels):
     return {"f1": float(f1_score(labels, p)), "accuracy": float(accuracy_score(labels, p))}
 
 
-def hf_run(a, task, seed, steps):
+def hf_run(a, task, seed, steps, attention="sdpa"):
     """One Trainer + peft run; the metrics of the whole dev set and the training samples/s."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
@@ -80,7 +87,7 @@ def hf_run(a, task, seed, steps):
     regression = TASKS[task][3]
     torch.manual_seed(seed)
     kw = {"num_labels": 1, "problem_type": "regression"} if regression else {"num_labels": 2}
-    model = AutoModelForSequenceClassification.from_pretrained(a.model, **kw)
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, attn_implementation=attention, **kw)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"]))
     tok = AutoTokenizer.from_pretrained(a.model)
 
@@ -103,12 +110,12 @@ def hf_run(a, task, seed, steps):
             "train_runtime": m["train_runtime"]}
 
 
-def peftrain_run(a, task, seed, steps, out):
+def peftrain_run(a, task, seed, steps, out, padding="auto"):
     """One peftrain run (single worker, 2 threads, --base-dtype as given) and its final evaluation."""
     cmd = [os.path.join(ROOT, "target/release/peftrain"), "train", "--model", a.model, "--glue-dir", a.glue_dir, "--task", task,
            "--method", "lora", "--max-steps", str(steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
            "--max-length", str(a.max_length), "--seed", str(seed), "--logging-steps", str(steps), "--eval-steps", str(steps),
-           "--output-dir", out, "--threads", str(a.threads), "--base-dtype", a.base_dtype, "--quiet"]
+           "--output-dir", out, "--threads", str(a.threads), "--base-dtype", a.base_dtype, "--padding", padding, "--quiet"]
     if a.train_limit:
         cmd += ["--train-limit", str(a.train_limit)]
     env = dict(os.environ, RUST_LOG="warn", PEFTRAIN_WORKER_BIN=os.path.join(ROOT, "target/release/peftrain-worker"))
@@ -136,6 +143,18 @@ def print_table(results):
             sp, sh = r["samples_per_second"]["peftrain"], r["samples_per_second"]["hf"]
             mark = "" if k != main_metric else (" (main)" if round(p, 4) >= round(h, 4) else " (main; below HF)")
             print(f"| {task} | {k}{mark} | {p:.4f} | {h:.4f} | {p - h:+.1e} | {sp:.1f} | {sh:.1f} | {sp / sh:.2f}x |")
+    rounded = {t: r for t, r in results["tasks"].items() if "peftrain_padded" in r["runs"]}
+    if rounded:
+        print("\nThe main metric per seed, each stack in two summation orders (nothing else changed):")
+        print("| task | seed | peftrain (padding-free) | peftrain --padding padded | HF (SDPA) | HF (eager attention) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for task, r in rounded.items():
+        k = TASKS[task][5]
+        for i, seed in enumerate(seeds):
+            row = [r["runs"][s][i]["metrics"][k] for s in ("peftrain", "peftrain_padded", "hf", "hf_eager")]
+            print(f"| {task} | {seed} | " + " | ".join(f"{v:.8f}" for v in row) + " |")
+        means = [sum(x["metrics"][k] for x in r["runs"][s]) / len(seeds) for s in ("peftrain", "peftrain_padded", "hf", "hf_eager")]
+        print(f"| {task} | mean | " + " | ".join(f"{v:.4f}" for v in means) + " |")
 
 
 def main():
@@ -154,6 +173,7 @@ def main():
     ap.add_argument("--base-dtype", default="fp32", help="peftrain's --base-dtype (fp32: the reference's numerics; auto: its default)")
     ap.add_argument("--tag", default="", help="suffix of the results file (runs with other settings)")
     ap.add_argument("--report", help="print the table of this results file and exit (no runs)")
+    ap.add_argument("--rounding", action="store_true", help="also run each seed in another summation order on each stack (peftrain --padding padded, HF eager attention)")
     a = ap.parse_args()
     if a.report:
         with open(a.report) as f:
@@ -178,13 +198,16 @@ def main():
         rows = len(read_glue(a.glue_dir, task, "train", a.train_limit)[1])
         steps = -(-rows // a.batch_size) * a.epochs if a.epochs else a.steps
         print(f"{task}: {rows} training rows, {steps} steps", flush=True)
-        runs = {"peftrain": [], "hf": []}
+        runs = {"peftrain": [], "hf": []} | ({"peftrain_padded": [], "hf_eager": []} if a.rounding else {})
         for seed in seeds:
             t0 = time.time()
             runs["peftrain"].append(peftrain_run(a, task, seed, steps, os.path.join(work, f"{task}-{seed}")))
             runs["hf"].append(hf_run(a, task, seed, steps))
-            print(f"  {task} seed {seed}: peftrain {runs['peftrain'][-1]['metrics']} ({runs['peftrain'][-1]['samples_per_second']:.1f}/s), "
-                  f"hf {runs['hf'][-1]['metrics']} ({runs['hf'][-1]['samples_per_second']:.1f}/s), {time.time() - t0:.0f} s", flush=True)
+            if a.rounding:
+                runs["peftrain_padded"].append(peftrain_run(a, task, seed, steps, os.path.join(work, f"{task}-{seed}-padded"), "padded"))
+                runs["hf_eager"].append(hf_run(a, task, seed, steps, "eager"))
+            print(f"  {task} seed {seed}: " + ", ".join(f"{s} {rs[-1]['metrics']} ({rs[-1]['samples_per_second']:.1f}/s)" for s, rs in runs.items())
+                  + f", {time.time() - t0:.0f} s", flush=True)
         mean = {s: {k: sum(r["metrics"][k] for r in rs) / len(rs) for k in TASKS[task][4]} for s, rs in runs.items()}
         speed = {s: sum(r["samples_per_second"] for r in rs) / len(rs) for s, rs in runs.items()}
         results["tasks"][task] = {"steps": steps, "runs": runs, "mean": mean, "samples_per_second": speed}
