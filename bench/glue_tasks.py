@@ -43,6 +43,9 @@ TASKS = {
     "stsb": ("STS-B", ["sentence1", "sentence2"], "score", True, ["pearson", "spearmanr"], "pearson"),
 }
 COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
+# --rounding's four runs of a seed: results key and column name.
+ROUNDING_RUNS = {"peftrain": "peftrain (padding-free)", "peftrain_padded": "peftrain --padding padded", "hf": "HF (SDPA)",
+                 "hf_eager": "HF (eager attention)"}
 
 
 def read_glue(glue, task, split, limit=0):
@@ -146,14 +149,14 @@ def print_table(results):
     rounded = {t: r for t, r in results["tasks"].items() if "peftrain_padded" in r["runs"]}
     if rounded:
         print("\nThe main metric per seed, each stack in two summation orders (nothing else changed):")
-        print("| task | seed | peftrain (padding-free) | peftrain --padding padded | HF (SDPA) | HF (eager attention) |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| task | seed | " + " | ".join(ROUNDING_RUNS.values()) + " |")
+        print("| --- | ---: |" + " ---: |" * len(ROUNDING_RUNS))
     for task, r in rounded.items():
         k = TASKS[task][5]
         for i, seed in enumerate(seeds):
-            row = [r["runs"][s][i]["metrics"][k] for s in ("peftrain", "peftrain_padded", "hf", "hf_eager")]
+            row = [r["runs"][s][i]["metrics"][k] for s in ROUNDING_RUNS]
             print(f"| {task} | {seed} | " + " | ".join(f"{v:.8f}" for v in row) + " |")
-        means = [sum(x["metrics"][k] for x in r["runs"][s]) / len(seeds) for s in ("peftrain", "peftrain_padded", "hf", "hf_eager")]
+        means = [r["mean"][s][k] for s in ROUNDING_RUNS]
         print(f"| {task} | mean | " + " | ".join(f"{v:.4f}" for v in means) + " |")
 
 
@@ -198,7 +201,7 @@ def main():
         rows = len(read_glue(a.glue_dir, task, "train", a.train_limit)[1])
         steps = -(-rows // a.batch_size) * a.epochs if a.epochs else a.steps
         print(f"{task}: {rows} training rows, {steps} steps", flush=True)
-        runs = {"peftrain": [], "hf": []} | ({"peftrain_padded": [], "hf_eager": []} if a.rounding else {})
+        runs = {s: [] for s in (ROUNDING_RUNS if a.rounding else ("peftrain", "hf"))}
         for seed in seeds:
             t0 = time.time()
             runs["peftrain"].append(peftrain_run(a, task, seed, steps, os.path.join(work, f"{task}-{seed}")))

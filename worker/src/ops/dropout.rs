@@ -121,10 +121,13 @@ pub fn attention_masks(heads: usize, p: f64) -> Option<Vec<Tensor>> {
     DRAW.with(|d| d.borrow_mut().as_mut().map(|draw| draw.attention(heads, p)))
 }
 
-/// Fresh zeroed fp32 CPU tensors of `shapes`, their values filled by `fill` (all at once: the
-/// attention masks of a packed batch are drawn row by row, each row into its group's tensor).
+/// Fresh fp32 CPU tensors of `shapes`, their values filled by `fill` (all at once: the attention
+/// masks of a packed batch are drawn row by row, each row into its group's tensor). Left
+/// unzeroed: every fill writes every value (a mask covers its tensor; attention's parts
+/// partition the batch's rows and are no longer than it), so zeroing would be a pass over every
+/// mask of every step for nothing.
 fn host_tensors(shapes: &[Vec<i64>], fill: impl FnOnce(&mut [&mut [f32]])) -> Vec<Tensor> {
-    let tensors: Vec<Tensor> = shapes.iter().map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu))).collect();
+    let tensors: Vec<Tensor> = shapes.iter().map(|s| Tensor::empty(s.as_slice(), (Kind::Float, Device::Cpu))).collect();
     // SAFETY: fresh contiguous fp32 CPU tensors, distinct, held only here; the slices live only
     // inside `fill`, before the tensors are handed on.
     let mut values: Vec<&mut [f32]> =
