@@ -23,6 +23,11 @@ padding-free packing) and the Trainer with `attn_implementation="eager"` (transf
 attention instead of SDPA's math path; both draw the same dropout masks). It prints the main
 metric of all four runs per seed: how far rounding alone moves a task's result on each stack,
 beside the difference between the stacks.
+
+`--trace` logs every step's training loss on every run (peftrain `--logging-steps 1`, the
+Trainer's `logging_steps=1`) and prints per seed the first step at which each pair of runs parts
+(losses more than 1e-5 apart): where rounding starts to matter, and whether the two stacks part
+there or elsewhere than the reference parts from itself.
 """
 import argparse
 import json
@@ -104,20 +109,23 @@ def hf_run(a, task, seed, steps, attention="sdpa"):
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="hf_glue_"), per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=64,
         max_steps=steps, learning_rate=a.lr, warmup_steps=0.06, weight_decay=0.0, lr_scheduler_type="linear",
-        logging_steps=steps, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+        logging_steps=1 if a.trace else steps, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
         seed=seed, max_grad_norm=1.0, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tok), train_dataset=train, eval_dataset=dev)
     m = trainer.train().metrics
     pred = trainer.predict(dev).predictions
-    return {"metrics": glue_metrics(task, pred, dev_labels), "samples_per_second": steps * a.batch_size / m["train_runtime"],
-            "train_runtime": m["train_runtime"]}
+    out = {"metrics": glue_metrics(task, pred, dev_labels), "samples_per_second": steps * a.batch_size / m["train_runtime"],
+           "train_runtime": m["train_runtime"]}
+    if a.trace:
+        out["losses"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return out
 
 
 def peftrain_run(a, task, seed, steps, out, padding="auto"):
     """One peftrain run (single worker, 2 threads, --base-dtype as given) and its final evaluation."""
     cmd = [os.path.join(ROOT, "target/release/peftrain"), "train", "--model", a.model, "--glue-dir", a.glue_dir, "--task", task,
            "--method", "lora", "--max-steps", str(steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
-           "--max-length", str(a.max_length), "--seed", str(seed), "--logging-steps", str(steps), "--eval-steps", str(steps),
+           "--max-length", str(a.max_length), "--seed", str(seed), "--logging-steps", str(1 if a.trace else steps), "--eval-steps", str(steps),
            "--output-dir", out, "--threads", str(a.threads), "--base-dtype", a.base_dtype, "--padding", padding, "--quiet"]
     if a.train_limit:
         cmd += ["--train-limit", str(a.train_limit)]
@@ -127,8 +135,20 @@ def peftrain_run(a, task, seed, steps, out, padding="auto"):
     ev = [e for e in events if "eval_loss" in e][-1]
     to = json.load(open(os.path.join(out, "train_output.json")))
     keys = TASKS[task][4]
-    return {"metrics": {k: ev[f"eval_{k}"] for k in keys}, "samples_per_second": to["metrics"]["train_samples_per_second"],
-            "train_runtime": to["metrics"]["train_runtime"]}
+    out = {"metrics": {k: ev[f"eval_{k}"] for k in keys}, "samples_per_second": to["metrics"]["train_samples_per_second"],
+           "train_runtime": to["metrics"]["train_runtime"]}
+    if a.trace:
+        out["losses"] = [e["loss"] for e in events if "loss" in e and "step" in e]
+    return out
+
+
+# --trace's pairs: each stack against the reference, and each stack against itself re-rounded.
+TRACE_PAIRS = [("peftrain", "hf"), ("peftrain_padded", "hf_eager"), ("hf_eager", "hf"), ("peftrain_padded", "peftrain")]
+
+
+def parting_step(x, y, tol=1e-5):
+    """The first step (from 1) whose training losses differ by more than `tol`, or None."""
+    return next((i + 1 for i, (u, v) in enumerate(zip(x, y)) if abs(u - v) > tol), None)
 
 
 def print_table(results):
@@ -158,6 +178,16 @@ def print_table(results):
             print(f"| {task} | {seed} | " + " | ".join(f"{v:.8f}" for v in row) + " |")
         means = [r["mean"][s][k] for s in ROUNDING_RUNS]
         print(f"| {task} | mean | " + " | ".join(f"{v:.4f}" for v in means) + " |")
+    traced = {t: r for t, r in results["tasks"].items() if all("losses" in x for rs in r["runs"].values() for x in rs)}
+    if traced:
+        print("\nThe first step at which two runs' training losses part (by more than 1e-5; '-' never):")
+        pairs = [(x, y) for x, y in TRACE_PAIRS if all(k in next(iter(traced.values()))["runs"] for k in (x, y))]
+        print("| task | seed | steps | " + " | ".join(f"{x} / {y}" for x, y in pairs) + " |")
+        print("| --- | ---: | ---: |" + " ---: |" * len(pairs))
+    for task, r in traced.items():
+        for i, seed in enumerate(seeds):
+            parted = [parting_step(r["runs"][x][i]["losses"], r["runs"][y][i]["losses"]) for x, y in pairs]
+            print(f"| {task} | {seed} | {r['steps']} | " + " | ".join("-" if p is None else str(p) for p in parted) + " |")
 
 
 def main():
@@ -177,6 +207,7 @@ def main():
     ap.add_argument("--tag", default="", help="suffix of the results file (runs with other settings)")
     ap.add_argument("--report", help="print the table of this results file and exit (no runs)")
     ap.add_argument("--rounding", action="store_true", help="also run each seed in another summation order on each stack (peftrain --padding padded, HF eager attention)")
+    ap.add_argument("--trace", action="store_true", help="log every step's loss on every run and print where each pair of runs first parts")
     a = ap.parse_args()
     if a.report:
         with open(a.report) as f:
