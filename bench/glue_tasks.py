@@ -184,10 +184,10 @@ def print_table(results):
         pairs = [(x, y) for x, y in TRACE_PAIRS if all(k in next(iter(traced.values()))["runs"] for k in (x, y))]
         print("| task | seed | steps | " + " | ".join(f"{x} / {y}" for x, y in pairs) + " |")
         print("| --- | ---: | ---: |" + " ---: |" * len(pairs))
-    for task, r in traced.items():
-        for i, seed in enumerate(seeds):
-            parted = [parting_step(r["runs"][x][i]["losses"], r["runs"][y][i]["losses"]) for x, y in pairs]
-            print(f"| {task} | {seed} | {r['steps']} | " + " | ".join("-" if p is None else str(p) for p in parted) + " |")
+        for task, r in traced.items():
+            for i, seed in enumerate(seeds):
+                parted = [parting_step(r["runs"][x][i]["losses"], r["runs"][y][i]["losses"]) for x, y in pairs]
+                print(f"| {task} | {seed} | {r['steps']} | " + " | ".join("-" if p is None else str(p) for p in parted) + " |")
 
 
 def main():
